@@ -1,0 +1,1 @@
+"""widthsearch.recipes."""

@@ -1,0 +1,64 @@
+"""The `widthsearch` command line: one subcommand per stage, each in its own module.
+
+Every user-facing failure is a :class:`WidthsearchError` (or ``ValueError`` from config
+validation); ``main`` prints it as one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from widthsearch.supernet.errors import WidthsearchError
+
+# subcommand -> module in widthsearch.recipes defining `add_parser(subparsers)`;
+# the parser sets `func` (args -> exit code).
+_COMMANDS = {
+    "inspect": "_cmd_inspect",
+    "train": "_cmd_train",
+    "search": "_cmd_search",
+    "extract": "_cmd_evaluate",
+    "finetune": "_cmd_evaluate",
+    "eval": "_cmd_evaluate",
+    "run": "_cmd_run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="widthsearch",
+        description="Train a slimmable supernet, search widths under a MACs budget, extract.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    seen: set[str] = set()
+    for module_name in _COMMANDS.values():
+        if module_name in seen:
+            continue
+        seen.add(module_name)
+        try:
+            module = importlib.import_module(f"widthsearch.recipes.{module_name}")
+        except ModuleNotFoundError as exc:  # a stage not built yet
+            if exc.name != f"widthsearch.recipes.{module_name}":
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (WidthsearchError, ValueError, FileNotFoundError) as exc:
+        print(f"widthsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"widthsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
