@@ -1,0 +1,377 @@
+"""Find channel groups and the per-layer table by tracing the model with torch.fx.
+
+Every tensor in the traced graph gets a *channel space* (a union-find id) for its channel
+dimension. Convolutions and linear layers create new spaces; BN, activations, pools and
+depthwise convs pass their input's space through; residual adds and gating multiplies unite
+spaces. What is left after the walk are the groups. Nothing here knows any architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import UnsupportedModelError
+
+__all__ = ["LayerCall", "SlimLayer", "TraceResult", "trace_channels"]
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+# Ops that act on each channel independently, keeping the channel dimension in place.
+_CHANNELWISE = {
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
+    "hardsigmoid", "hardsigmoid_", "silu", "silu_", "gelu", "sigmoid", "sigmoid_", "tanh",
+    "tanh_", "dropout", "dropout2d", "alpha_dropout", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+    "avg_pool2d", "max_pool2d", "mean", "amax", "contiguous", "clone", "float", "to", "type_as",
+    "interpolate", "clamp", "clamp_", "clamp_min", "clamp_max", "neg", "abs", "exp", "pow",
+    "softplus", "leaky_relu", "elu", "mish", "sqrt", "rsqrt", "square", "detach",
+    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div",
+    "div_", "itruediv", "stochastic_depth", "drop_path", "squeeze", "flatten", "view", "reshape",
+    "pad",
+}
+# Binary ops whose tensor operands with equal channel counts must share one width.
+_JOINING = {
+    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div",
+    "div_", "itruediv",
+}
+# Ops that flatten (N, C, H, W) -> (N, C*H*W).
+_FLATTENING = {"flatten", "view", "reshape"}
+_SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
+
+
+@dataclass
+class LayerCall:
+    """One call of a conv or linear layer: what the cost model needs."""
+
+    positions: int  # output positions per sample (H_out*W_out for convs, 1 for (N, F) linears)
+
+
+@dataclass
+class SlimLayer:
+    """A conv, BN or linear layer and the channel spaces it reads and writes.
+
+    For BN, ``in_space == out_space``. ``in_factor`` is the number of input features per
+    channel of a linear layer that follows a flatten of H x W maps.
+    """
+
+    name: str
+    module: nn.Module
+    kind: str  # "conv" | "bn" | "linear"
+    in_space: int
+    out_space: int
+    in_factor: int = 1
+    group_width: int = 0  # grouped/depthwise conv: input channels per conv group (0 = dense)
+    calls: list[LayerCall] = field(default_factory=list)
+
+
+@dataclass
+class TraceResult:
+    """Spaces (already united) and the layers that use them."""
+
+    layers: list[SlimLayer]
+    space_size: dict[int, int]  # root space id -> channels
+    space_name: dict[int, str]  # root space id -> group name
+    fixed: set[int]  # root space ids that must keep full width
+    multiple: dict[int, int]  # root space id -> channel multiple required (grouped convs)
+    order: list[int]  # root space ids in graph order
+    other_params: int  # parameters outside conv/BN/linear layers (constant in the cost model)
+
+
+class _Spaces:
+    """Union-find over channel spaces."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.name: list[str] = []
+        self.fixed: list[bool] = []
+        self.multiple: list[int] = []
+
+    def new(self, size: int, name: str, *, fixed: bool = False) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.name.append(name)
+        self.fixed.append(fixed)
+        self.multiple.append(1)
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int, where: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] != self.size[rb]:
+            raise UnsupportedModelError(
+                f"{where}: joins {self.size[ra]} and {self.size[rb]} channels"
+            )
+        keep, drop = min(ra, rb), max(ra, rb)  # the earlier space names the group
+        self.parent[drop] = keep
+        self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
+        self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
+        return keep
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps every conv/BN/linear (including subclasses such as timm's BatchNormAct2d) a leaf."""
+
+    def __init__(self) -> None:
+        autowrap: tuple[Any, ...] = ()
+        self._notrace_modules: tuple[type, ...] = ()
+        try:  # timm's registry of functions/modules that fx must not trace into
+            from timm.layers import _fx as timm_fx
+
+            autowrap = tuple(timm_fx.get_notrace_functions())
+            self._notrace_modules = tuple(timm_fx.get_notrace_modules())
+        except ImportError:  # pragma: no cover - timm is a dependency, but stay usable without
+            pass
+        super().__init__(autowrap_functions=autowrap)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (nn.Conv2d, _BN, nn.Linear, *self._notrace_modules)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target)).lstrip("_")
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, torch.fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _where(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    return f"op {_op_name(node)!r} (graph node {node.name!r})"
+
+
+def _flat_nodes(args: Any) -> list[torch.fx.Node]:
+    out: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(args, out.append)
+    return out
+
+
+def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> TraceResult:
+    """Trace ``model`` and return its channel spaces and slimmable layers.
+
+    Raises:
+        UnsupportedModelError: the model cannot be traced, or couples channels in a way the
+            supernet cannot slim (concat, channel shuffle, per-channel parameters outside
+            conv/BN/linear layers, ...). The message names the module or op.
+    """
+    was_training = model.training
+    model.eval()  # trace the inference graph: no stochastic depth/dropout branches
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        gm = torch.fx.GraphModule(tracer.root, graph)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # fx raises many types; all mean "not traceable"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"cannot trace {type(model).__name__} with torch.fx: {reason}"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+    modules = dict(model.named_modules())
+    spaces = _Spaces()
+    info: dict[torch.fx.Node, tuple[int, int]] = {}  # node -> (space id, features per channel)
+    layers: dict[str, SlimLayer] = {}
+    batch = example_inputs[0].shape[0]
+
+    for node in gm.graph.nodes:
+        out_shape = _shape(node)
+        if node.op == "placeholder":
+            if out_shape is not None and len(out_shape) >= 2:
+                info[node] = (spaces.new(out_shape[1], "input", fixed=True), 1)
+            continue
+        if node.op == "get_attr":
+            continue
+        if node.op == "output":
+            for arg in _flat_nodes(node.args):
+                if arg in info:
+                    spaces.fixed[spaces.find(info[arg][0])] = True
+            continue
+
+        tracked = [a for a in _flat_nodes((node.args, node.kwargs)) if a in info]
+        if node.op == "call_module":
+            module = modules[str(node.target)]
+            if isinstance(module, (nn.Conv2d, _BN, nn.Linear)):
+                info[node] = _slim_layer(node, module, tracked, info, spaces, layers, batch)
+                continue
+            if any(True for _ in module.parameters(recurse=True)):
+                if tracked:
+                    raise UnsupportedModelError(
+                        f"{_where(node)} ({type(module).__name__}) has parameters on sliced "
+                        "channels; only Conv2d, BatchNorm and Linear layers can be slimmed"
+                    )
+                continue
+            name = "flatten" if isinstance(module, nn.Flatten) else "__module__"
+        else:
+            name = _op_name(node)
+
+        if out_shape is None and tracked and name in _SPLITTING:
+            raise UnsupportedModelError(
+                f"{_where(node)} splits channels (split/chunk are not supported)"
+            )
+        if not tracked or out_shape is None:
+            continue  # shape arithmetic, or an op on untracked tensors
+        info[node] = _propagate(node, name, tracked, info, spaces, out_shape)
+
+    roots: list[int] = []
+    for i in range(len(spaces.parent)):
+        root = spaces.find(i)
+        if root not in roots:
+            roots.append(root)
+    used = {spaces.find(s) for lay in layers.values() for s in (lay.in_space, lay.out_space)}
+    roots = [r for r in roots if r in used]
+    for layer in layers.values():
+        layer.in_space, layer.out_space = spaces.find(layer.in_space), spaces.find(layer.out_space)
+    slim_ids = {id(m) for lay in layers.values() for m in lay.module.modules()}
+    other_params = sum(
+        p.numel()
+        for m in model.modules()
+        if id(m) not in slim_ids
+        for p in m.parameters(recurse=False)
+    )
+    return TraceResult(
+        layers=list(layers.values()),
+        space_size={r: spaces.size[r] for r in roots},
+        space_name={r: spaces.name[r] for r in roots},
+        fixed={r for r in roots if spaces.fixed[r]},
+        multiple={r: spaces.multiple[r] for r in roots},
+        order=roots,
+        other_params=other_params,
+    )
+
+
+def _slim_layer(
+    node: torch.fx.Node,
+    module: nn.Module,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, tuple[int, int]],
+    spaces: _Spaces,
+    layers: dict[str, SlimLayer],
+    batch: int,
+) -> tuple[int, int]:
+    name = str(node.target)
+    if len(tracked) != 1:
+        raise UnsupportedModelError(f"{_where(node)}: expected one input tensor")
+    in_space, in_factor = info[tracked[0]]
+    out_shape = _shape(node)
+    assert out_shape is not None
+    existing = layers.get(name)
+
+    if isinstance(module, nn.Conv2d):
+        if in_factor != 1:
+            raise UnsupportedModelError(f"{_where(node)}: conv on flattened features")
+        cin, cout, groups = module.in_channels, module.out_channels, module.groups
+        if groups == 1:
+            layer = existing or SlimLayer(name, module, "conv", in_space, spaces.new(cout, name))
+        elif cin == cout:  # depthwise (group width 1) or grouped with equal in/out widths
+            layer = existing or SlimLayer(
+                name, module, "conv", in_space, in_space, group_width=cin // groups
+            )
+            root = spaces.union(layer.out_space, in_space, _where(node))
+            spaces.multiple[root] = math.lcm(spaces.multiple[root], cin // groups)
+        else:
+            raise UnsupportedModelError(
+                f"{_where(node)}: grouped conv with {cin} -> {cout} channels in {groups} groups "
+                "(only depthwise or equal in/out grouped convs can be slimmed)"
+            )
+        if existing:  # a module called more than once must see the same spaces every time
+            spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
+        layers[name] = layer
+        layer.calls.append(LayerCall(positions=out_shape[2] * out_shape[3]))
+        return layer.out_space, 1
+
+    if isinstance(module, _BN):
+        if in_factor != 1:
+            raise UnsupportedModelError(f"{_where(node)}: batch norm on flattened features")
+        layer = existing or SlimLayer(name, module, "bn", in_space, in_space)
+        if existing:
+            spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
+        layers[name] = layer
+        return in_space, 1
+
+    # nn.Linear: the channel dimension is the last one, features = channels * in_factor
+    in_shape = _shape(tracked[0])
+    assert in_shape is not None
+    if len(in_shape) != 2:
+        raise UnsupportedModelError(
+            f"{_where(node)}: linear layer on a {len(in_shape)}-d tensor (expected (N, features))"
+        )
+    out = existing.out_space if existing else spaces.new(module.out_features, name)
+    layer = existing or SlimLayer(name, module, "linear", in_space, out, in_factor=in_factor)
+    if existing:
+        spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
+    layers[name] = layer
+    layer.calls.append(LayerCall(positions=math.prod(out_shape[:-1]) // batch))
+    return out, 1
+
+
+def _propagate(
+    node: torch.fx.Node,
+    name: str,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, tuple[int, int]],
+    spaces: _Spaces,
+    out_shape: tuple[int, ...],
+) -> tuple[int, int]:
+    """Channel space of a non-slimmable op's output, or raise if it mixes channels."""
+    first = tracked[0]
+    in_shape = _shape(first)
+    space, factor = info[first]
+    if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
+        raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
+    channelwise = name == "__module__" or name in _CHANNELWISE
+
+    if name in _JOINING and len(tracked) > 1:
+        for other in tracked[1:]:
+            other_shape = _shape(other)
+            if other_shape is None or len(other_shape) < 2 or other_shape[1] == 1:
+                continue  # broadcast over channels (e.g. a spatial gate)
+            if info[other][1] != factor:
+                raise UnsupportedModelError(f"{_where(node)}: joins tensors of different layouts")
+            space = spaces.union(space, info[other][0], _where(node))
+        return space, factor
+
+    if name == "pad" and len(node.args) > 1 and isinstance(node.args[1], (tuple, list)):
+        if len(node.args[1]) > 2 * (len(in_shape) - 2):
+            raise UnsupportedModelError(f"{_where(node)}: pads the channel dimension")
+
+    if channelwise and out_shape[1] == in_shape[1] and len(out_shape) <= len(in_shape):
+        if len(out_shape) == 2 and len(in_shape) > 2 and math.prod(in_shape[2:]) != 1:
+            if name in _FLATTENING:  # (N, C, H, W) -> (N, C*H*W) with C == C*H*W: H*W == 1
+                return space, factor
+            raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
+        return space, factor
+    if name in _FLATTENING and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
+        return space, factor * math.prod(in_shape[2:])
+    raise UnsupportedModelError(
+        f"{_where(node)} mixes or reorders channels (concat/split/shuffle are not supported); "
+        "the supernet cannot slim across it"
+    )
+

@@ -1,0 +1,342 @@
+"""A slimmable supernet that wraps any traceable CNN in place.
+
+Conv, BN and linear layers keep their full weights; while a width config is active, a
+forward pre-hook swaps in slices of them (and of BN running stats) for the duration of
+each call, then a forward hook restores them. Slices are views, so gradients and BN
+running-stat updates reach the full tensors. BCNet's bilateral coupling: a width ``c`` of
+``C`` uses channels ``[0, c)`` on the *left* side and ``[C - c, C)`` on the *right*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._graph import SlimLayer, TraceResult, trace_channels
+from .cost import CostModel
+from .space import WidthConfig, WidthSpace, make_group
+
+__all__ = ["SIDES", "Side", "Supernet"]
+
+Side = Literal["left", "right"]
+SIDES: tuple[Side, Side] = ("left", "right")
+
+
+def _span(full: int, width: int, side: str) -> slice:
+    return slice(0, width) if side == "left" else slice(full - width, full)
+
+
+class Supernet(nn.Module):
+    """A model whose conv/BN/linear widths can be set per channel group.
+
+    Build it with :meth:`from_model`; run subnets with :meth:`active`; count their cost
+    with :meth:`macs`/:meth:`params`; turn one into a dense model with :meth:`extract`.
+
+    Attributes:
+        model: The wrapped model (its own class, its own forward).
+        space: The width space (groups in graph order).
+        meta: How the supernet was built (model name, arguments, width-space settings), so a
+            checkpoint can rebuild it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        trace: TraceResult,
+        *,
+        bins: int,
+        min_bins: int,
+        round_to: int,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        group_of_space = {space: i for i, space in enumerate(trace.order)}
+        self.space = WidthSpace(
+            [
+                make_group(
+                    trace.space_name[s],
+                    trace.space_size[s],
+                    fixed=s in trace.fixed,
+                    bins=bins,
+                    min_bins=min_bins,
+                    round_to=int(np.lcm(round_to, trace.multiple[s])),
+                )
+                for s in trace.order
+            ]
+        )
+        self.cost = CostModel(trace, group_of_space)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.meta.update(bins=bins, min_bins=min_bins, round_to=round_to)
+        # module -> (layer, in group index, out group index)
+        self._layers: list[tuple[SlimLayer, int, int]] = [
+            (layer, group_of_space[layer.in_space], group_of_space[layer.out_space])
+            for layer in trace.layers
+        ]
+        self._widths: list[int] | None = None
+        self._side: str = "left"
+        self._saved: dict[int, list[dict[str, Any]]] = {}
+        self._hook_handles: list[Any] = []
+        restore = self._make_restore_hook()
+        for layer, in_g, out_g in self._layers:
+            pre = self._make_pre_hook(layer, in_g, out_g)
+            self._hook_handles.append(layer.module.register_forward_pre_hook(pre))
+            self._hook_handles.append(layer.module.register_forward_hook(restore, always_call=True))
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        bins: int = 10,
+        min_bins: int = 1,
+        round_to: int = 1,
+        meta: dict[str, Any] | None = None,
+    ) -> Supernet:
+        """Trace ``model`` once and make it slimmable in place.
+
+        Args:
+            model: Any torch.fx-traceable CNN (torchvision, timm, the built-in ResNets).
+            example_inputs: A tensor (or tuple) of the input shape; batch size is irrelevant.
+            bins: Width steps per group (BCNet uses 20 on ImageNet).
+            min_bins: Smallest bin a group may shrink to.
+            round_to: Channel multiple of every width (8 suits hardware; 1 for tiny nets).
+            meta: Extra facts to keep with the supernet (model name and arguments).
+
+        Raises:
+            UnsupportedModelError: the model cannot be traced or slimmed; names the op.
+            ValueError: bad bin settings.
+        """
+        if bins < 1 or not 1 <= min_bins <= bins:
+            raise ValueError(f"need bins >= 1 and 1 <= min_bins <= bins, got {bins}, {min_bins}")
+        if round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}")
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        trace = trace_channels(model, tuple(example_inputs))
+        return cls(model, trace, bins=bins, min_bins=min_bins, round_to=round_to, meta=meta)
+
+    # -- running subnets -----------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def set_active(self, cfg: Mapping[str, int] | None, side: Side = "left") -> None:
+        """Make ``cfg`` the width of every later forward (``None``: full width)."""
+        if side not in SIDES:
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        if cfg is None:
+            self._widths = None
+        else:
+            full = self.space.validate(cfg)
+            self._widths = [full[g.name] for g in self.space.groups]
+        self._side = side
+
+    @contextlib.contextmanager
+    def active(self, cfg: Mapping[str, int] | None, side: Side = "left") -> Iterator[Supernet]:
+        """Run the subnet ``cfg`` (one side of it) inside the block, then restore."""
+        previous = (self._widths, self._side)
+        self.set_active(cfg, side)
+        try:
+            yield self
+        finally:
+            self._widths, self._side = previous
+
+    def _make_pre_hook(self, layer: SlimLayer, in_g: int, out_g: int):
+        in_full = self.space.groups[in_g].max_channels
+        out_full = self.space.groups[out_g].max_channels
+
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            widths = self._widths
+            if widths is None:
+                return
+            side = self._side
+            saved: dict[str, Any] = {}
+            params, buffers = module._parameters, module._buffers
+            out_span = _span(out_full, widths[out_g], side)
+            if layer.kind == "conv":
+                saved.update(in_channels=module.in_channels, out_channels=module.out_channels)
+                saved.update(groups=module.groups)
+                if layer.group_width:
+                    weight = params["weight"][out_span]
+                    module.groups = widths[out_g] // layer.group_width
+                    module.in_channels = widths[out_g]
+                else:
+                    weight = params["weight"][out_span, _span(in_full, widths[in_g], side)]
+                    module.in_channels = widths[in_g]
+                module.out_channels = widths[out_g]
+                _swap(params, saved, "weight", weight)
+                _swap(params, saved, "bias", out_span)
+            elif layer.kind == "bn":
+                saved["num_features"] = module.num_features
+                module.num_features = widths[out_g]
+                for name in ("weight", "bias"):
+                    _swap(params, saved, name, out_span)
+                for name in ("running_mean", "running_var"):
+                    _swap(buffers, saved, name, out_span)
+            else:
+                factor = layer.in_factor
+                in_span = _span(in_full * factor, widths[in_g] * factor, side)
+                saved.update(in_features=module.in_features, out_features=module.out_features)
+                _swap(params, saved, "weight", params["weight"][out_span, in_span])
+                _swap(params, saved, "bias", out_span)
+                module.in_features, module.out_features = widths[in_g] * factor, widths[out_g]
+            self._saved.setdefault(id(module), []).append(saved)
+
+        return pre_hook
+
+    def _make_restore_hook(self):
+        # A closure, not a bound method: deep copies of the model must not copy the supernet.
+        saved_by_module = self._saved
+
+        def restore_hook(module: nn.Module, args: Any, output: Any) -> None:
+            stack = saved_by_module.get(id(module))
+            if not stack:
+                return
+            for key, value in stack.pop().items():
+                if isinstance(key, tuple):
+                    store, original = value
+                    store[key[1]] = original
+                else:
+                    setattr(module, key, value)
+
+        return restore_hook
+
+    # -- cost ----------------------------------------------------------------------------
+    def widths_vector(self, cfg: Mapping[str, int]) -> np.ndarray:
+        """A config as a width vector in group order (validated)."""
+        return self.space.encode([cfg])[0]
+
+    def macs(self, cfg: Mapping[str, int] | None = None) -> int:
+        """Exact MACs per sample of the subnet ``cfg`` (``None``: full model)."""
+        return self.cost.macs(self.widths_vector(cfg if cfg is not None else self.space.max()))
+
+    def params(self, cfg: Mapping[str, int] | None = None) -> int:
+        """Exact parameter count of the subnet ``cfg`` once extracted."""
+        return self.cost.params(self.widths_vector(cfg if cfg is not None else self.space.max()))
+
+    # -- extraction ----------------------------------------------------------------------
+    def channel_indices(
+        self, cfg: Mapping[str, int], side: Side = "left"
+    ) -> dict[str, torch.Tensor]:
+        """The channels each group keeps on ``side``, as sorted index tensors."""
+        full = self.space.validate(cfg)
+        if side not in SIDES:
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        out = {}
+        for g in self.space.groups:
+            span = _span(g.max_channels, full[g.name], side)
+            out[g.name] = torch.arange(span.start, span.stop)
+        return out
+
+    def extract(
+        self,
+        cfg: Mapping[str, int],
+        side: Side = "left",
+        *,
+        indices: Mapping[str, torch.Tensor | Sequence[int]] | None = None,
+    ) -> nn.Module:
+        """A dense copy of the wrapped model (same class) with only the chosen channels.
+
+        Args:
+            cfg: The width config.
+            side: Which channels to inherit (``"left"``/``"right"``), unless ``indices``.
+            indices: Per group, the channels to keep (any subset of the config's width, e.g.
+                L1-norm top-k); overrides ``side``. Grouped convs need whole conv groups.
+
+        Returns:
+            A plain ``nn.Module`` with no hooks of this package: saving it with ``torch.save``
+            and loading it needs only the model's own classes.
+        """
+        full = self.space.validate(cfg)
+        keep = self.channel_indices(full, side)
+        for name, idx in (indices or {}).items():
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            if name not in self.space.index:
+                raise ValueError(f"unknown group {name!r} in channel indices")
+            group = self.space[name]
+            if len(idx) != full[name] or len(set(idx.tolist())) != len(idx):
+                raise ValueError(f"group {name!r}: need {full[name]} distinct channel indices")
+            if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= group.max_channels):
+                raise ValueError(f"group {name!r}: channel index out of range")
+            keep[name] = idx
+        saved_state, self._widths = self._widths, None
+        try:
+            model = copy.deepcopy(self.model)
+        finally:
+            self._widths = saved_state
+        hook_ids = {h.id for h in self._hook_handles}
+        copies = dict(model.named_modules())
+        for module in copies.values():
+            for hooks in (
+                module._forward_pre_hooks,
+                module._forward_hooks,
+                module._forward_hooks_always_called,
+            ):
+                for hid in hook_ids & set(hooks):
+                    del hooks[hid]
+        names = [g.name for g in self.space.groups]
+        with torch.no_grad():
+            for layer, in_g, out_g in self._layers:
+                _slice_module(
+                    copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]]
+                )
+        return model
+
+
+def _swap(store: dict[str, Any], saved: dict[str, Any], name: str, value: Any) -> None:
+    """Replace ``store[name]`` by ``value`` (or by a slice of it), remembering the original.
+
+    ``store`` is a module's ``_parameters`` or ``_buffers``; writing the dict directly lets a
+    plain tensor (a differentiable view) stand in for the parameter during one call.
+    """
+    current = store.get(name)
+    if current is None:
+        return
+    saved[(id(store), name)] = (store, current)
+    store[name] = current[value] if isinstance(value, slice) else value
+
+
+def _slice_module(
+    module: nn.Module, layer: SlimLayer, in_idx: torch.Tensor, out_idx: torch.Tensor
+) -> None:
+    """Shrink one conv/BN/linear of the extracted copy to the kept channels, in place."""
+
+    def replace_param(name: str, value: torch.Tensor) -> None:
+        old = getattr(module, name)
+        setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+
+    if layer.kind == "conv":
+        weight = module.weight.index_select(0, out_idx)
+        if layer.group_width:
+            module.groups = len(out_idx) // layer.group_width
+            module.in_channels = len(out_idx)
+        else:
+            weight = weight.index_select(1, in_idx)
+            module.in_channels = len(in_idx)
+        module.out_channels = len(out_idx)
+        replace_param("weight", weight)
+        if module.bias is not None:
+            replace_param("bias", module.bias.index_select(0, out_idx))
+    elif layer.kind == "bn":
+        module.num_features = len(out_idx)
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is not None:
+                replace_param(name, getattr(module, name).index_select(0, out_idx))
+        for name in ("running_mean", "running_var"):
+            if getattr(module, name, None) is not None:
+                setattr(module, name, getattr(module, name).index_select(0, out_idx).clone())
+    else:
+        factor = layer.in_factor
+        features = (in_idx[:, None] * factor + torch.arange(factor)[None, :]).reshape(-1)
+        replace_param("weight", module.weight.index_select(0, out_idx).index_select(1, features))
+        if module.bias is not None:
+            replace_param("bias", module.bias.index_select(0, out_idx))
+        module.in_features, module.out_features = len(features), len(out_idx)
