@@ -1,0 +1,206 @@
+"""Recipes: one TOML file describes a whole job (model, data, space, train, search, finetune).
+
+Recipes ship as package data in ``widthsearch/recipes/configs``; a recipe is named by its
+file stem (``quick``) or given as a path. CLI flags override recipe values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "DataSection",
+    "EvalSection",
+    "FinetuneSection",
+    "ModelSection",
+    "Recipe",
+    "SearchSection",
+    "SpaceSection",
+    "TrainSection",
+    "list_recipes",
+    "load_recipe",
+]
+
+DEFAULT_RECIPE = "quick"
+
+
+@dataclass
+class ModelSection:
+    name: str = "resnet20"  # built-in name, "tv:NAME" or "timm:NAME"
+    input_size: int = 0  # square input side; 0 = the dataset's own size
+
+
+@dataclass
+class DataSection:
+    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic
+    root: str = ""  # dataset folder; "" = $WIDTHSEARCH_DATA or the dataset's default place
+    heldout_size: int = 5000  # images carved from the training set for search scores
+    train_limit: int = 0  # use only this many training images (0 = all)
+    test_limit: int = 0  # use only this many test images (0 = all)
+    batch_size: int = 128  # training batch size (per process under torchrun)
+    workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seeds the held-out split and the loaders
+
+
+@dataclass
+class SpaceSection:
+    bins: int = 8  # width steps per group (BCNet: 20 on ImageNet)
+    min_bins: int = 1  # smallest bin a group may shrink to
+    round_to: int = 1  # channel multiple (8 for hardware-friendly widths)
+
+
+@dataclass
+class TrainSection:
+    trainer: str = "bcnet"  # bcnet | sandwich
+    epochs: int = 3  # supernet training epochs
+    lr: float = 0.1  # peak SGD learning rate (cosine schedule)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    nesterov: bool = True  # Nesterov momentum
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine schedule
+    distill: bool = False  # in-place distillation from the full width (AutoSlim)
+    full_every: int = 2  # BCNet: one full-width step after every this many sampled steps
+    sandwich_random: int = 2  # sandwich rule: random widths per step besides max and min
+    seed: int = 0  # seeds width sampling and initialisation
+    eval_batches: int = 10  # held-out batches for the per-epoch max/min top-1
+
+
+@dataclass
+class SearchSection:
+    strategies: list[str] = field(
+        default_factory=lambda: ["bisection", "evolution", "peel", "relax", "uniform", "random"]
+    )  # strategy names from the registry
+    budgets: list[float | str] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # MACs budgets
+    heldout_images: int = 1000  # held-out images per subnet score
+    calib_batches: int = 4  # BN recalibration batches per subnet score
+    eval_batch_size: int = 250  # batch size for scoring and calibration
+    evolution_trials: int = 150  # Optuna trials of the evolutionary search
+    random_samples: int = 40  # configs tried by the random baseline
+    relax_steps: int = 200  # gradient steps of the continuous relaxation
+    seed: int = 0  # seeds every strategy
+
+
+@dataclass
+class FinetuneSection:
+    epochs: int = 2  # fine-tuning epochs of each extracted subnet
+    lr: float = 0.02  # peak SGD learning rate (cosine schedule)
+    weight_decay: float = 5e-4  # SGD weight decay
+    distill: bool = True  # distil from the supernet's full width
+    inheritance: list[str] = field(
+        default_factory=lambda: ["left", "right", "l1", "bn"]
+    )  # weight-inheritance candidates; the best by held-out score is kept
+
+
+@dataclass
+class EvalSection:
+    latency: bool = True  # measure CPU latency (batch 1 and 64)
+    latency_seconds: float = 0.5  # minimum measuring time per latency figure
+
+
+@dataclass
+class Recipe:
+    """A whole job. ``source`` is where it was read from (for logs and reports)."""
+
+    name: str = DEFAULT_RECIPE
+    description: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTION_TYPES = {
+    "model": ModelSection,
+    "data": DataSection,
+    "space": SpaceSection,
+    "train": TrainSection,
+    "search": SearchSection,
+    "finetune": FinetuneSection,
+    "eval": EvalSection,
+}
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    folder = resources.files("widthsearch.recipes") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str) -> tuple[dict[str, Any], str]:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"recipe file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        resource = resources.files("widthsearch.recipes") / "configs" / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise ValueError(
+                f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(list_recipes())} "
+                "(or give a path to a .toml file)"
+            )
+        text, source = resource.read_text(), f"widthsearch:{name_or_path}"
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"recipe {source} is not valid TOML: {exc}") from None
+
+
+def _section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe section [{where}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ValueError(
+                f"unknown key {key!r} in recipe section [{where}] (known: {', '.join(known)})"
+            )
+    defaults = cls()
+    for key, value in values.items():
+        expected = getattr(defaults, key)
+        ok = (
+            isinstance(value, type(expected))
+            or (isinstance(expected, float) and isinstance(value, int))
+        ) and not (isinstance(value, bool) and not isinstance(expected, bool))
+        if not ok:
+            raise ValueError(
+                f"recipe key [{where}].{key} must be {type(expected).__name__}, got {value!r}"
+            )
+    return cls(**values)
+
+
+def load_recipe(name_or_path: str | None = None) -> Recipe:
+    """Load and validate a recipe (default: :data:`DEFAULT_RECIPE`).
+
+    Raises:
+        ValueError: unknown recipe, invalid TOML, unknown section or key, wrong value type.
+    """
+    raw, source = _read(name_or_path or DEFAULT_RECIPE)
+    kwargs: dict[str, Any] = {"source": source}
+    for key, value in raw.items():
+        if key in _SECTION_TYPES:
+            kwargs[key] = _section(_SECTION_TYPES[key], value, key)
+        elif key in ("name", "description"):
+            kwargs[key] = str(value)
+        else:
+            raise ValueError(f"unknown recipe section or key {key!r} in {source}")
+    recipe = Recipe(**kwargs)
+    if recipe.train.trainer not in ("bcnet", "sandwich"):
+        raise ValueError(f"[train].trainer must be 'bcnet' or 'sandwich', got {recipe.train.trainer!r}")
+    if recipe.space.bins < 2 or not 1 <= recipe.space.min_bins <= recipe.space.bins // 2:
+        raise ValueError("[space] needs bins >= 2 and 1 <= min_bins <= bins / 2")
+    return recipe
