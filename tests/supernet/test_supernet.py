@@ -1,0 +1,279 @@
+"""The supernet core against ground truth: extracted models, FlopCounterMode, the original model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from widthsearch.supernet import Supernet, UnsupportedModelError
+
+
+def _tv(name: str) -> nn.Module:
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+def _timm(name: str) -> nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=10)
+
+
+def _builtin(name: str) -> nn.Module:
+    from widthsearch.supernet.models import create_model
+
+    return create_model(name, num_classes=10, in_chans=1)
+
+
+# (id, factory, input shape); small inputs keep the whole file to seconds
+MODELS = [
+    ("resnet20", lambda: _builtin("resnet20"), (2, 1, 28, 28)),
+    ("resnet56", lambda: _builtin("resnet56"), (2, 1, 28, 28)),
+    ("tv:resnet18", lambda: _tv("resnet18"), (2, 3, 32, 32)),
+    ("tv:resnet50", lambda: _tv("resnet50"), (2, 3, 32, 32)),
+    ("tv:mobilenet_v2", lambda: _tv("mobilenet_v2"), (2, 3, 32, 32)),
+    ("tv:mobilenet_v3_small", lambda: _tv("mobilenet_v3_small"), (2, 3, 32, 32)),
+    ("tv:efficientnet_b0", lambda: _tv("efficientnet_b0"), (2, 3, 32, 32)),
+    ("tv:regnet_x_400mf", lambda: _tv("regnet_x_400mf"), (2, 3, 32, 32)),
+    ("tv:vgg11_bn", lambda: _tv("vgg11_bn"), (2, 3, 32, 32)),
+    ("timm:resnet18", lambda: _timm("resnet18"), (2, 3, 32, 32)),
+    ("timm:mobilenetv2_100", lambda: _timm("mobilenetv2_100"), (2, 3, 32, 32)),
+    ("timm:efficientnet_b0", lambda: _timm("efficientnet_b0"), (2, 3, 32, 32)),
+    ("timm:mobilenetv3_small_100", lambda: _timm("mobilenetv3_small_100"), (2, 3, 32, 32)),
+]
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics, so that slicing the wrong channels shows in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def _counted_macs(model: nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x[:1])
+    total = counter.get_total_flops()
+    assert total % 2 == 0
+    return total // 2
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=[m[0] for m in MODELS])
+def built(request):
+    name, factory, shape = request.param
+    torch.manual_seed(0)
+    model = factory().eval()
+    with torch.no_grad():
+        _randomise_bn(model)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        reference = model(x)
+    sn = Supernet.from_model(model, x[:1]).eval()
+    return name, sn, x, reference
+
+
+def test_max_config_reproduces_original(built):
+    _, sn, x, reference = built
+    with torch.no_grad(), sn.active(sn.space.max(), "left"):
+        left = sn(x)
+    with torch.no_grad(), sn.active(sn.space.max(), "right"):
+        right = sn(x)
+    assert torch.equal(left, reference) and torch.equal(right, reference)
+    assert sn.macs() == _counted_macs(sn.model, x)
+    assert sn.params() == sum(p.numel() for p in sn.model.parameters())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_extracted_equals_subnet_and_cost_is_exact(built, side):
+    name, sn, x, reference = built
+    rng = np.random.default_rng(1)
+    configs = [sn.space.min(), sn.space.uniform(0.5)] + [sn.space.sample(rng) for _ in range(3)]
+    for cfg in configs:
+        with torch.no_grad(), sn.active(cfg, side):
+            expected = sn(x)
+        sub = sn.extract(cfg, side).eval()
+        assert type(sub) is type(sn.model)
+        with torch.no_grad():
+            got = sub(x)
+        assert (got - expected).abs().max().item() <= 1e-5, name
+        assert sn.macs(cfg) == _counted_macs(sub, x), name
+        assert sn.params(cfg) == sum(p.numel() for p in sub.parameters()), name
+    # the supernet itself is untouched by extraction and by running subnets
+    with torch.no_grad():
+        assert torch.equal(sn(x), reference)
+
+
+def test_sides_differ_and_slimmed_is_smaller(built):
+    _, sn, x, _ = built
+    cfg = sn.space.uniform(0.5)
+    with torch.no_grad():
+        with sn.active(cfg, "left"):
+            left = sn(x)
+        with sn.active(cfg, "right"):
+            right = sn(x)
+    assert not torch.allclose(left, right)
+    assert sn.macs(sn.space.min()) < sn.macs(cfg) < sn.macs()
+    assert sn.params(cfg) < sn.params()
+
+
+def test_no_slimmable_state_left_in_extracted(built):
+    _, sn, _, _ = built
+    sub = sn.extract(sn.space.uniform(0.5))
+    for module in sub.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+        assert "widthsearch.supernet.supernet" not in type(module).__module__
+
+
+def test_vectorised_cost_equals_scalar():
+    sn = Supernet.from_model(_tv("resnet18"), torch.randn(1, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    cfgs = [sn.space.sample(rng) for _ in range(50)]
+    widths = sn.space.encode(cfgs)
+    assert sn.cost.macs(widths).tolist() == [sn.macs(c) for c in cfgs]
+    assert sn.cost.params(widths).tolist() == [sn.params(c) for c in cfgs]
+
+
+def test_groups_found_by_tracing_resnet20():
+    sn = Supernet.from_model(_builtin("resnet20"), torch.randn(1, 1, 28, 28))
+    groups = {g.name: g for g in sn.space.groups}
+    # input and logits are fixed; each stage's residual stream is one group; each block's
+    # inner conv is its own group: 3 stages + 9 inner = 12 searchable groups
+    assert groups["input"].fixed and groups["input"].choices == (1,)
+    assert groups["fc"].fixed and groups["fc"].choices == (10,)
+    searchable = [g for g in sn.space.groups if not g.fixed]
+    assert len(searchable) == 12
+    assert sorted(g.max_channels for g in searchable) == [16] * 4 + [32] * 4 + [64] * 4
+
+
+def test_depthwise_and_se_couplings_mobilenet_v3():
+    sn = Supernet.from_model(_tv("mobilenet_v3_small"), torch.randn(1, 3, 32, 32))
+    by_layer = {layer.name: (in_g, out_g) for layer, in_g, out_g in sn._layers}
+    # depthwise conv output is tied to its input; SE expand output is tied to the gated tensor
+    dw_in, dw_out = by_layer["features.1.block.0.0"]
+    assert dw_in == dw_out
+    assert by_layer["features.1.block.1.fc2"][1] == dw_out
+    # SE reduce layer is its own group
+    assert by_layer["features.1.block.1.fc1"][1] not in (dw_in, dw_out)
+
+
+def test_grouped_conv_widths_keep_whole_groups():
+    sn = Supernet.from_model(_tv("regnet_x_400mf"), torch.randn(1, 3, 32, 32))
+    for layer, in_g, out_g in sn._layers:
+        if layer.kind == "conv" and layer.group_width > 1:
+            group = sn.space.groups[out_g]
+            assert all(w % layer.group_width == 0 for w in group.choices)
+
+
+def test_round_to_and_bins():
+    sn = Supernet.from_model(_tv("resnet18"), torch.randn(1, 3, 32, 32), bins=8, round_to=8)
+    for g in sn.space.searchable:
+        assert all(w % 8 == 0 for w in g.choices)
+        assert g.choices[-1] == g.max_channels
+        # mirrored bins: complement widths are exact
+        assert all(
+            g.bin_to_width[k] + g.bin_to_width[g.bins - k] == g.max_channels
+            for k in range(g.bins + 1)
+        )
+
+
+class _Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.a(x)
+        return x
+
+
+class _LayerNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.norm = nn.GroupNorm(2, 4)
+
+    def forward(self, x):
+        return self.norm(self.a(x))
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (_Concat(), ["cat", "concat"]),
+        (_DataDependent(), ["cannot trace", "_DataDependent"]),
+        (_LayerNormNet(), ["'norm'", "GroupNorm"]),
+    ],
+)
+def test_unsupported_models_raise_clear_errors(model, words):
+    with pytest.raises(UnsupportedModelError) as info:
+        Supernet.from_model(model, torch.randn(1, 3, 8, 8))
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_bad_configs_name_the_group():
+    sn = Supernet.from_model(_builtin("resnet20"), torch.randn(1, 1, 28, 28))
+    cfg = sn.space.max()
+    name = sn.space.searchable[1].name
+    with pytest.raises(ValueError, match="unknown group 'nope'"):
+        sn.macs({**cfg, "nope": 3})
+    bad = {**cfg, name: 7}  # 7 is not a bin width of a 16-channel group with 10 bins
+    with pytest.raises(ValueError, match=f"group '{name}'"):
+        sn.macs(bad)
+    missing = {k: v for k, v in cfg.items() if k != name}
+    with pytest.raises(ValueError, match=f"missing group '{name}'"):
+        sn.extract(missing)
+    with pytest.raises(ValueError, match="side"), sn.active(cfg, side="middle"):  # type: ignore[arg-type]
+        pass
+    # fixed groups may be omitted
+    searchable_only = {g.name: cfg[g.name] for g in sn.space.searchable}
+    assert sn.macs(searchable_only) == sn.macs(cfg)
+
+
+def test_active_restores_on_error_and_nests():
+    sn = Supernet.from_model(_builtin("resnet20"), torch.randn(1, 1, 28, 28)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        full = sn(x)
+        with pytest.raises(RuntimeError), sn.active(sn.space.min()):
+            sn(torch.randn(2, 3, 28, 28))  # wrong channel count fails inside a hooked conv
+        assert torch.equal(sn(x), full)
+        assert all(isinstance(p, nn.Parameter) for p in sn.model.parameters())
+        with sn.active(sn.space.min()):
+            with sn.active(sn.space.uniform(0.5)):
+                pass
+            small = sn(x)
+        assert sn.macs(sn.space.min()) < sn.macs()
+        assert not torch.equal(small, full)
+
+
+def test_gradients_reach_only_active_channels():
+    sn = Supernet.from_model(_builtin("resnet20"), torch.randn(1, 1, 28, 28)).train()
+    cfg = sn.space.uniform(0.5)
+    with sn.active(cfg, "right"):
+        sn(torch.randn(4, 1, 28, 28)).sum().backward()
+    conv = sn.model.layer1[0].conv1
+    group = sn.space["layer1.0.conv1"]
+    width = cfg[group.name]
+    grad_norm = conv.weight.grad.abs().sum(dim=(1, 2, 3))
+    assert (grad_norm[: group.max_channels - width] == 0).all()
+    assert (grad_norm[group.max_channels - width :] > 0).all()
