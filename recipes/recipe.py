@@ -200,7 +200,9 @@ def load_recipe(name_or_path: str | None = None) -> Recipe:
             raise ValueError(f"unknown recipe section or key {key!r} in {source}")
     recipe = Recipe(**kwargs)
     if recipe.train.trainer not in ("bcnet", "sandwich"):
-        raise ValueError(f"[train].trainer must be 'bcnet' or 'sandwich', got {recipe.train.trainer!r}")
+        raise ValueError(
+            f"[train].trainer must be 'bcnet' or 'sandwich', got {recipe.train.trainer!r}"
+        )
     if recipe.space.bins < 2 or not 1 <= recipe.space.min_bins <= recipe.space.bins // 2:
         raise ValueError("[space] needs bins >= 2 and 1 <= min_bins <= bins / 2")
     return recipe

@@ -25,20 +25,89 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 # Ops that act on each channel independently, keeping the channel dimension in place.
 _CHANNELWISE = {
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
-    "hardsigmoid", "hardsigmoid_", "silu", "silu_", "gelu", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "dropout", "dropout2d", "alpha_dropout", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-    "avg_pool2d", "max_pool2d", "mean", "amax", "contiguous", "clone", "float", "to", "type_as",
-    "interpolate", "clamp", "clamp_", "clamp_min", "clamp_max", "neg", "abs", "exp", "pow",
-    "softplus", "leaky_relu", "elu", "mish", "sqrt", "rsqrt", "square", "detach",
-    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div",
-    "div_", "itruediv", "stochastic_depth", "drop_path", "squeeze", "flatten", "view", "reshape",
+    "relu",
+    "relu_",
+    "relu6",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "silu",
+    "silu_",
+    "gelu",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "dropout",
+    "dropout2d",
+    "alpha_dropout",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "max_pool2d",
+    "mean",
+    "amax",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "type_as",
+    "interpolate",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "neg",
+    "abs",
+    "exp",
+    "pow",
+    "softplus",
+    "leaky_relu",
+    "elu",
+    "mish",
+    "sqrt",
+    "rsqrt",
+    "square",
+    "detach",
+    "add",
+    "add_",
+    "iadd",
+    "sub",
+    "sub_",
+    "isub",
+    "mul",
+    "mul_",
+    "imul",
+    "truediv",
+    "div",
+    "div_",
+    "itruediv",
+    "stochastic_depth",
+    "drop_path",
+    "squeeze",
+    "flatten",
+    "view",
+    "reshape",
     "pad",
 }
 # Binary ops whose tensor operands with equal channel counts must share one width.
 _JOINING = {
-    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div",
-    "div_", "itruediv",
+    "add",
+    "add_",
+    "iadd",
+    "sub",
+    "sub_",
+    "isub",
+    "mul",
+    "mul_",
+    "imul",
+    "truediv",
+    "div",
+    "div_",
+    "itruediv",
 }
 # Ops that flatten (N, C, H, W) -> (N, C*H*W).
 _FLATTENING = {"flatten", "view", "reshape"}
@@ -67,6 +136,7 @@ class SlimLayer:
     out_space: int
     in_factor: int = 1
     group_width: int = 0  # grouped/depthwise conv: input channels per conv group (0 = dense)
+    source: str | None = None  # BN: the conv/linear whose output it normalises directly
     calls: list[LayerCall] = field(default_factory=list)
 
 
@@ -81,6 +151,7 @@ class TraceResult:
     multiple: dict[int, int]  # root space id -> channel multiple required (grouped convs)
     order: list[int]  # root space ids in graph order
     other_params: int  # parameters outside conv/BN/linear layers (constant in the cost model)
+    other_params_of: dict[str, int]  # module name -> its own such parameters (depth pruning)
 
 
 class _Spaces:
@@ -250,12 +321,12 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
     for layer in layers.values():
         layer.in_space, layer.out_space = spaces.find(layer.in_space), spaces.find(layer.out_space)
     slim_ids = {id(m) for lay in layers.values() for m in lay.module.modules()}
-    other_params = sum(
-        p.numel()
-        for m in model.modules()
+    other_params_of = {
+        name: sum(p.numel() for p in m.parameters(recurse=False))
+        for name, m in model.named_modules()
         if id(m) not in slim_ids
-        for p in m.parameters(recurse=False)
-    )
+    }
+    other_params_of = {name: n for name, n in other_params_of.items() if n}
     return TraceResult(
         layers=list(layers.values()),
         space_size={r: spaces.size[r] for r in roots},
@@ -263,7 +334,8 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         fixed={r for r in roots if spaces.fixed[r]},
         multiple={r: spaces.multiple[r] for r in roots},
         order=roots,
-        other_params=other_params,
+        other_params=sum(other_params_of.values()),
+        other_params_of=other_params_of,
     )
 
 
@@ -310,7 +382,11 @@ def _slim_layer(
     if isinstance(module, _BN):
         if in_factor != 1:
             raise UnsupportedModelError(f"{_where(node)}: batch norm on flattened features")
-        layer = existing or SlimLayer(name, module, "bn", in_space, in_space)
+        producer = tracked[0]
+        source = str(producer.target) if producer.op == "call_module" else None
+        layer = existing or SlimLayer(
+            name, module, "bn", in_space, in_space, source=source if source in layers else None
+        )
         if existing:
             spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
         layers[name] = layer
@@ -358,9 +434,9 @@ def _propagate(
             space = spaces.union(space, info[other][0], _where(node))
         return space, factor
 
-    if name == "pad" and len(node.args) > 1 and isinstance(node.args[1], (tuple, list)):
-        if len(node.args[1]) > 2 * (len(in_shape) - 2):
-            raise UnsupportedModelError(f"{_where(node)}: pads the channel dimension")
+    pads = node.args[1] if name == "pad" and len(node.args) > 1 else None
+    if isinstance(pads, (tuple, list)) and len(pads) > 2 * (len(in_shape) - 2):
+        raise UnsupportedModelError(f"{_where(node)}: pads the channel dimension")
 
     if channelwise and out_shape[1] == in_shape[1] and len(out_shape) <= len(in_shape):
         if len(out_shape) == 2 and len(in_shape) > 2 and math.prod(in_shape[2:]) != 1:
@@ -374,4 +450,3 @@ def _propagate(
         f"{_where(node)} mixes or reorders channels (concat/split/shuffle are not supported); "
         "the supernet cannot slim across it"
     )
-

@@ -91,7 +91,7 @@ def save_supernet(path: str | os.PathLike[str], supernet, **extra: Any) -> None:
 
 
 def load_supernet(path: str | os.PathLike[str]):
-    """Load a supernet checkpoint: returns ``(supernet, payload)`` with the supernet in eval mode."""
+    """Load a supernet checkpoint: ``(supernet in eval mode, payload)``."""
     payload = load_checkpoint(path, kind=SUPERNET_FORMAT)
     try:
         supernet = build_supernet(payload["meta"])

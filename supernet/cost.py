@@ -21,19 +21,24 @@ _ONE = -1  # index of the constant-1 column
 
 
 class _Terms:
+    """Sum of ``coef * w[a] * w[b] * (w[gate] > 0)``; index -1 stands for the constant 1."""
+
     def __init__(self) -> None:
-        self.coef: dict[tuple[int, int], int] = defaultdict(int)
+        self.coef: dict[tuple[int, int, int], int] = defaultdict(int)
+        self.gate = _ONE  # set while adding the terms of a layer inside a removable block
 
     def add(self, coef: int, a: int, b: int = _ONE) -> None:
         if coef:
-            self.coef[(a, b)] += coef
+            self.coef[(a, b, self.gate)] += coef
 
-    def arrays(self, num_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(self, num_groups: int) -> tuple[np.ndarray, ...]:
         keys = sorted(self.coef)
-        a = np.array([k[0] if k[0] >= 0 else num_groups for k in keys], dtype=np.int64)
-        b = np.array([k[1] if k[1] >= 0 else num_groups for k in keys], dtype=np.int64)
+        a, b, gate = (
+            np.array([k[i] if k[i] >= 0 else num_groups for k in keys], dtype=np.int64)
+            for i in range(3)
+        )
         coef = np.array([self.coef[k] for k in keys], dtype=np.float64)
-        return a, b, coef
+        return a, b, gate, coef
 
 
 class CostModel:
@@ -43,10 +48,26 @@ class CostModel:
     parameter count, exactly: both are sums over the same layers with the same shapes.
     """
 
-    def __init__(self, trace: TraceResult, group_of_space: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        trace: TraceResult,
+        group_of_space: Mapping[int, int],
+        *,
+        gates: Mapping[str, int] | None = None,
+    ) -> None:
+        """Build the term table.
+
+        Args:
+            trace: Layers and channel spaces from tracing.
+            group_of_space: Channel space id -> group index.
+            gates: Module name -> group index whose width 0 removes that module (depth
+                pruning); its terms count only while the group is wider than 0.
+        """
+        gates = gates or {}
         num_groups = len(set(group_of_space.values()))
         macs, params = _Terms(), _Terms()
         for layer in trace.layers:
+            macs.gate = params.gate = gates.get(layer.name, _ONE)
             out_g = group_of_space[layer.out_space]
             in_g = group_of_space[layer.in_space]
             module = layer.module
@@ -68,13 +89,17 @@ class CostModel:
                 params.add(int(module.bias is not None), out_g)
             else:  # batch norm: weight and bias when affine
                 params.add(2 * int(module.affine), out_g)
-        params.add(trace.other_params, _ONE)
+        params.gate = _ONE
+        params.add(trace.other_params - sum(trace.other_params_of.get(n, 0) for n in gates), _ONE)
+        for name, gate in gates.items():
+            params.gate = gate
+            params.add(trace.other_params_of.get(name, 0), _ONE)
         self.num_groups = num_groups
         self._macs = macs.arrays(num_groups)
         self._params = params.arrays(num_groups)
 
     def _evaluate(self, terms: tuple[np.ndarray, np.ndarray, np.ndarray], widths: np.ndarray):
-        a, b, coef = terms
+        a, b, gate, coef = terms
         widths = np.asarray(widths, dtype=np.float64)
         single = widths.ndim == 1
         widths = np.atleast_2d(widths)
@@ -84,7 +109,8 @@ class CostModel:
         for start in range(0, len(widths), 8192):  # bounded temporaries
             chunk = widths[start : start + 8192]
             ext = np.concatenate([chunk, np.ones((len(chunk), 1))], axis=1)
-            out[start : start + 8192] = np.rint((ext[:, a] * ext[:, b]) @ coef).astype(np.int64)
+            products = ext[:, a] * ext[:, b] * (ext[:, gate] > 0)
+            out[start : start + 8192] = np.rint(products @ coef).astype(np.int64)
         return int(out[0]) if single else out
 
     def macs(self, widths: np.ndarray):

@@ -48,6 +48,9 @@ class Group:
         round_to: Channel multiple the widths are rounded to (includes grouped-conv group
             widths).
         bin_to_width: Width of each bin ``0..bins`` (``bin_to_width[bins] == C``).
+        block: For a group that may be 0 (depth pruning), the residual block that width 0
+            removes; ``""`` when the group cannot be removed. Width 0 is valid for such
+            groups but is not among ``choices`` (samplers never draw it).
     """
 
     name: str
@@ -58,6 +61,11 @@ class Group:
     min_bins: int = 1
     round_to: int = 1
     bin_to_width: tuple[int, ...] = field(default=(), repr=False)
+    block: str = ""
+
+    @property
+    def removable(self) -> bool:
+        return bool(self.block)
 
 
 def make_group(
@@ -68,7 +76,9 @@ def make_group(
     round_to = max(1, min(round_to, max_channels))
     per_bin = bin_widths(max_channels, bins, round_to)
     choices = sorted({w for w in per_bin[min_bins:] if w > 0})
-    return Group(name, max_channels, tuple(choices), False, bins, min_bins, round_to, tuple(per_bin))
+    return Group(
+        name, max_channels, tuple(choices), False, bins, min_bins, round_to, tuple(per_bin)
+    )
 
 
 class WidthSpace:
@@ -111,7 +121,7 @@ class WidthSpace:
             value = cfg[group.name]
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"width of group {group.name!r} must be an int, got {value!r}")
-            if int(value) not in group.choices:
+            if int(value) not in group.choices and not (value == 0 and group.removable):
                 raise ValueError(
                     f"width {value} is not allowed for group {group.name!r} "
                     f"(choices: {_short(group.choices)})"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -20,7 +22,7 @@ from torch import nn
 
 from ._graph import SlimLayer, TraceResult, trace_channels
 from .cost import CostModel
-from .space import WidthConfig, WidthSpace, make_group
+from .space import WidthSpace, make_group
 
 __all__ = ["SIDES", "Side", "Supernet"]
 
@@ -54,6 +56,7 @@ class Supernet(nn.Module):
         min_bins: int,
         round_to: int,
         meta: dict[str, Any] | None = None,
+        example_inputs: tuple[torch.Tensor, ...] = (),
     ) -> None:
         super().__init__()
         self.model = model
@@ -71,7 +74,6 @@ class Supernet(nn.Module):
                 for s in trace.order
             ]
         )
-        self.cost = CostModel(trace, group_of_space)
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(bins=bins, min_bins=min_bins, round_to=round_to)
         # module -> (layer, in group index, out group index)
@@ -88,6 +90,14 @@ class Supernet(nn.Module):
             pre = self._make_pre_hook(layer, in_g, out_g)
             self._hook_handles.append(layer.module.register_forward_pre_hook(pre))
             self._hook_handles.append(layer.module.register_forward_hook(restore, always_call=True))
+        blocks = self._find_removable_blocks(example_inputs) if example_inputs else {}
+        self.space = WidthSpace(
+            [
+                dataclasses.replace(g, block=blocks.get(i, ""))
+                for i, g in enumerate(self.space.groups)
+            ]
+        )
+        self.cost = CostModel(trace, group_of_space, gates=self._cost_gates(blocks))
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -122,7 +132,15 @@ class Supernet(nn.Module):
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         trace = trace_channels(model, tuple(example_inputs))
-        return cls(model, trace, bins=bins, min_bins=min_bins, round_to=round_to, meta=meta)
+        return cls(
+            model,
+            trace,
+            bins=bins,
+            min_bins=min_bins,
+            round_to=round_to,
+            meta=meta,
+            example_inputs=tuple(example_inputs),
+        )
 
     # -- running subnets -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -152,43 +170,73 @@ class Supernet(nn.Module):
     def _make_pre_hook(self, layer: SlimLayer, in_g: int, out_g: int):
         in_full = self.space.groups[in_g].max_channels
         out_full = self.space.groups[out_g].max_channels
+        source_in_g = next(
+            (
+                i
+                for other, i, _ in self._layers
+                if other.name == layer.source and not other.group_width
+            ),
+            None,
+        )
 
-        def pre_hook(module: nn.Module, args: Any) -> None:
+        def pre_hook(module: nn.Module, args: Any) -> Any:
             widths = self._widths
             if widths is None:
-                return
+                return None
             side = self._side
-            saved: dict[str, Any] = {}
+            saved: dict[Any, Any] = {}
             params, buffers = module._parameters, module._buffers
-            out_span = _span(out_full, widths[out_g], side)
+            w_in, w_out = widths[in_g], widths[out_g]
+            # Width 0 (a removed residual block): torch has no zero-channel conv/BN, so run
+            # the layer at width 1 on zeros and let the restore hook return an empty tensor
+            # ("empty") or zeros ("dead": its input channels are all removed).
+            empty, dead = w_out == 0, w_in == 0 and layer.kind != "bn"
+            if layer.kind == "bn" and source_in_g is not None and widths[source_in_g] == 0:
+                dead = True
+            if empty and layer.group_width:
+                w_in = w_out = layer.group_width
+            elif empty:
+                w_out = 1
+            if w_in == 0 or (empty and layer.kind == "bn"):
+                w_in = w_out if layer.kind == "bn" or layer.group_width else 1
+            replace_input = (
+                (empty or widths[in_g] == 0)
+                and bool(args)
+                and args[0].shape[1] != w_in * layer.in_factor
+            )
+            out_span = _span(out_full, w_out, side)
             if layer.kind == "conv":
                 saved.update(in_channels=module.in_channels, out_channels=module.out_channels)
                 saved.update(groups=module.groups)
                 if layer.group_width:
                     weight = params["weight"][out_span]
-                    module.groups = widths[out_g] // layer.group_width
-                    module.in_channels = widths[out_g]
+                    module.groups = w_out // layer.group_width
                 else:
-                    weight = params["weight"][out_span, _span(in_full, widths[in_g], side)]
-                    module.in_channels = widths[in_g]
-                module.out_channels = widths[out_g]
+                    weight = params["weight"][out_span, _span(in_full, w_in, side)]
+                module.in_channels, module.out_channels = w_in, w_out
                 _swap(params, saved, "weight", weight)
                 _swap(params, saved, "bias", out_span)
             elif layer.kind == "bn":
-                saved["num_features"] = module.num_features
-                module.num_features = widths[out_g]
+                saved.update(num_features=module.num_features, training=module.training)
+                module.num_features = w_out
+                module.training = module.training and not empty  # no stats from fake inputs
                 for name in ("weight", "bias"):
                     _swap(params, saved, name, out_span)
                 for name in ("running_mean", "running_var"):
                     _swap(buffers, saved, name, out_span)
             else:
                 factor = layer.in_factor
-                in_span = _span(in_full * factor, widths[in_g] * factor, side)
+                in_span = _span(in_full * factor, w_in * factor, side)
                 saved.update(in_features=module.in_features, out_features=module.out_features)
                 _swap(params, saved, "weight", params["weight"][out_span, in_span])
                 _swap(params, saved, "bias", out_span)
-                module.in_features, module.out_features = widths[in_g] * factor, widths[out_g]
+                module.in_features, module.out_features = w_in * factor, w_out
+            saved["__output__"] = "empty" if empty else "dead" if dead else None
             self._saved.setdefault(id(module), []).append(saved)
+            if replace_input:
+                x = args[0]
+                return (x.new_zeros(x.shape[0], w_in * layer.in_factor, *x.shape[2:]),)
+            return None
 
         return pre_hook
 
@@ -196,28 +244,103 @@ class Supernet(nn.Module):
         # A closure, not a bound method: deep copies of the model must not copy the supernet.
         saved_by_module = self._saved
 
-        def restore_hook(module: nn.Module, args: Any, output: Any) -> None:
+        def restore_hook(module: nn.Module, args: Any, output: Any) -> Any:
             stack = saved_by_module.get(id(module))
             if not stack:
-                return
-            for key, value in stack.pop().items():
+                return None
+            saved = stack.pop()
+            mode = saved.pop("__output__", None)
+            for key, value in saved.items():
                 if isinstance(key, tuple):
                     store, original = value
                     store[key[1]] = original
                 else:
                     setattr(module, key, value)
+            if mode == "empty":
+                return output[:, :0]
+            if mode == "dead":
+                return torch.zeros_like(output)
+            return None
 
         return restore_hook
 
-    def active_bn_spans(self) -> dict[int, slice]:
-        """``id(bn module) -> slice`` of its channels in the active config (all when none)."""
-        spans = {}
-        for layer, _, out_g in self._layers:
-            if layer.kind == "bn":
-                full = self.space.groups[out_g].max_channels
-                width = full if self._widths is None else self._widths[out_g]
-                spans[id(layer.module)] = _span(full, width, self._side)
-        return spans
+    # -- depth pruning -------------------------------------------------------------------
+    @torch.no_grad()
+    def _find_removable_blocks(self, example_inputs: tuple[torch.Tensor, ...]) -> dict[int, str]:
+        """Groups whose width 0 turns a whole residual block into the identity.
+
+        A candidate block is any module enclosing every layer of the group. Whether width 0
+        really removes it is not assumed from the architecture but checked: with the group
+        at 0, the block's output must equal its input exactly on the example input (e.g.
+        ``relu(0 + x) == x`` for post-ReLU inputs). Then extraction may drop the block.
+        """
+        modules = dict(self.model.named_modules())
+        was_training = self.model.training
+        self.model.eval()
+        generator = torch.Generator().manual_seed(0)
+        inputs = tuple(torch.randn(x.shape, generator=generator) for x in example_inputs)
+        full = [g.max_channels for g in self.space.groups]
+        found: dict[int, str] = {}
+        try:
+            for gi, group in enumerate(self.space.groups):
+                if group.fixed:
+                    continue
+                names = [lay.name.split(".")[:-1] for lay, i, o in self._layers if gi in (i, o)]
+                prefix = names[0]
+                for parts in names[1:]:
+                    common = 0
+                    while common < min(len(prefix), len(parts)) and prefix[common] == parts[common]:
+                        common += 1
+                    prefix = prefix[:common]
+                candidates = [".".join(prefix[:k]) for k in range(len(prefix), 0, -1)]
+                candidates = [c for c in candidates if c not in found.values()]
+                if not candidates:
+                    continue
+                seen: dict[str, tuple[Any, Any]] = {}
+
+                def capture(module: nn.Module, args: Any, out: Any, name: str, seen=seen) -> None:
+                    # clone: a later in-place op (``result += x``) must not change what we saw
+                    first = args[0] if args else None
+                    tensors = isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor)
+                    if name not in seen and tensors:
+                        seen[name] = (first.clone(), out.clone())
+
+                handles = [
+                    modules[c].register_forward_hook(functools.partial(capture, name=c))
+                    for c in candidates
+                ]
+                self._widths = [0 if i == gi else w for i, w in enumerate(full)]
+                try:
+                    self.model(*inputs)
+                except Exception:  # any op that cannot take zero channels: not removable
+                    continue
+                finally:
+                    self._widths = None
+                    for h in handles:
+                        h.remove()
+                for c in candidates:
+                    block_in, block_out = seen.get(c, (None, None))
+                    if (
+                        isinstance(block_in, torch.Tensor)
+                        and isinstance(block_out, torch.Tensor)
+                        and block_in.shape == block_out.shape
+                        and torch.equal(block_in, block_out)
+                    ):
+                        found[gi] = c
+                        break
+        finally:
+            self._widths = None
+            self.model.train(was_training)
+        return found
+
+    def _cost_gates(self, blocks: dict[int, str]) -> dict[str, int]:
+        """Layer or parameter-owner name -> group whose width 0 removes it (its block)."""
+        gates: dict[str, int] = {}
+        for gi, block in blocks.items():
+            for name, _ in self.model.named_modules():
+                if name.startswith(block + "."):
+                    gates[name] = gi
+        return gates
 
     # -- cost ----------------------------------------------------------------------------
     def widths_vector(self, cfg: Mapping[str, int]) -> np.ndarray:
@@ -292,12 +415,16 @@ class Supernet(nn.Module):
             ):
                 for hid in hook_ids & set(hooks):
                     del hooks[hid]
+        removed = [g.block for g in self.space.groups if g.removable and full[g.name] == 0]
+        for block in removed:  # depth pruning: the whole residual block becomes the identity
+            parent_name, _, child = block.rpartition(".")
+            setattr(copies[parent_name] if parent_name else model, child, nn.Identity())
         names = [g.name for g in self.space.groups]
         with torch.no_grad():
             for layer, in_g, out_g in self._layers:
-                _slice_module(
-                    copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]]
-                )
+                if any(layer.name.startswith(block + ".") for block in removed):
+                    continue
+                _slice_module(copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]])
         return model
 
 

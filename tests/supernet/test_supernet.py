@@ -9,7 +9,6 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
 from widthsearch.supernet import Supernet, UnsupportedModelError
 
 
@@ -166,7 +165,7 @@ def test_depthwise_and_se_couplings_mobilenet_v3():
 
 def test_grouped_conv_widths_keep_whole_groups():
     sn = Supernet.from_model(_tv("regnet_x_400mf"), torch.randn(1, 3, 32, 32))
-    for layer, in_g, out_g in sn._layers:
+    for layer, _, out_g in sn._layers:
         if layer.kind == "conv" and layer.group_width > 1:
             group = sn.space.groups[out_g]
             assert all(w % layer.group_width == 0 for w in group.choices)
@@ -277,3 +276,42 @@ def test_gradients_reach_only_active_channels():
     grad_norm = conv.weight.grad.abs().sum(dim=(1, 2, 3))
     assert (grad_norm[: group.max_channels - width] == 0).all()
     assert (grad_norm[group.max_channels - width :] > 0).all()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_depth_pruning_removes_blocks_exactly(built, side):
+    name, sn, x, _ = built
+    removable = [g for g in sn.space.groups if g.removable]
+    if name == "tv:vgg11_bn":
+        assert not removable  # no residual blocks
+        return
+    assert removable, name
+    cfg = sn.space.uniform(0.75)
+    for g in removable[::2]:
+        cfg[g.name] = 0
+    with torch.no_grad(), sn.active(cfg, side):
+        expected = sn(x)
+    sub = sn.extract(cfg, side).eval()
+    with torch.no_grad():
+        got = sub(x)
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert sn.macs(cfg) == _counted_macs(sub, x)
+    assert sn.params(cfg) == sum(p.numel() for p in sub.parameters())
+    removed = {g.block for g in removable[::2]}
+    remaining = dict(sub.named_modules())
+    assert all(isinstance(remaining[b], nn.Identity) for b in removed)
+    # removing a block costs less than keeping it at its narrowest width
+    narrow = {**cfg, **{g.name: g.choices[0] for g in removable[::2]}}
+    assert sn.macs(cfg) < sn.macs(narrow)
+
+
+def test_only_identity_skip_blocks_are_removable():
+    sn = Supernet.from_model(_builtin("resnet20"), torch.randn(1, 1, 28, 28))
+    blocks = sorted(g.block for g in sn.space.groups if g.removable)
+    # the first block of stages 2 and 3 downsamples through a projection: not removable
+    assert blocks == [
+        f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3) if (s, b) not in ((2, 0), (3, 0))
+    ]
+    assert all(0 not in g.choices for g in sn.space.groups)  # samplers never draw 0
+    with pytest.raises(ValueError, match=r"layer2\.0\.conv1"):
+        sn.macs({**sn.space.max(), "layer2.0.conv1": 0})

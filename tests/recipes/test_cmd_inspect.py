@@ -1,0 +1,35 @@
+"""`widthsearch inspect` through the real console script and through main()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from widthsearch.recipes.cli import main
+
+SCRIPT = Path(sys.executable).with_name("widthsearch")
+
+
+def test_inspect_lists_groups_and_exact_totals(capsys):
+    assert main(["inspect", "resnet20"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "fixed" in out
+    # resnet20 on 1x28x28, 10 classes: MACs and params the cost model and torch agree on
+    import torch
+    from widthsearch.supernet import Supernet
+    from widthsearch.supernet.models import create_model
+
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 28, 28))
+    assert f"MACs   {sn.macs()}" in out
+    assert f"params {sum(p.numel() for p in model.parameters())}" in out
+
+
+def test_inspect_bad_model_is_one_clear_line():
+    proc = subprocess.run(
+        [str(SCRIPT), "inspect", "resnet21"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "resnet21" in lines[0] and "Traceback" not in proc.stderr
