@@ -1,6 +1,8 @@
 """What the network can be: width space, slimmable supernet, cost model, extraction."""
 
+from .data import DataSpec, DataSplits, get_data, make_loader
 from .errors import CheckpointError, DataError, UnsupportedModelError, WidthsearchError
+from .models import create_model, list_models
 from .space import Group, WidthConfig, WidthSpace
 from .supernet import SIDES, Side, Supernet
 
@@ -8,6 +10,8 @@ __all__ = [
     "SIDES",
     "CheckpointError",
     "DataError",
+    "DataSpec",
+    "DataSplits",
     "Group",
     "Side",
     "Supernet",
@@ -15,4 +19,8 @@ __all__ = [
     "WidthConfig",
     "WidthSpace",
     "WidthsearchError",
+    "create_model",
+    "get_data",
+    "list_models",
+    "make_loader",
 ]
