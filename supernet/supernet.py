@@ -264,6 +264,16 @@ class Supernet(nn.Module):
 
         return restore_hook
 
+    def active_bn_spans(self) -> dict[int, slice]:
+        """``id(bn module) -> slice`` of its channels in the active config (all when none)."""
+        spans = {}
+        for layer, _, out_g in self._layers:
+            if layer.kind == "bn":
+                full = self.space.groups[out_g].max_channels
+                width = full if self._widths is None else self._widths[out_g]
+                spans[id(layer.module)] = _span(full, width, self._side)
+        return spans
+
     # -- depth pruning -------------------------------------------------------------------
     @torch.no_grad()
     def _find_removable_blocks(self, example_inputs: tuple[torch.Tensor, ...]) -> dict[int, str]:
