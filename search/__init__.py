@@ -1,1 +1,46 @@
-"""widthsearch.search."""
+"""Which widths to pick: the subnet evaluator and the search strategies.
+
+Strategies register by name (``bisection``, ``evolution``, ``peel``, ``relax``, ``uniform``,
+``random``); :func:`get_strategy` builds one, :func:`run_search` runs several over many
+budgets and returns the JSON document that ``widthsearch search`` writes.
+"""
+
+from . import bisection, evolution, peel, random_search, relax, uniform  # noqa: F401 (register)
+from .base import SearchResult, Strategy, get_strategy, list_strategies, register_strategy
+from .bisection import Bisection, bisection_configs, group_importance
+from .budgets import format_macs, parse_budget, resolve_budgets
+from .evaluator import SubnetEvaluator, load_split_images
+from .evolution import Evolution, make_storage, prior_population, study_name_for
+from .peel import Peel
+from .random_search import RandomSearch
+from .relax import Relax, SoftMasks
+from .run import build_evaluator, run_search, write_json_atomic
+from .uniform import Uniform
+
+__all__ = [
+    "Bisection",
+    "Evolution",
+    "Peel",
+    "RandomSearch",
+    "Relax",
+    "SearchResult",
+    "SoftMasks",
+    "Strategy",
+    "SubnetEvaluator",
+    "Uniform",
+    "bisection_configs",
+    "build_evaluator",
+    "format_macs",
+    "get_strategy",
+    "group_importance",
+    "list_strategies",
+    "load_split_images",
+    "make_storage",
+    "parse_budget",
+    "prior_population",
+    "register_strategy",
+    "resolve_budgets",
+    "run_search",
+    "study_name_for",
+    "write_json_atomic",
+]

@@ -1,0 +1,181 @@
+"""The strategy interface, its result type and the name registry (timm-style).
+
+A strategy answers many budgets in one call: ``search(supernet, evaluator, budgets=[...],
+seed=...)`` returns one :class:`SearchResult` per budget, in the budgets' order. Strategies
+register themselves by name with :func:`register_strategy`; :func:`get_strategy` builds one.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from widthsearch.supernet import Supernet
+
+from ._space import IndexSpace
+from .evaluator import SubnetEvaluator
+
+__all__ = [
+    "CLOSE_ENOUGH",
+    "SearchResult",
+    "Strategy",
+    "get_strategy",
+    "list_strategies",
+    "register_strategy",
+]
+
+# A result below this share of its budget says so in its notes.
+CLOSE_ENOUGH = 0.9
+
+
+@dataclass
+class SearchResult:
+    """One strategy's answer for one budget.
+
+    Attributes:
+        strategy: Strategy name.
+        budget_macs: The budget (absolute MACs per sample).
+        macs: MACs of ``widths`` (<= ``budget_macs``), exact.
+        params: Parameter count of the extracted subnet.
+        score: Evaluator score (mean left/right held-out top-1 after BN recalibration).
+        widths: Full width config (group -> channels, fixed groups included).
+        evaluations: Subnet evaluations the call spent for this result. For strategies that
+            share work across budgets (``notes`` says so) this is the whole call's count.
+        seconds: Wall time, with the same convention as ``evaluations``.
+        notes: Anything the reader should know (shared cost, budget not closely reachable).
+    """
+
+    strategy: str
+    budget_macs: int
+    macs: int
+    params: int
+    score: float
+    widths: dict[str, int]
+    evaluations: int
+    seconds: float
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["score"] = round(float(self.score), 6)
+        out["seconds"] = round(float(self.seconds), 3)
+        if not self.notes:
+            del out["notes"]
+        return out
+
+
+class Strategy(abc.ABC):
+    """Base class: subclasses implement :meth:`search` and register with a name."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def search(
+        self,
+        supernet: Supernet,
+        evaluator: SubnetEvaluator,
+        *,
+        budgets: Sequence[int],
+        seed: int,
+        **options: Any,
+    ) -> list[SearchResult]:
+        """One result per budget (absolute MACs), in the order given."""
+
+    # -- helpers shared by strategies ----------------------------------------------------
+    def result(
+        self,
+        space: IndexSpace,
+        evaluator: SubnetEvaluator,
+        idx: np.ndarray,
+        budget: int,
+        *,
+        evaluations: int,
+        seconds: float,
+        notes: Sequence[str] = (),
+        score: float | None = None,
+    ) -> SearchResult:
+        """Build a checked result for index vector ``idx`` (scored if ``score`` is None)."""
+        cfg = space.config(idx)
+        macs = int(space.macs(idx))
+        if macs > budget:
+            raise AssertionError(f"{self.name}: {macs} MACs over budget {budget}")
+        if score is None:
+            before = evaluator.evaluations
+            score = evaluator.score(cfg)
+            evaluations += evaluator.evaluations - before
+        notes = list(notes)
+        if macs < CLOSE_ENOUGH * budget:
+            notes.append(close_note(space, macs, budget))
+        return SearchResult(
+            strategy=self.name,
+            budget_macs=int(budget),
+            macs=macs,
+            params=space.params(idx),
+            score=float(score),
+            widths=cfg,
+            evaluations=int(evaluations),
+            seconds=float(seconds),
+            notes="; ".join(n for n in notes if n),
+        )
+
+
+def close_note(space: IndexSpace, macs: int, budget: int) -> str:
+    return f"uses {macs / budget:.1%} of the budget (below {CLOSE_ENOUGH:.0%})"
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: make a :class:`Strategy` subclass available as ``name``."""
+
+    def decorator(cls: type[Strategy]) -> type[Strategy]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"strategy {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_strategies() -> list[str]:
+    """Registered strategy names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> Strategy:
+    """A new instance of the strategy registered as ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy {name!r}; known: {', '.join(list_strategies())}"
+        ) from None
+
+
+def reject_options(name: str, options: dict[str, Any]) -> None:
+    """Unknown options are an error (a typo must not silently run the default)."""
+    if options:
+        raise ValueError(f"strategy {name!r} has no option(s) {', '.join(sorted(options))}")
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds`` (wall time, for results)."""
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start

@@ -1,0 +1,115 @@
+"""``bisection`` (AdaPruner): one scalar ``a`` scales every group by its BN-gamma importance.
+
+Group importance ``I_g`` = mean |gamma| over the BN layers producing the group's channels.
+``widths(a)`` gives group ``g`` the widest allowed choice <= ``clip(a * I_g / mean(I) * C_g)``
+(clipped to ``[min choice, C_g]``). Snapping *down* makes every width, and so the MACs,
+non-decreasing in ``a``, so the widest config under a budget is found by bisection. Only the
+cost model is queried; each final answer is evaluated once.
+
+All budgets share one table: the path changes only at breakpoints ``a = c * mean(I) /
+(I_g C_g)`` (one per group and choice), so we cost every breakpoint config once and bisect
+(``searchsorted``) each budget on that monotone MACs array. What a single path step cannot
+use of the budget is then filled greedily by importance, still with the cost model only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from widthsearch.supernet import Supernet
+
+from ._space import IndexSpace
+from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .evaluator import SubnetEvaluator
+
+__all__ = ["Bisection", "bisection_configs", "group_importance"]
+
+
+def group_importance(sn: Supernet) -> np.ndarray:
+    """Mean |gamma| of each searchable group's BN layers (mean over groups for BN-less ones)."""
+    space = IndexSpace(sn)
+    sums = np.zeros(len(sn.space.groups))
+    counts = np.zeros(len(sn.space.groups))
+    for layer, _in_g, out_g in sn._layers:
+        module = layer.module
+        if layer.kind == "bn" and getattr(module, "weight", None) is not None:
+            gamma = module.weight.detach().abs().to(torch.float64)
+            sums[out_g] += float(gamma.sum())
+            counts[out_g] += gamma.numel()
+    pos = space.positions
+    has_bn = counts[pos] > 0
+    imp = np.where(has_bn, sums[pos] / np.maximum(counts[pos], 1), 0.0)
+    fill = float(imp[has_bn].mean()) if has_bn.any() else 1.0
+    imp[~has_bn] = fill
+    if not np.isfinite(imp).all() or imp.max() <= 0:
+        imp = np.ones_like(imp)
+    return imp
+
+
+def scaled_path(space: IndexSpace, importance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All distinct configs along ``widths(a)``, a ascending: (index matrix, MACs)."""
+    rel = importance / importance.mean()
+    scale = rel * space.max_channels  # target width of group g is a * scale[g]
+    breaks = [0.0]
+    for g, c in enumerate(space.choices):
+        if scale[g] > 0:
+            breaks.extend((c / scale[g]).tolist())
+    alphas = np.unique(np.asarray(breaks))
+    idx = space.snap_down(alphas[:, None] * scale[None, :])
+    idx, first = np.unique(idx, axis=0, return_index=True)
+    idx = idx[np.argsort(first)]  # back to ascending a
+    macs = space.macs(idx)
+    if np.any(np.diff(macs) < 0):  # cannot happen: each width is non-decreasing in a
+        raise AssertionError("bisection path is not monotone in MACs")
+    return idx, macs
+
+
+def bisection_configs(
+    sn: Supernet, budgets: Sequence[int], *, fill: bool = True
+) -> list[np.ndarray]:
+    """The bisection answer (index vectors of :class:`IndexSpace`) for every budget."""
+    space = IndexSpace(sn)
+    importance = group_importance(sn)
+    idx, macs = scaled_path(space, importance)
+    out = []
+    for budget in budgets:
+        k = int(np.searchsorted(macs, budget, side="right")) - 1
+        if k < 0:
+            raise ValueError(f"budget {budget} is below the smallest reachable MACs {macs[0]}")
+        best = idx[k].copy()
+        if fill:
+            best = space.grow(
+                best, budget, priority=lambda _i, groups, added: importance[groups] / added
+            )
+        out.append(best)
+    return out
+
+
+@register_strategy("bisection")
+class Bisection(Strategy):
+    """AdaPruner's importance-scaled bisection; options: ``fill`` (bool, default True)."""
+
+    def search(
+        self,
+        supernet: Supernet,
+        evaluator: SubnetEvaluator,
+        *,
+        budgets: Sequence[int],
+        seed: int,
+        fill: bool = True,
+        **options: Any,
+    ) -> list[SearchResult]:
+        reject_options(self.name, options)
+        space = IndexSpace(supernet)
+        with Timer() as shared:
+            configs = bisection_configs(supernet, budgets, fill=fill)
+        results = []
+        for budget, idx in zip(budgets, configs, strict=True):
+            with Timer() as t:
+                res = self.result(space, evaluator, idx, budget, evaluations=0, seconds=0.0)
+            res.seconds = t.seconds + shared.seconds / len(budgets)
+            results.append(res)
+        return results

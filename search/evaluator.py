@@ -1,0 +1,223 @@
+"""The subnet evaluator: how good is a width config, measured on the supernet itself.
+
+Score = mean of the left and right subnets' top-1 on a held-out split of the *training*
+data (never the test set), each after BN recalibration (AutoSlim, BCNet). Held-out and
+calibration images are loaded once as tensors in fixed batches, so scoring is a pure
+function of the config: deterministic, and cached per config.
+
+Recalibration overwrites the running stats of the active channels in the supernet itself.
+The evaluator snapshots every BN buffer when it is built and puts them back after each
+evaluation, so the supernet's full-width statistics survive a search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from widthsearch.supernet import SIDES, Supernet
+from widthsearch.supernet.bn import bn_layers, recalibrate_bn
+
+__all__ = ["SubnetEvaluator", "load_split_images"]
+
+
+class SubnetEvaluator:
+    """Scores width configs of one supernet on fixed held-out images.
+
+    Args:
+        supernet: The trained supernet (its BN buffers are snapshotted now).
+        images: Held-out images ``(N, C, H, W)`` (already normalised).
+        labels: Their labels ``(N,)``.
+        calib_images: Images for BN recalibration (``(M, C, H, W)``), used in fixed batches.
+        batch_size: Batch size for scoring and calibration.
+
+    Attributes:
+        evaluations: Configs actually evaluated (cache misses).
+        calls: All ``score`` calls, cache hits included.
+        images_seen: Images forwarded (calibration + scoring), for throughput.
+        seconds: Time spent evaluating.
+    """
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        calib_images: torch.Tensor,
+        *,
+        batch_size: int = 250,
+    ) -> None:
+        if len(images) == 0 or len(images) != len(labels):
+            raise ValueError("the evaluator needs held-out images, one label per image")
+        if len(calib_images) == 0:
+            raise ValueError("the evaluator needs calibration images (calib_batches >= 1)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.supernet = supernet
+        self.batch_size = batch_size
+        device = next(supernet.parameters()).device
+        self._batches = [
+            (x.to(device), y.to(device))
+            for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
+        ]
+        self._calib = [x.to(device) for x in calib_images.split(batch_size)]
+        self.num_images = len(images)
+        self.num_calib = len(calib_images)
+        self._cache: dict[tuple[int, ...], tuple[float, float]] = {}
+        self._snapshot = self._bn_buffers_copy()
+        self.evaluations = 0
+        self.calls = 0
+        self.images_seen = 0
+        self.seconds = 0.0
+
+    # -- construction from data ------------------------------------------------------------
+    @classmethod
+    def from_datasets(
+        cls,
+        supernet: Supernet,
+        heldout: Dataset,
+        calib: Dataset | None = None,
+        *,
+        heldout_images: int = 1000,
+        calib_batches: int = 4,
+        batch_size: int = 250,
+        seed: int = 0,
+    ) -> SubnetEvaluator:
+        """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
+
+        ``calib`` defaults to ``heldout``; pass the un-augmented training split to keep
+        calibration and scoring images disjoint.
+        """
+        if heldout_images < 1 or calib_batches < 1:
+            raise ValueError("heldout_images and calib_batches must be >= 1")
+        images, labels = load_split_images(heldout, heldout_images, seed=seed)
+        calib_x, _ = load_split_images(
+            calib if calib is not None else heldout, calib_batches * batch_size, seed=seed + 1
+        )
+        return cls(supernet, images, labels, calib_x, batch_size=batch_size)
+
+    # -- BN buffers --------------------------------------------------------------------------
+    def _bn_buffers_copy(self) -> list[list[torch.Tensor]]:
+        return [
+            [b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+            for m in bn_layers(self.supernet)
+        ]
+
+    @torch.no_grad()
+    def restore_bn(self) -> None:
+        """Put back the BN running stats the supernet had when the evaluator was built."""
+        for m, saved in zip(bn_layers(self.supernet), self._snapshot, strict=True):
+            for buf, value in zip(
+                (m.running_mean, m.running_var, m.num_batches_tracked), saved, strict=True
+            ):
+                buf.copy_(value)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def key(self, cfg: Mapping[str, int]) -> tuple[int, ...]:
+        """Cache key: the config's width tuple in group order (validated)."""
+        return tuple(int(w) for w in self.supernet.widths_vector(cfg))
+
+    def clear_cache(self) -> None:
+        """Forget cached scores (counters keep running)."""
+        self._cache.clear()
+
+    def cached(self, cfg: Mapping[str, int]) -> bool:
+        return self.key(cfg) in self._cache
+
+    def sides(self, cfg: Mapping[str, int]) -> tuple[float, float]:
+        """(left, right) held-out top-1 of ``cfg``, each after BN recalibration."""
+        key = self.key(cfg)
+        self.calls += 1
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        start = time.perf_counter()
+        sn = self.supernet
+        was_training = sn.training
+        full = sn.space.decode(key)
+        try:
+            result = tuple(self._side_top1(full, side) for side in SIDES)
+        finally:
+            self.restore_bn()
+            sn.train(was_training)
+        self.seconds += time.perf_counter() - start
+        self.evaluations += 1
+        self._cache[key] = result  # type: ignore[assignment]
+        return result  # type: ignore[return-value]
+
+    def score(self, cfg: Mapping[str, int]) -> float:
+        """Mean of left and right held-out top-1 (cached)."""
+        left, right = self.sides(cfg)
+        return (left + right) / 2
+
+    @torch.no_grad()
+    def _side_top1(self, cfg: Mapping[str, int], side: str) -> float:
+        sn = self.supernet
+        recalibrate_bn(sn, self._calib, cfg=cfg, side=side)
+        correct = 0
+        with sn.active(cfg, side):
+            for x, y in self._batches:
+                correct += int((sn(x).argmax(1) == y).sum())
+        self.images_seen += self.num_calib + self.num_images
+        return correct / self.num_images
+
+    # -- reporting ---------------------------------------------------------------------------
+    @property
+    def images_per_second(self) -> float:
+        """Forwarded images (calibration + scoring) per second of evaluation."""
+        return self.images_seen / self.seconds if self.seconds > 0 else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "evaluations": self.evaluations,
+            "calls": self.calls,
+            "heldout_images": self.num_images,
+            "calib_images": self.num_calib,
+            "batch_size": self.batch_size,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+        }
+
+    @torch.no_grad()
+    def plain_images_per_second(self, *, repeats: int = 1) -> float:
+        """Plain full-width inference over the same held-out batches (no recalibration, no
+        slimming), for the throughput ratio the benchmark reports."""
+        sn = self.supernet
+        was_training = sn.training
+        sn.eval()
+        start = time.perf_counter()
+        with sn.active(None):
+            for _ in range(repeats):
+                for x, _y in self._batches:
+                    sn(x)
+        sn.train(was_training)
+        return repeats * self.num_images / (time.perf_counter() - start)
+
+    # -- data access for strategies that train on held-out data (relax) ----------------------
+    @property
+    def batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed held-out (images, labels) batches."""
+        return self._batches
+
+    @property
+    def calib_batches(self) -> Sequence[torch.Tensor]:
+        """The fixed BN calibration batches."""
+        return self._calib
+
+
+def load_split_images(
+    dataset: Dataset, count: int, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of ``count`` items (all if fewer) stacked as tensors."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("dataset split is empty")
+    order = np.random.default_rng(seed).permutation(n)[: min(count, n)]
+    items = [dataset[int(i)] for i in np.sort(order)]
+    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
+    return images, labels

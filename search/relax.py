@@ -1,0 +1,295 @@
+"""``relax`` (continuous relaxation): learn a distribution over each group's widths by gradient.
+
+Each searchable group ``g`` has logits over its width choices ``c_1 < ... < c_K``;
+``p_g = softmax(logits_g)``. Channel ``i`` of the group is kept with probability
+``P(w_g > i) = sum_{k: c_k > i} p_gk`` -- a soft mask that forward hooks multiply onto the
+outputs of the group's BN layers (the producing conv/linear layers for a group with no BN),
+on the *full-width* supernet. Residual adds keep the mask intact: ``relu(m a + m b) = m relu(a
++ b)`` for ``m >= 0``. The supernet weights are frozen; BN layers use batch statistics with
+``momentum=0`` (running stats untouched; they are restored afterwards anyway).
+
+Depth pruning: a group the core marks ``removable`` also gets width 0 (its residual block is
+dropped at extraction). Its block's contribution to the residual stream is then scaled by
+``P(w_g > 0)``, so a one-hot distribution on 0 makes the block exactly the identity, as the
+supernet does at width 0.
+
+Loss per step on held-out batches: cross-entropy + ``penalty * (E[MACs] / budget - 1)^2``,
+where ``E[MACs]`` is exact for independent group widths: the cost model written as gated
+quadratic forms (recovered by finite differences from ``sn.cost.macs``, see :mod:`._macs`)
+applied to each width's first two moments and its probability of 0.
+
+The answer is each group's most likely width, repaired to the budget: while over it,
+narrow the group whose step loses the least log-probability per MAC saved; then, while a
+step fits, widen the group whose step gains the most (loses the least) log-probability per
+MAC added. Each answer is evaluated once.
+
+Budgets are trained widest first; each later budget starts from the previous logits and
+trains ``warm_steps`` (default ``steps // 2``) -- the shared part of the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from widthsearch.supernet import Supernet
+
+from ._macs import MacsPolynomial
+from ._space import IndexSpace
+from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .evaluator import SubnetEvaluator
+
+__all__ = ["Relax", "SoftMasks", "repair"]
+
+
+class SoftMasks:
+    """Forward hooks that multiply each searchable group's channels by a soft keep-mask.
+
+    Use as a context manager. Before each forward set :attr:`masks` (per searchable group a
+    1-D tensor of length ``C_g``) and, for groups that may be 0, :attr:`alive` (a scalar
+    ``P(w_g > 0)``; ``None`` elsewhere) -- it scales the group's block output into the
+    residual stream.
+    """
+
+    def __init__(self, sn: Supernet, space: IndexSpace) -> None:
+        self.sn = sn
+        self.masks: list[torch.Tensor | None] = [None] * len(space)
+        self.alive: list[torch.Tensor | None] = [None] * len(space)
+        slot = {int(p): j for j, p in enumerate(space.positions)}
+        bn: dict[int, list[nn.Module]] = {}
+        producers: dict[int, list[nn.Module]] = {}
+        for layer, _in_g, out_g in sn._layers:
+            if out_g in slot:
+                kind = bn if layer.kind == "bn" else producers
+                kind.setdefault(slot[out_g], []).append(layer.module)
+        self._targets = [(j, bn.get(j) or producers.get(j, [])) for j in range(len(space))]
+        self._block_outputs = [
+            (j, _block_outputs(sn, space.names[j]))
+            for j in range(len(space))
+            if int(space.choices[j][0]) == 0
+        ]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> SoftMasks:
+        for j, modules in self._targets:
+            for module in modules:
+                self._handles.append(module.register_forward_hook(self._mask_hook(j)))
+        for j, modules in self._block_outputs:
+            for module in modules:
+                self._handles.append(module.register_forward_hook(self._alive_hook(j)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _mask_hook(self, j: int):
+        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            mask = self.masks[j]
+            if mask is None:
+                return output
+            return output * mask.view([1, -1] + [1] * (output.dim() - 2))
+
+        return hook
+
+    def _alive_hook(self, j: int):
+        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            alive = self.alive[j]
+            return output if alive is None else output * alive
+
+        return hook
+
+
+def _block_outputs(sn: Supernet, group_name: str) -> list[nn.Module]:
+    """The layers of a removable group's block that write into the residual stream.
+
+    Those are the block's layers (BN if any, else conv/linear) whose output group is also
+    produced outside the block.
+    """
+    block = sn.space[group_name].block
+    inside = [(lay, o) for lay, _i, o in sn._layers if lay.name.startswith(block + ".")]
+    outside = {o for lay, _i, o in sn._layers if not lay.name.startswith(block + ".")}
+    stream = [(lay, o) for lay, o in inside if o in outside]
+    bns = [lay.module for lay, _o in stream if lay.kind == "bn"]
+    return bns or [lay.module for lay, _o in stream]
+
+
+@register_strategy("relax")
+class Relax(Strategy):
+    """Continuous relaxation of widths.
+
+    Options:
+        steps: Gradient steps for the first (widest) budget (default 200).
+        warm_steps: Steps for each later budget, warm-started (default ``steps // 2``).
+        lr: Adam learning rate of the logits (default 0.1).
+        penalty: Weight of the MACs penalty (default 10).
+        batch_size: Held-out images per step (default: the evaluator's batch size).
+        depth: Let removable groups take width 0 (block removal; default True).
+    """
+
+    def search(
+        self,
+        supernet: Supernet,
+        evaluator: SubnetEvaluator,
+        *,
+        budgets: Sequence[int],
+        seed: int,
+        steps: int = 200,
+        warm_steps: int | None = None,
+        lr: float = 0.1,
+        penalty: float = 10.0,
+        batch_size: int | None = None,
+        depth: bool = True,
+        **options: Any,
+    ) -> list[SearchResult]:
+        reject_options(self.name, options)
+        if steps < 0 or (warm_steps is not None and warm_steps < 0):
+            raise ValueError("relax: steps and warm_steps must be >= 0")
+        warm_steps = steps // 2 if warm_steps is None else warm_steps
+        space = IndexSpace(supernet, removable_zero=depth)
+        trainer = _LogitTrainer(
+            supernet,
+            evaluator,
+            space,
+            seed=seed,
+            lr=lr,
+            penalty=penalty,
+            batch_size=batch_size or evaluator.batch_size,
+        )
+        order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
+        out: dict[int, SearchResult] = {}
+        logits = None
+        for rank, i in enumerate(order):
+            budget = int(budgets[i])
+            with Timer() as t:
+                logits = trainer.train(budget, steps if rank == 0 else warm_steps, logits)
+                logp = [torch.log_softmax(x.detach(), 0).double().numpy() for x in logits]
+                idx = repair(space, logp, budget)
+            notes = [f"expected MACs after training {trainer.last_expected / budget:.1%} of budget"]
+            if rank:
+                notes.append(f"warm-started from the {int(budgets[order[rank - 1]])}-MACs logits")
+            removed = [
+                n for n, k, c in zip(space.names, idx, space.choices, strict=True) if int(c[k]) == 0
+            ]
+            if removed:
+                notes.append(f"removes blocks of {', '.join(removed)}")
+            out[i] = self.result(
+                space, evaluator, idx, budget, evaluations=0, seconds=t.seconds, notes=notes
+            )
+        return [out[i] for i in range(len(budgets))]
+
+
+def repair(space: IndexSpace, logp: list[np.ndarray], budget: int) -> np.ndarray:
+    """Most likely width per group, shrunk to fit ``budget``, then grown while steps fit."""
+    idx = np.array([int(np.argmax(lp)) for lp in logp], dtype=np.int64)
+
+    def loss_down(cur: np.ndarray, groups: np.ndarray, saved: np.ndarray) -> np.ndarray:
+        return np.array([logp[g][cur[g]] - logp[g][cur[g] - 1] for g in groups]) / saved
+
+    def gain_up(cur: np.ndarray, groups: np.ndarray, added: np.ndarray) -> np.ndarray:
+        gain = np.array([logp[g][cur[g] + 1] - logp[g][cur[g]] for g in groups])
+        return gain / np.maximum(added, 1.0)
+
+    if space.macs(idx) > budget:
+        idx = space.shrink(idx, budget, cost=loss_down)
+    return space.grow(idx, budget, priority=gain_up)
+
+
+class _LogitTrainer:
+    """Trains the width logits against one budget at a time on a frozen supernet."""
+
+    def __init__(
+        self,
+        sn: Supernet,
+        evaluator: SubnetEvaluator,
+        space: IndexSpace,
+        *,
+        seed: int,
+        lr: float,
+        penalty: float,
+        batch_size: int,
+    ) -> None:
+        self.sn, self.space, self.evaluator = sn, space, evaluator
+        self.lr, self.penalty = lr, penalty
+        self.poly = MacsPolynomial(sn)
+        self.images = torch.cat([x for x, _ in evaluator.batches])
+        self.labels = torch.cat([y for _, y in evaluator.batches])
+        self.batch_size = min(batch_size, len(self.images))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.full = torch.as_tensor(sn.widths_vector(sn.space.max()), dtype=torch.float64)
+        self.positions = torch.as_tensor(space.positions)
+        self.choices = [torch.as_tensor(c, dtype=torch.float64) for c in space.choices]
+        self.can_vanish = [int(c[0]) == 0 for c in space.choices]
+        # keep[i, k] = 1 when choice k keeps channel i (c_k > i)
+        self.keep = [
+            (c[None, :] > torch.arange(int(m))[:, None]).to(torch.float32)
+            for c, m in zip(self.choices, space.max_channels, strict=True)
+        ]
+        self.last_expected = float("nan")
+
+    def expected_macs(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        pairs = list(zip(probs, self.choices, strict=True))
+        means = torch.stack([p.double() @ c for p, c in pairs])
+        seconds = torch.stack([p.double() @ c**2 for p, c in pairs])
+        zeros = torch.stack(
+            [
+                p[0].double() if v else p.new_zeros((), dtype=torch.float64)
+                for p, v in zip(probs, self.can_vanish, strict=True)
+            ]
+        )
+        mean = self.full.index_put((self.positions,), means)
+        second = (self.full**2).index_put((self.positions,), seconds)
+        zero = torch.zeros_like(self.full).index_put((self.positions,), zeros)
+        return self.poly.expected_torch(mean, second, zero)
+
+    def train(
+        self, budget: int, steps: int, start: list[torch.Tensor] | None
+    ) -> list[torch.Tensor]:
+        if start is None:
+            logits = [torch.zeros(len(c), requires_grad=True) for c in self.choices]
+        else:
+            logits = [s.detach().clone().requires_grad_(True) for s in start]
+        sn = self.sn
+        frozen = [(p, p.requires_grad) for p in sn.parameters()]
+        bns = [m for m in sn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        was_training = sn.training
+        opt = torch.optim.Adam(logits, lr=self.lr)
+        try:
+            for p, _ in frozen:
+                p.requires_grad_(False)
+            sn.eval()
+            for m in bns:  # batch statistics; momentum 0 leaves the running stats as they are
+                m.train()
+                m.momentum = 0.0
+            with sn.active(None), SoftMasks(sn, self.space) as masks:
+                for _ in range(steps):
+                    pick = torch.randint(
+                        len(self.images), (self.batch_size,), generator=self.generator
+                    )
+                    probs = [torch.softmax(x, 0) for x in logits]
+                    masks.masks = [k @ p for k, p in zip(self.keep, probs, strict=True)]
+                    masks.alive = [
+                        1 - p[0] if v else None for p, v in zip(probs, self.can_vanish, strict=True)
+                    ]
+                    ce = F.cross_entropy(sn(self.images[pick]), self.labels[pick])
+                    ratio = self.expected_macs(probs) / budget
+                    loss = ce + self.penalty * (ratio - 1.0) ** 2
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+            for m, momentum in zip(bns, momenta, strict=True):
+                m.momentum = momentum
+            sn.train(was_training)
+            self.evaluator.restore_bn()
+        with torch.no_grad():
+            self.last_expected = float(self.expected_macs([torch.softmax(x, 0) for x in logits]))
+        return logits

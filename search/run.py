@@ -1,0 +1,177 @@
+"""Running several strategies over many budgets, and building the evaluator from a checkpoint.
+
+:func:`run_search` returns the JSON document ``widthsearch search`` writes (DESIGN.md);
+:func:`build_evaluator` rebuilds the held-out split the supernet's training held out, from
+the recipe stored in its checkpoint -- never the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from widthsearch.supernet import CheckpointError, DataError, Supernet
+
+from .base import Timer, get_strategy
+from .budgets import resolve_budgets
+from .evaluator import SubnetEvaluator
+
+__all__ = ["build_evaluator", "run_search", "write_json_atomic"]
+
+
+def build_evaluator(
+    supernet: Supernet,
+    payload: Mapping[str, Any],
+    *,
+    heldout_images: int | None = None,
+    calib_batches: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> SubnetEvaluator:
+    """The evaluator for a loaded checkpoint: its held-out split, settings from its recipe.
+
+    Dataset, held-out size and split seed come from ``payload["recipe"]["data"]`` so the
+    held-out images are exactly those training never saw; scoring sizes come from
+    ``payload["recipe"]["search"]`` unless given. Calibration batches are drawn from the
+    (un-augmented) training split, so they never overlap the scored images.
+
+    Raises:
+        CheckpointError: the checkpoint carries no recipe data settings, or they do not fit
+            the model.
+        DataError: the dataset is missing, or training held nothing out.
+    """
+    from widthsearch.supernet.data import get_data
+
+    recipe = payload.get("recipe")
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("data"), Mapping):
+        raise CheckpointError(
+            "checkpoint has no recipe data settings: cannot rebuild the held-out split it was "
+            "trained without (save it with save_supernet(..., recipe=recipe.to_dict()))"
+        )
+    data = recipe["data"]
+    search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
+    heldout_size = int(data.get("heldout_size", 0))
+    if heldout_size < 1:
+        raise DataError("the supernet was trained with heldout_size=0: no held-out split to score")
+    meta = supernet.meta
+    splits = get_data(
+        data.get("name", "fashion-mnist"),
+        root=data.get("root") or None,
+        heldout_size=heldout_size,
+        seed=int(data.get("seed", 0)),
+        train_limit=int(data.get("train_limit") or 0) or None,
+        augment=False,
+        synthetic_in_chans=int(meta.get("in_chans", 1)),
+        synthetic_input_size=int(meta.get("input_size", 28)),
+    )
+    spec = splits.spec
+    for key in ("in_chans", "num_classes"):
+        if key in meta and int(meta[key]) != getattr(spec, key):
+            raise CheckpointError(
+                f"checkpoint model has {key}={meta[key]} but its dataset {spec.name} has "
+                f"{getattr(spec, key)}"
+            )
+
+    def pick(value: int | None, key: str, default: int) -> int:
+        return int(value if value is not None else search.get(key, default))
+
+    return SubnetEvaluator.from_datasets(
+        supernet,
+        splits.heldout,
+        splits.train if len(splits.train) else None,
+        heldout_images=pick(heldout_images, "heldout_images", 1000),
+        calib_batches=pick(calib_batches, "calib_batches", 4),
+        batch_size=pick(batch_size, "eval_batch_size", 250),
+        seed=pick(seed, "seed", 0),
+    )
+
+
+def run_search(
+    supernet: Supernet,
+    evaluator: SubnetEvaluator,
+    *,
+    strategies: Sequence[str],
+    budgets: Sequence[int | float | str],
+    seed: int = 0,
+    storage: str | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    supernet_path: str = "",
+    share_cache: bool = False,
+) -> dict[str, Any]:
+    """Run each strategy once over all budgets; return the search JSON document.
+
+    Args:
+        supernet: The supernet.
+        evaluator: Its evaluator.
+        strategies: Registered names, run in this order.
+        budgets: Fractions (``0.5``), strings (``"20M"``) or absolute ints.
+        seed: Seeds every strategy.
+        storage: Optuna storage for ``evolution`` (resumable / multi-process).
+        options: Per-strategy keyword options, ``{"evolution": {"trials": 60}, ...}``.
+        supernet_path: Recorded in the document.
+        share_cache: Keep evaluator scores across strategies. Off by default, so each
+            strategy's evaluation count does not depend on which strategies ran before it.
+
+    Raises:
+        ValueError: unknown strategy or option, bad or unreachable budget (before any work).
+    """
+    options = dict(options or {})
+    instances = [get_strategy(name) for name in strategies]
+    if not instances:
+        raise ValueError("no strategy given")
+    for name in options:
+        get_strategy(name)  # an option for an unknown strategy is a typo
+    absolute = resolve_budgets(supernet, budgets)
+    results: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    for strategy in instances:
+        if not share_cache:
+            evaluator.clear_cache()
+        opts = dict(options.get(strategy.name, {}))
+        if strategy.name == "evolution" and storage:
+            opts.setdefault("storage", storage)
+        before, seconds = evaluator.evaluations, evaluator.seconds
+        with Timer() as timer:
+            answers = strategy.search(supernet, evaluator, budgets=absolute, seed=seed, **opts)
+        calls.append(
+            {
+                "strategy": strategy.name,
+                "evaluations": evaluator.evaluations - before,
+                "evaluation_seconds": round(evaluator.seconds - seconds, 3),
+                "seconds": round(timer.seconds, 3),
+            }
+        )
+        results.extend(r.to_dict() for r in answers)
+    return {
+        "supernet": str(supernet_path),
+        "model": supernet.meta.get("model", ""),
+        "full_macs": int(supernet.macs()),
+        "min_macs": int(supernet.macs(supernet.space.min())),
+        "full_params": int(supernet.params()),
+        "seed": int(seed),
+        "budgets": absolute,
+        "evaluator": evaluator.stats(),
+        "calls": calls,
+        "results": results,
+    }
+
+
+def write_json_atomic(doc: Any, path: str | os.PathLike[str]) -> None:
+    """Write JSON to a temp file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,60 @@
+"""``uniform`` baseline: the widest config with one width ratio for every group under the budget.
+
+It is what a hand-tuned "width multiplier" gives, so every other strategy must beat it to be
+worth its evaluations. Candidates are ``sn.space.uniform(r)`` for every ratio ``r`` that some
+group can take exactly; with coarse bins the widest one may sit well below the budget, and
+the result's notes then say how close the uniform family gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from widthsearch.supernet import Supernet
+
+from ._space import IndexSpace
+from .base import CLOSE_ENOUGH, SearchResult, Strategy, Timer, register_strategy, reject_options
+from .evaluator import SubnetEvaluator
+
+__all__ = ["Uniform"]
+
+
+@register_strategy("uniform")
+class Uniform(Strategy):
+    """Largest uniform ratio under each budget; one evaluation per distinct config."""
+
+    def search(
+        self,
+        supernet: Supernet,
+        evaluator: SubnetEvaluator,
+        *,
+        budgets: Sequence[int],
+        seed: int,
+        **options: Any,
+    ) -> list[SearchResult]:
+        reject_options(self.name, options)
+        space = IndexSpace(supernet)
+        family = space.uniform_indices()
+        macs = space.macs(family)
+        results = []
+        for budget in budgets:
+            with Timer() as t:
+                k = int(np.searchsorted(macs, budget, side="right")) - 1
+                if k < 0:  # the narrowest uniform config can be wider than the space minimum
+                    idx, notes = space.min_index(), ["no uniform config fits: smallest config"]
+                else:
+                    idx, notes = family[k], []
+                    if macs[k] < CLOSE_ENOUGH * budget and k + 1 < len(macs):
+                        notes.append(
+                            f"uniform widths cannot get closer: the next uniform config "
+                            f"needs {int(macs[k + 1])} MACs ({macs[k + 1] / budget:.0%} of the "
+                            "budget)"
+                        )
+                res = self.result(
+                    space, evaluator, idx, budget, evaluations=0, seconds=0.0, notes=notes
+                )
+            res.seconds = t.seconds
+            results.append(res)
+        return results

@@ -1,0 +1,103 @@
+"""A tiny trained supernet (resnet20 on 12x12 synthetic images) shared by the search tests.
+
+Trained here with a plain loop -- full width, then BCNet-style random widths on both sides --
+so the tests do not depend on the trainer; saved with ``save_supernet`` (with a recipe and
+loss records, as the trainer writes them) so the CLI can load it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from widthsearch.recipes.recipe import Recipe
+from widthsearch.search import SubnetEvaluator, build_evaluator
+from widthsearch.supernet import Supernet
+from widthsearch.supernet.checkpoint import load_supernet, save_supernet
+from widthsearch.supernet.data import get_data, make_loader
+from widthsearch.supernet.models import create_model
+
+INPUT = 12
+HELDOUT = 200  # held-out split carved from the synthetic training data
+
+
+def tiny_recipe() -> Recipe:
+    recipe = Recipe(name="tiny-test")
+    recipe.model.name = "resnet20"
+    recipe.data.name = "synthetic"
+    recipe.data.heldout_size = HELDOUT
+    recipe.data.train_limit = 1200
+    recipe.data.seed = 3
+    recipe.space.bins = 8
+    recipe.search.heldout_images = 64
+    recipe.search.calib_batches = 1
+    recipe.search.eval_batch_size = 32
+    return recipe
+
+
+def train_tiny(recipe: Recipe, *, full_steps: int = 40, random_steps: int = 16):
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": INPUT}
+    sn = Supernet.from_model(model, torch.zeros(1, 1, INPUT, INPUT), bins=8, meta=meta)
+    splits = get_data(
+        "synthetic",
+        heldout_size=recipe.data.heldout_size,
+        seed=recipe.data.seed,
+        train_limit=recipe.data.train_limit,
+        synthetic_in_chans=1,
+        synthetic_input_size=INPUT,
+    )
+    loader = make_loader(splits.train, batch_size=64, shuffle=True, seed=0, drop_last=True)
+    opt = torch.optim.Adam(sn.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    records: dict[str, dict[int, list[float]]] = {}
+    step = 0
+    sn.train()
+    while step < full_steps + random_steps:
+        for x, y in loader:
+            if step >= full_steps + random_steps:
+                break
+            opt.zero_grad()
+            if step < full_steps:
+                F.cross_entropy(sn(x), y).backward()
+            else:  # bilateral step on a random config
+                cfg = sn.space.sample(rng)
+                total = 0.0
+                for side in ("left", "right"):
+                    with sn.active(cfg, side):
+                        loss = F.cross_entropy(sn(x), y)
+                    (0.5 * loss).backward()
+                    total += 0.5 * float(loss.detach())
+                for g in sn.space.searchable:
+                    rec = records.setdefault(g.name, {}).setdefault(cfg[g.name], [0.0, 0])
+                    rec[0] += total
+                    rec[1] += 1
+            opt.step()
+            step += 1
+    sn.eval()
+    return sn, records
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    recipe = tiny_recipe()
+    sn, records = train_tiny(recipe)
+    path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
+    save_supernet(path, sn, recipe=recipe.to_dict(), loss_records=records, epoch=1)
+    return path
+
+
+@pytest.fixture()
+def loaded(tiny_checkpoint):
+    """A fresh (supernet, payload) per test: strategies must not see each other's state."""
+    return load_supernet(tiny_checkpoint)
+
+
+@pytest.fixture()
+def evaluator(loaded) -> SubnetEvaluator:
+    sn, payload = loaded
+    return build_evaluator(sn, payload)

@@ -1,0 +1,209 @@
+"""Every strategy on a tiny trained supernet: budgets met, valid configs, exact MACs,
+reproducible; plus the cost claims of bisection, evolution and peel."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from widthsearch.search import (
+    build_evaluator,
+    get_strategy,
+    list_strategies,
+    prior_population,
+    resolve_budgets,
+    run_search,
+)
+from widthsearch.search._space import IndexSpace
+
+OPTIONS = {
+    "bisection": {},
+    "uniform": {},
+    "random": {"samples": 4},
+    "peel": {},
+    "relax": {"steps": 6},
+    "evolution": {"trials": 24},
+}
+BUDGETS = (0.3, 0.5, 0.7)
+
+
+def test_registry_lists_every_strategy():
+    assert list_strategies() == sorted(OPTIONS)
+    with pytest.raises(ValueError, match="known: bisection, evolution"):
+        get_strategy("annealing")
+    with pytest.raises(ValueError, match="no option"):
+        get_strategy("uniform").search(None, None, budgets=[1], seed=0, trials=3)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_results_meet_budgets_and_repeat_exactly(loaded, name):
+    sn, payload = loaded
+    budgets = resolve_budgets(sn, BUDGETS)
+    state = {k: v.clone() for k, v in sn.model.state_dict().items()}
+    runs = []
+    for _ in range(2):  # fresh evaluators: nothing cached between the runs
+        evaluator = build_evaluator(sn, payload)
+        results = get_strategy(name).search(sn, evaluator, budgets=budgets, seed=5, **OPTIONS[name])
+        runs.append((results, evaluator))
+    (first, evaluator), (second, _) = runs
+    assert [r.budget_macs for r in first] == budgets
+    for res, budget in zip(first, budgets, strict=True):
+        assert res.strategy == name
+        assert res.macs <= budget
+        assert res.macs >= 0.9 * budget or "below 90%" in res.notes, res
+        assert sn.space.validate(res.widths) == res.widths
+        assert sn.macs(res.widths) == res.macs
+        assert sn.params(res.widths) == res.params
+        assert res.score == evaluator.score(res.widths)  # the score is the config's own
+        assert res.evaluations >= 0 and res.seconds >= 0
+        json.dumps(res.to_dict())
+    if name == "uniform":  # below 90 %: only when no uniform config lies closer
+        macs = IndexSpace(sn).macs(IndexSpace(sn).uniform_indices())
+        for res in first:
+            assert not np.any((macs > res.macs) & (macs <= res.budget_macs))
+    assert [(r.widths, r.score, r.macs, r.evaluations) for r in first] == [
+        (r.widths, r.score, r.macs, r.evaluations) for r in second
+    ]
+    for key, value in state.items():  # weights and BN statistics survive the search
+        assert torch.equal(value, sn.model.state_dict()[key]), key
+
+
+def test_bisection_evaluates_only_its_final_answers(loaded):
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload)
+    scored = []
+    original = evaluator.score
+    evaluator.score = lambda cfg: scored.append(dict(cfg)) or original(cfg)
+    budgets = resolve_budgets(sn, [0.2, 0.45, 0.8])
+    results = get_strategy("bisection").search(sn, evaluator, budgets=budgets, seed=0)
+    assert scored == [r.widths for r in results]
+    assert evaluator.evaluations == len(budgets)
+    assert [r.evaluations for r in results] == [1, 1, 1]
+
+
+def test_evolution_many_budgets_cost_about_one(loaded):
+    sn, payload = loaded
+    spent = {}
+    for key, fractions in (("one", [0.5]), ("five", [0.3, 0.4, 0.5, 0.6, 0.7])):
+        evaluator = build_evaluator(sn, payload)
+        budgets = resolve_budgets(sn, fractions)
+        results = get_strategy("evolution").search(
+            sn, evaluator, budgets=budgets, seed=1, trials=24
+        )
+        assert len(results) == len(budgets)
+        spent[key] = evaluator.evaluations
+        assert all(r.evaluations == evaluator.evaluations for r in results)
+    assert 0 < spent["five"] < 2 * spent["one"], spent
+
+
+def test_evolution_skips_trials_over_the_largest_budget(loaded, tmp_path):
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload)
+    budget = resolve_budgets(sn, [0.3])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    get_strategy("evolution").search(
+        sn, evaluator, budgets=budget, seed=2, trials=20, storage=storage, study_name="s"
+    )
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    over = [t for t in trials if t.user_attrs["macs"] > budget[0]]
+    evaluated = {tuple(sorted(t.params.items())) for t in trials if t.user_attrs["evaluated"]}
+    assert over and all(not t.user_attrs["evaluated"] and t.values[0] == 0.0 for t in over)
+    assert evaluator.evaluations == len(evaluated)
+
+
+def _journal(path):
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def test_evolution_resumes_its_study_from_storage(loaded, tmp_path):
+    sn, payload = loaded
+    budgets = resolve_budgets(sn, [0.4, 0.6])
+    storage = str(tmp_path / "study.log")  # journal file
+    search = get_strategy("evolution").search
+    search(sn, build_evaluator(sn, payload), budgets=budgets, seed=3, trials=10, storage=storage)
+    (name,) = optuna.get_all_study_names(storage=_journal(storage))
+    assert name.startswith("widthsearch-evolution-")  # stable name: the restart finds it
+    before = [
+        (t.number, t.params, t.values)
+        for t in optuna.load_study(study_name=name, storage=_journal(storage)).trials
+    ]
+    assert len(before) == 10
+
+    # restart with a fresh evaluator and the same storage, asking for 16 trials in total
+    second = build_evaluator(sn, payload)
+    results = search(sn, second, budgets=budgets, seed=3, trials=16, storage=storage)
+    trials = optuna.load_study(study_name=name, storage=_journal(storage)).trials
+    assert len(trials) == 16
+    assert [(t.number, t.params, t.values) for t in trials[:10]] == before
+    assert second.evaluations <= 6  # only the new trials were evaluated
+
+    # finished: a further call runs nothing and gives the same answers
+    third = build_evaluator(sn, payload)
+    again = search(sn, third, budgets=budgets, seed=3, trials=16, storage=storage)
+    assert len(optuna.load_study(study_name=name, storage=_journal(storage)).trials) == 16
+    assert third.evaluations == 0
+    assert [r.widths for r in again] == [r.widths for r in results]
+
+
+def test_peel_shares_measurements_between_budgets(loaded):
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload)
+    budgets = resolve_budgets(sn, [0.5, 0.51])
+    space = IndexSpace(sn)
+    backbones = {tuple(space.largest_uniform_under(int(0.75 * b))) for b in budgets}
+    assert len(backbones) == 1  # same backbone for both budgets
+    results = get_strategy("peel").search(sn, evaluator, budgets=budgets, seed=0)
+    assert evaluator.evaluations <= 1 + len(space) + len(budgets)
+    assert all("shared" in r.notes for r in results)
+
+
+def test_prior_population_follows_recorded_losses(loaded):
+    sn, payload = loaded
+    space = IndexSpace(sn)
+    budget = resolve_budgets(sn, [0.6])[0]
+    assert payload["loss_records"]  # the fixture recorded losses, as the trainer does
+    samples = prior_population(
+        space, payload["loss_records"], budget, count=5, rng=np.random.default_rng(0)
+    )
+    assert samples and all(space.macs(s) <= budget for s in samples)
+    assert len({tuple(s) for s in samples}) == len(samples)
+    # wide widths with low loss -> wider samples than the reverse
+    mean_macs = {}
+    for sign in (1, -1):
+        records = {
+            g.name: {w: [sign * w / g.max_channels, 1] for w in g.choices}
+            for g in sn.space.searchable
+        }
+        got = prior_population(
+            space, records, budget, count=8, rng=np.random.default_rng(0), temperature=0.05
+        )
+        mean_macs[sign] = np.mean([space.macs(s) for s in got])
+    assert mean_macs[-1] > mean_macs[1]
+
+
+def test_run_search_document(loaded):
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        run_search(sn, evaluator, strategies=["bisection", "nope"], budgets=[0.5])
+    with pytest.raises(ValueError, match="smallest reachable"):
+        run_search(sn, evaluator, strategies=["bisection"], budgets=[1])
+    assert evaluator.evaluations == 0  # bad input: no work done
+    doc = run_search(
+        sn,
+        evaluator,
+        strategies=["uniform", "bisection"],
+        budgets=[0.5, "60%"],
+        seed=0,
+        supernet_path="x.pt",
+    )
+    json.dumps(doc)
+    assert doc["supernet"] == "x.pt" and doc["model"] == "resnet20"
+    assert doc["full_macs"] == sn.macs()
+    assert [(r["strategy"], r["budget_macs"]) for r in doc["results"]] == [
+        (s, b) for s in ("uniform", "bisection") for b in doc["budgets"]
+    ]
+    assert [c["strategy"] for c in doc["calls"]] == ["uniform", "bisection"]
