@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -177,6 +178,7 @@ class Evolution(Strategy):
         prior_samples: Prior-population seeds per budget (default 2).
         prior_temperature: ``T`` of the prior (default 0.1, loss units).
         window: A result should use at least this share of its budget (default 0.9).
+        progress: Show Optuna's progress bar (default: when stderr is a terminal).
     """
 
     def search(
@@ -194,6 +196,7 @@ class Evolution(Strategy):
         prior_samples: int = 2,
         prior_temperature: float = 0.1,
         window: float = CLOSE_ENOUGH,
+        progress: bool | None = None,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
@@ -237,6 +240,7 @@ class Evolution(Strategy):
                     study.optimize(
                         objective,
                         n_trials=trials - done,
+                        show_progress_bar=sys.stderr.isatty() if progress is None else progress,
                         callbacks=[optuna.study.MaxTrialsCallback(trials, states=_DONE)],
                     )
             finished = [

@@ -1,0 +1,191 @@
+"""`widthsearch search`: the real console script end to end, flags, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from widthsearch.recipes.cli import main
+from widthsearch.supernet.checkpoint import load_supernet
+
+SCRIPT = Path(sys.executable).parent / "widthsearch"
+
+
+def _validate(doc: dict, checkpoint: Path, strategies: list[str], n_budgets: int) -> None:
+    sn, _ = load_supernet(checkpoint)
+    assert doc["supernet"] == str(checkpoint)
+    assert doc["model"] == "resnet20" and doc["full_macs"] == sn.macs()
+    assert len(doc["budgets"]) == n_budgets
+    assert [r["strategy"] for r in doc["results"]] == [
+        s for s in strategies for _ in range(n_budgets)
+    ]
+    for r in doc["results"]:
+        assert set(r) >= {
+            "strategy",
+            "budget_macs",
+            "macs",
+            "params",
+            "score",
+            "widths",
+            "evaluations",
+            "seconds",
+        }
+        assert r["macs"] <= r["budget_macs"]
+        assert sn.space.validate(r["widths"]) == r["widths"]
+        assert sn.macs(r["widths"]) == r["macs"] and sn.params(r["widths"]) == r["params"]
+        assert 0.0 <= r["score"] <= 1.0
+
+
+def test_console_script_end_to_end(tiny_checkpoint, tmp_path):
+    out = tmp_path / "search.json"
+    cmd = [
+        str(SCRIPT),
+        "search",
+        str(tiny_checkpoint),
+        "--strategy",
+        "bisection",
+        "--strategy",
+        "uniform",
+        "--budget",
+        "0.5",
+        "--budget",
+        "2M",
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "--heldout-images",
+        "32",
+        "--calib-batches",
+        "1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    _validate(doc, tiny_checkpoint, ["bisection", "uniform"], 2)
+    assert 2_000_000 in doc["budgets"]
+    assert doc["evaluator"]["heldout_images"] == 32
+    assert "strategy" in proc.stdout and f"wrote {out}" in proc.stdout
+    assert not list(tmp_path.glob(".search.json.*"))  # no temp file left behind
+
+    bad = subprocess.run(
+        [*cmd[:3], "--strategy", "nope", "--budget", "0.5", "--out", str(tmp_path / "bad.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown strategy 'nope'" in lines[0] and "bisection" in lines[0]
+    assert not (tmp_path / "bad.json").exists()
+
+
+def _one_line_error(capsys, argv: list[str], out: Path) -> str:
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert not out.exists()
+    return err[0]
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_file(tiny_checkpoint, tmp_path, capsys):
+    sn, _ = load_supernet(tiny_checkpoint)
+    out = tmp_path / "out.json"
+    base = ["search", str(tiny_checkpoint), "--out", str(out)]
+    msg = _one_line_error(capsys, [*base, "--strategy", "annealing", "--budget", "0.5"], out)
+    assert "known: bisection, evolution, peel, random, relax, uniform" in msg
+    smallest = sn.macs(sn.space.min())
+    msg = _one_line_error(capsys, [*base, "--strategy", "uniform", "--budget", "1000"], out)
+    assert str(smallest) in msg and "smallest reachable" in msg
+    msg = _one_line_error(capsys, [*base, "--strategy", "uniform", "--budget", "1G"], out)
+    assert "above the full model" in msg
+    msg = _one_line_error(capsys, [*base, "--strategy", "uniform", "--budget", "1.5"], out)
+    assert "fraction" in msg
+    msg = _one_line_error(capsys, [*base, "--budget", "0.5", "--trials", "0"], out)
+    assert "--trials" in msg
+    for name, content in (("junk.pt", b"not a checkpoint"), ("other.pt", None)):
+        path = tmp_path / name
+        if content is None:
+            torch.save({"format": "widthsearch.subnet", "version": 1}, path)
+        else:
+            path.write_bytes(content)
+        msg = _one_line_error(
+            capsys,
+            ["search", str(path), "--strategy", "uniform", "--budget", "0.5", "--out", str(out)],
+            out,
+        )
+        assert str(path) in msg
+    msg = _one_line_error(
+        capsys, ["search", str(tmp_path / "missing.pt"), "--budget", "0.5", "--out", str(out)], out
+    )
+    assert "no such file" in msg
+
+
+def test_storage_flag_makes_evolution_resumable(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "evo.json"
+    journal = tmp_path / "evo.journal"
+    argv = [
+        "search",
+        str(tiny_checkpoint),
+        "--strategy",
+        "evolution",
+        "--budget",
+        "0.4",
+        "--budget",
+        "0.6",
+        "--storage",
+        str(journal),
+        "--heldout-images",
+        "32",
+        "--calib-batches",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--trials", "6"]) == 0
+    assert main([*argv, "--trials", "9"]) == 0
+    capsys.readouterr()
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    (name,) = optuna.get_all_study_names(storage=storage)
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 9
+    doc = json.loads(out.read_text())
+    _validate(doc, tiny_checkpoint, ["evolution"], 2)
+    assert doc["calls"][0]["evaluations"] <= 3  # the second run evaluated only new trials
+
+
+@pytest.mark.parametrize("flag", ["--relax-steps", "--samples"])
+def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, flag):
+    out = tmp_path / "s.json"
+    strategy = "relax" if flag == "--relax-steps" else "random"
+    assert (
+        main(
+            [
+                "search",
+                str(tiny_checkpoint),
+                "--strategy",
+                strategy,
+                "--budget",
+                "0.5",
+                flag,
+                "2",
+                "--heldout-images",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    doc = json.loads(out.read_text())
+    _validate(doc, tiny_checkpoint, [strategy], 1)
+    if strategy == "random":
+        assert doc["results"][0]["evaluations"] <= 2
