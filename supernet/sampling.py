@@ -1,0 +1,183 @@
+"""Width sampling for supernet training: BCNet's fair sampler and the sandwich rule.
+
+Both samplers are pure functions of ``(seed, step)``: resuming at step ``t`` or running on
+any rank of a distributed job gives the same widths without sharing any state, and the
+only thing a checkpoint needs to remember is the step counter.
+
+*Fair (stochastic complementary) sampling* (BCNet): widths come in pairs. The first of a
+pair draws each group's bin ``k`` uniformly from ``[min_bins, bins - min_bins]``; the second
+trains the complement bin ``bins - k`` (width ``C - c``, exact because ``bin_to_width`` is
+mirrored). Each step trains the left *and* right subnet of its config, so channel ``i`` of a
+group is used ``[i < c] + [i >= C - c]`` times, and over a pair
+``[i < c] + [i >= c] + [i >= C - c] + [i < C - c] = 2`` times: every channel gets the same
+number of updates, whatever ``k`` was drawn. A full-width step follows every ``full_every``
+sampled steps (BCNet V1 cycles pair, complement, full).
+
+*Sandwich rule* (US-Nets / AutoSlim): each step trains the max width, the min width and
+``n_random`` uniformly drawn widths. It is the comparison baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .space import Group, WidthConfig, WidthSpace
+
+__all__ = ["FairSampler", "SandwichSampler", "StepPlan", "channel_usage", "step_rng"]
+
+StepKind = Literal["sampled", "complement", "full"]
+
+
+def step_rng(seed: int, *keys: int) -> np.random.Generator:
+    """A generator determined by ``seed`` and ``keys`` only (e.g. ``(pair,)``, ``(epoch, rank)``).
+
+    ``SeedSequence`` mixes the entropy so that nearby keys give unrelated streams.
+    """
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one BCNet step trains.
+
+    Attributes:
+        step: The global step this plan is for.
+        kind: ``"sampled"`` (first of a pair), ``"complement"`` (second) or ``"full"``.
+        cfg: The width config (every group, fixed ones at full width); ``None`` on full steps.
+        bins: Each searchable group's bin (``None`` on full steps).
+    """
+
+    step: int
+    kind: StepKind
+    cfg: WidthConfig | None
+    bins: dict[str, int] | None
+
+
+class FairSampler:
+    """BCNet's stochastic complementary sampler: pair, complement, (full), pair, ...
+
+    Args:
+        space: The supernet's width space.
+        seed: Seeds the random bins; same seed, same sequence.
+        full_every: A full-width step after every this many sampled steps (0: never). An odd
+            value may put a full step between the two halves of a pair; fairness holds over
+            the pair either way.
+
+    A group only draws bins whose width and complement are both allowed and sum to ``C``
+    (see :func:`_pair_bins`); a group with none stays at full width.
+    """
+
+    def __init__(self, space: WidthSpace, *, seed: int = 0, full_every: int = 2) -> None:
+        if full_every < 0:
+            raise ValueError(f"full_every must be >= 0, got {full_every}")
+        self.space = space
+        self.seed = int(seed)
+        self.full_every = int(full_every)
+        self._bins = {g.name: _pair_bins(g) for g in space.searchable}
+
+    def _pair_bins(self, pair: int) -> dict[str, int]:
+        """The first-of-pair bins of pair number ``pair`` (one draw per group)."""
+        rng = step_rng(self.seed, pair)
+        return {
+            name: int(bins[rng.integers(len(bins))]) if bins else -1
+            for name, bins in self._bins.items()
+        }
+
+    def sampled_index(self, step: int) -> int | None:
+        """Index of ``step`` among sampled steps, or ``None`` if it is a full-width step."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self.full_every == 0:
+            return step
+        cycle, pos = divmod(step, self.full_every + 1)
+        return None if pos == self.full_every else cycle * self.full_every + pos
+
+    def plan(self, step: int) -> StepPlan:
+        """The config trained at ``step`` (a pure function of seed and step)."""
+        index = self.sampled_index(step)
+        if index is None:
+            return StepPlan(step, "full", None, None)
+        pair, second = divmod(index, 2)
+        bins = self._pair_bins(pair)
+        cfg: WidthConfig = {}
+        chosen: dict[str, int] = {}
+        for g in self.space.groups:
+            k = bins.get(g.name, -1)
+            if g.fixed or k < 0:
+                cfg[g.name] = g.max_channels
+                continue
+            if second:
+                k = g.bins - k
+            chosen[g.name] = k
+            cfg[g.name] = g.bin_to_width[k]
+        return StepPlan(step, "complement" if second else "sampled", cfg, chosen)
+
+    __call__ = plan
+
+
+def _pair_bins(group: Group) -> list[int]:
+    """Bins ``k`` a pair may start from: in ``[min_bins, bins - min_bins]``, with the widths of
+    ``k`` and ``bins - k`` both allowed and summing to ``C``.
+
+    Rounding breaks the mirror in two places, which are left out to keep fairness exact:
+    end bins of small groups that round to 0 (or ``C``), and the middle bin ``bins / 2`` when
+    ``C / round_to`` is odd (``C / 2`` is not a width, so that bin's width is ``C / 2``
+    rounded up and cannot be complemented).
+    """
+    allowed = set(group.choices)
+    widths = group.bin_to_width
+    return [
+        k
+        for k in range(group.min_bins, group.bins - group.min_bins + 1)
+        if widths[k] in allowed
+        and widths[group.bins - k] in allowed
+        and widths[k] + widths[group.bins - k] == group.max_channels
+    ]
+
+
+class SandwichSampler:
+    """The sandwich rule: max, min and ``n_random`` uniform random widths every step.
+
+    Args:
+        space: The supernet's width space.
+        seed: Seeds the random widths; same seed, same sequence.
+        n_random: Random configs per step besides max and min.
+    """
+
+    def __init__(self, space: WidthSpace, *, seed: int = 0, n_random: int = 2) -> None:
+        if n_random < 0:
+            raise ValueError(f"n_random must be >= 0, got {n_random}")
+        self.space = space
+        self.seed = int(seed)
+        self.n_random = int(n_random)
+
+    def plan(self, step: int) -> list[WidthConfig]:
+        """``[max, min, random_1, ..., random_n]`` for ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        rng = step_rng(self.seed, step)
+        randoms = [self.space.sample(rng) for _ in range(self.n_random)]
+        return [self.space.max(), self.space.min(), *randoms]
+
+    __call__ = plan
+
+
+def channel_usage(
+    space: WidthSpace, cfg: WidthConfig | None, sides: tuple[str, ...] = ("left", "right")
+) -> dict[str, np.ndarray]:
+    """Per searchable group, how many times each channel is used when ``cfg`` is trained on
+    ``sides`` (``None``: full width). Summed over steps, it counts per-channel updates."""
+    usage = {}
+    for g in space.searchable:
+        c = g.max_channels if cfg is None else cfg[g.name]
+        counts = np.zeros(g.max_channels, dtype=np.int64)
+        for side in sides:
+            if side == "left":
+                counts[:c] += 1
+            else:
+                counts[g.max_channels - c :] += 1
+        usage[g.name] = counts
+    return usage

@@ -1,0 +1,151 @@
+"""Fair (complementary) and sandwich width sampling: uniform channel use, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from widthsearch.supernet.sampling import (
+    FairSampler,
+    SandwichSampler,
+    channel_usage,
+)
+from widthsearch.supernet.space import WidthSpace, make_group
+
+
+def _space() -> WidthSpace:
+    """Groups of several sizes and settings, plus two fixed ones (like a real network)."""
+    return WidthSpace(
+        [
+            make_group("input", 3, fixed=True, bins=1, min_bins=1, round_to=1),
+            make_group("stem", 16, fixed=False, bins=8, min_bins=1, round_to=1),
+            make_group("wide", 64, fixed=False, bins=8, min_bins=2, round_to=1),
+            make_group("odd", 37, fixed=False, bins=8, min_bins=1, round_to=1),
+            make_group("hw", 96, fixed=False, bins=8, min_bins=1, round_to=8),
+            make_group("tiny", 2, fixed=False, bins=8, min_bins=1, round_to=1),
+            make_group("fc", 10, fixed=True, bins=1, min_bins=1, round_to=1),
+        ]
+    )
+
+
+def _usage(space: WidthSpace, plans) -> dict[str, np.ndarray]:
+    total = {g.name: np.zeros(g.max_channels, dtype=np.int64) for g in space.searchable}
+    for plan in plans:
+        for name, counts in channel_usage(space, plan.cfg).items():
+            total[name] += counts
+    return total
+
+
+@pytest.mark.parametrize("full_every", [2, 3, 0])
+def test_per_channel_updates_are_uniform_over_1000_steps(full_every):
+    space = _space()
+    sampler = FairSampler(space, seed=7, full_every=full_every)
+    usage = _usage(space, (sampler.plan(t) for t in range(1000)))
+    for name, counts in usage.items():
+        spread = (counts.max() - counts.min()) / counts.max()
+        assert spread <= 0.02, (name, counts.min(), counts.max())
+    # over whole cycles (every pair completed) the counts are exactly equal
+    cycle = 2 * (full_every + 1) if full_every else 2
+    whole = _usage(space, (sampler.plan(t) for t in range(1000 // cycle * cycle)))
+    for name, counts in whole.items():
+        assert counts.min() == counts.max(), name
+
+
+def test_controls_left_only_is_unfair_and_no_complement_is_only_fair_on_average():
+    space = _space()
+    sampler = FairSampler(space, seed=7, full_every=0)
+    plans = [sampler.plan(t) for t in range(1000)]
+    left = {g.name: np.zeros(g.max_channels, dtype=np.int64) for g in space.searchable}
+    for plan in plans:
+        for name, counts in channel_usage(space, plan.cfg, sides=("left",)).items():
+            left[name] += counts
+    assert left["wide"][0] == 1000 and left["wide"][-1] < 300  # slimmable-style: first wins
+    # the random halves alone are fair only in expectation (symmetric bins), not exactly
+    firsts = _usage(space, plans[0::2])["wide"]
+    assert firsts.min() != firsts.max()
+    assert (firsts.max() - firsts.min()) / firsts.max() < 0.1
+
+
+def test_complement_mirrors_bins_and_widths():
+    space = _space()
+    sampler = FairSampler(space, seed=3, full_every=2)
+    kinds = [sampler.plan(t).kind for t in range(9)]
+    assert kinds == ["sampled", "complement", "full"] * 3
+    for t in (0, 3, 6):
+        first, second = sampler.plan(t), sampler.plan(t + 1)
+        for g in space.searchable:
+            k = first.bins[g.name]
+            assert second.bins[g.name] == g.bins - k
+            assert g.min_bins <= k <= g.bins - g.min_bins
+            assert first.cfg[g.name] + second.cfg[g.name] == g.max_channels
+        for g in space.groups:
+            if g.fixed:
+                assert first.cfg[g.name] == g.max_channels
+        assert space.validate(first.cfg) == first.cfg
+        assert space.validate(second.cfg) == second.cfg
+    full = sampler.plan(2)
+    assert full.cfg is None and full.bins is None
+
+
+def test_odd_full_every_splits_pairs_but_keeps_them():
+    sampler = FairSampler(_space(), seed=0, full_every=3)
+    kinds = [sampler.plan(t).kind for t in range(8)]
+    expected = ["sampled", "complement", "sampled", "full"]
+    expected += ["complement", "sampled", "complement", "full"]
+    assert kinds == expected
+    assert sampler.plan(2).bins["wide"] + sampler.plan(4).bins["wide"] == 8
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    space = _space()
+    a, b = FairSampler(space, seed=11), FairSampler(space, seed=11)
+    steps = [500, 3, 77, 0, 1000]
+    assert [a.plan(t) for t in steps] == [b.plan(t) for t in steps]  # any order, any instance
+    c = FairSampler(space, seed=12)
+    assert [a.plan(t).cfg for t in range(0, 60, 3)] != [c.plan(t).cfg for t in range(0, 60, 3)]
+
+
+def test_bins_are_drawn_uniformly():
+    space = _space()
+    sampler = FairSampler(space, seed=5, full_every=0)
+    draws = np.array([sampler.plan(2 * p).bins["stem"] for p in range(3500)])
+    values, counts = np.unique(draws, return_counts=True)
+    assert values.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert counts.min() > 0.85 * 500 and counts.max() < 1.15 * 500
+
+
+def test_groups_too_small_for_end_bins_skip_width_zero():
+    space = _space()
+    tiny = space["tiny"]
+    assert tiny.bin_to_width[1] == 0  # 2 channels / 8 bins rounds to 0
+    sampler = FairSampler(space, seed=0, full_every=0)
+    for t in range(200):
+        assert sampler.plan(t).cfg["tiny"] in tiny.choices
+
+
+def test_sandwich_plan_is_max_min_and_random():
+    space = _space()
+    sampler = SandwichSampler(space, seed=1, n_random=3)
+    plan = sampler.plan(10)
+    assert plan[0] == space.max() and plan[1] == space.min()
+    assert len(plan) == 5
+    for cfg in plan[2:]:
+        assert space.validate(cfg) == cfg
+    assert SandwichSampler(space, seed=1, n_random=3).plan(10) == plan
+    assert sampler.plan(11)[2:] != plan[2:]
+
+
+def test_channel_usage_counts_both_sides():
+    space = WidthSpace([make_group("g", 8, fixed=False, bins=4, min_bins=1, round_to=1)])
+    usage = channel_usage(space, {"g": 2})["g"]
+    assert usage.tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    assert channel_usage(space, {"g": 6})["g"].tolist() == [1, 1, 2, 2, 2, 2, 1, 1]
+    assert channel_usage(space, None)["g"].tolist() == [2] * 8
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="full_every"):
+        FairSampler(_space(), full_every=-1)
+    with pytest.raises(ValueError, match="n_random"):
+        SandwichSampler(_space(), n_random=-1)
+    with pytest.raises(ValueError, match="step"):
+        FairSampler(_space()).plan(-1)
