@@ -1,0 +1,784 @@
+"""Supernet training: BCNet bilateral coupling with fair sampling, or the sandwich rule.
+
+One *BCNet step* (Su et al., BCNet, CVPR 2021) trains one width config on both sides of the
+supernet: activate the left subnet (channels ``[0, c)``), back-propagate ``0.5 * loss``;
+activate the right subnet (``[C - c, C)``), back-propagate ``0.5 * loss``; one optimiser
+step. The widths come from :class:`~widthsearch.supernet.sampling.FairSampler` (random pair,
+complement, full width), so every channel of a group gets the same number of updates. With
+``distill``, subnets learn from the full width's soft predictions on the same batch
+(in-place distillation, AutoSlim), at the price of one extra forward without gradient.
+
+The *sandwich rule* (US-Nets / AutoSlim) is the baseline: max width with labels, then min
+and ``sandwich_random`` random widths (left side) distilled from the max's detached
+predictions, losses summed, one optimiser step. In-place distillation is part of that rule
+as published, so the sandwich trainer always uses it; ``distill`` only switches it for BCNet.
+
+Every subnet trained adds its label loss to the loss records: per (group, width) a running
+sum and count, which BCNet's search turns into its prior population.
+
+Resume is exact: the samplers are functions of ``(seed, step)``, each epoch's data order,
+augmentation stream and global RNG are seeded by ``(seed, epoch, rank)``, and the checkpoint
+holds weights, BN stats, optimiser and scheduler state. Under ``torchrun`` gradients are
+averaged explicitly (see :mod:`widthsearch.supernet._distributed` for why not DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm.auto import tqdm
+
+from ._distributed import (
+    DistInfo,
+    allreduce_grads,
+    average_buffers,
+    barrier,
+    broadcast_state,
+    init_distributed,
+    shutdown_distributed,
+)
+from .checkpoint import load_checkpoint, save_supernet
+from .errors import CheckpointError, WidthsearchError
+from .sampling import FairSampler, SandwichSampler, step_rng
+from .space import WidthConfig
+from .supernet import Supernet
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LOG_NAME",
+    "TRAINERS",
+    "LossRecords",
+    "SupernetTrainer",
+    "TrainResult",
+    "TrainingDivergedError",
+    "bcnet_step",
+    "build_training",
+    "epoch_loader",
+    "epoch_seed",
+    "preserved_state",
+    "sandwich_step",
+    "soft_cross_entropy",
+    "subnet_top1",
+    "train_supernet",
+]
+
+CHECKPOINT_NAME = "supernet.pt"
+LOG_NAME = "train.jsonl"
+TRAINERS = ("bcnet", "sandwich")
+# env var naming a folder where every rank saves its final state_dict (checks replicas agree)
+RANK_STATE_ENV = "WIDTHSEARCH_RANK_STATE_DIR"
+
+
+class TrainingDivergedError(WidthsearchError):
+    """A training loss became NaN or infinite; no optimiser step was taken with it."""
+
+
+# ---- losses and single steps -------------------------------------------------------------
+
+
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Cross-entropy against soft targets (same gradient as KL to them): in-place distillation."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def bcnet_step(
+    sn: Supernet,
+    x: Tensor,
+    y: Tensor,
+    cfg: Mapping[str, int] | None,
+    *,
+    criterion: nn.Module,
+    distill: bool = False,
+) -> dict[str, Tensor]:
+    """The backward passes of one BCNet step (gradients accumulate; no optimiser step).
+
+    Args:
+        sn: The supernet, in train mode.
+        x: Input batch.
+        y: Labels.
+        cfg: Width config trained on both sides; ``None`` trains the full width once (its
+            left and right subnets are the same network, so one pass with weight 1 gives the
+            same gradient as two with weight 0.5).
+        criterion: Label loss.
+        distill: Train the subnets on the full width's detached soft predictions instead of
+            the labels.
+
+    Returns:
+        Detached label losses: ``{"left", "right"}`` or ``{"full"}``; ``sn`` is back at
+        full width afterwards.
+    """
+    if cfg is None:
+        sn.set_active(None)
+        loss = criterion(sn(x), y)
+        loss.backward()
+        return {"full": loss.detach()}
+    teacher = None
+    if distill:
+        sn.set_active(None)
+        with torch.no_grad():
+            teacher = F.softmax(sn(x), dim=1)
+    out = {}
+    try:
+        for side in ("left", "right"):
+            sn.set_active(cfg, side)
+            logits = sn(x)
+            label_loss = criterion(logits, y)
+            loss = label_loss if teacher is None else soft_cross_entropy(logits, teacher)
+            (0.5 * loss).backward()
+            out[side] = label_loss.detach()
+    finally:
+        sn.set_active(None)
+    return out
+
+
+def sandwich_step(
+    sn: Supernet,
+    x: Tensor,
+    y: Tensor,
+    cfgs: list[WidthConfig],
+    *,
+    criterion: nn.Module,
+    distill: bool = True,
+) -> list[Tensor]:
+    """The backward passes of one sandwich-rule step: ``cfgs[0]`` (the max) with labels, the
+    rest (left side) distilled from its detached predictions; losses are summed (US-Nets).
+
+    Returns:
+        Detached label losses, one per config.
+    """
+    losses = []
+    teacher = None
+    try:
+        for i, cfg in enumerate(cfgs):
+            sn.set_active(cfg, "left")
+            logits = sn(x)
+            label_loss = criterion(logits, y)
+            distilled = i > 0 and teacher is not None
+            loss = soft_cross_entropy(logits, teacher) if distilled else label_loss
+            if i == 0 and distill:
+                teacher = F.softmax(logits.detach(), dim=1)
+            loss.backward()
+            losses.append(label_loss.detach())
+    finally:
+        sn.set_active(None)
+    return losses
+
+
+# ---- loss records --------------------------------------------------------------------------
+
+
+class LossRecords:
+    """Running sum and count of training losses per (group, width).
+
+    ``add(cfg, loss)`` credits the loss of the subnet ``cfg`` to every searchable group at
+    the width it had there. ``to_dict()`` is the checkpoint form
+    ``{group: {width: [loss_sum, count]}}``.
+    """
+
+    def __init__(self, groups: Iterable[str]) -> None:
+        self._groups = list(groups)
+        self._data: dict[str, dict[int, list[float]]] = {g: {} for g in self._groups}
+
+    def add(self, cfg: Mapping[str, int], loss: float) -> None:
+        for g in self._groups:
+            entry = self._data[g].setdefault(int(cfg[g]), [0.0, 0])
+            entry[0] += float(loss)
+            entry[1] += 1
+
+    def mean(self, group: str, width: int) -> float:
+        total, count = self._data[group].get(int(width), (0.0, 0))
+        return total / count if count else math.nan
+
+    def to_dict(self) -> dict[str, dict[int, list[float]]]:
+        return {g: {w: [s, c] for w, (s, c) in sorted(d.items())} for g, d in self._data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[int, list[float]]]) -> LossRecords:
+        records = cls(data)
+        for g, widths in data.items():
+            records._data[g] = {int(w): [float(s), int(c)] for w, (s, c) in widths.items()}
+        return records
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every buffer (BN running stats, counters) and the train/eval mode on exit.
+
+    BN recalibration overwrites running stats; evaluating inside this block leaves the
+    training state (and so an exact resume) untouched, without copying the whole model.
+    """
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+        for name, m in model.named_modules():
+            m.training = modes[name]
+
+
+@torch.no_grad()
+def subnet_top1(
+    sn: Supernet,
+    cfg: Mapping[str, int] | None,
+    calib_batches: Iterable[Any],
+    eval_batches: Iterable[Any],
+    *,
+    side: str = "left",
+    transform: Any = None,
+) -> float:
+    """Top-1 of one subnet after BN recalibration, leaving the supernet's state as it was.
+
+    Args:
+        sn: The supernet.
+        cfg: Width config (``None``: full width).
+        calib_batches: ``(x, y)`` batches whose statistics replace the BN running stats.
+        eval_batches: ``(x, y)`` batches scored.
+        side: Which side of ``cfg``.
+        transform: Optional function applied to every input batch (e.g. resizing).
+    """
+    from .bn import recalibrate_bn
+
+    device = next(sn.parameters()).device
+    prep = transform or (lambda t: t)
+    with preserved_state(sn):
+        recalibrate_bn(sn, (prep(b[0]) for b in calib_batches), cfg=cfg, side=side)
+        correct = total = 0
+        with sn.active(cfg, side):
+            for x, y in eval_batches:
+                logits = sn(prep(x.to(device)))
+                correct += int((logits.argmax(1) == y.to(device)).sum())
+                total += len(y)
+    return correct / max(total, 1)
+
+
+# ---- data order ----------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of epoch ``epoch`` on ``rank``: data order, augmentation and global RNG."""
+    return int(step_rng(seed, epoch, rank, 0x5EED).integers(2**62))
+
+
+def _reseed_worker(worker_id: int) -> None:
+    info = get_worker_info()
+    reseed = getattr(info.dataset, "reseed", None) if info is not None else None
+    if callable(reseed):
+        reseed(info.seed % 2**63)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    *,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    workers: int,
+    info: DistInfo,
+) -> DataLoader:
+    """This rank's shard of epoch ``epoch``: a ``(seed, epoch)`` permutation, split like
+    ``DistributedSampler`` (every rank the same number of full batches, so ranks step
+    together)."""
+    n = len(dataset)
+    perm = step_rng(seed, epoch).permutation(n)
+    per_rank = n // info.world_size
+    indices = perm[info.rank :: info.world_size][:per_rank].tolist()
+    rank_seed = epoch_seed(seed, epoch, info.rank)
+    reseed = getattr(dataset, "reseed", None)
+    if workers == 0 and callable(reseed):
+        reseed(rank_seed)  # the augmentation stream restarts every epoch: exact resume
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        drop_last=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(rank_seed),
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+        pin_memory=info.device.type == "cuda",
+    )
+
+
+# ---- the trainer ---------------------------------------------------------------------------
+
+
+def _cosine(step: int, *, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_supernet` did."""
+
+    checkpoint: Path
+    log: Path
+    history: list[dict[str, Any]]
+    epochs_run: int
+    is_main: bool = True  # rank 0 (the one that wrote the files)
+
+
+class SupernetTrainer:
+    """Trains a supernet epoch by epoch; holds optimiser, scheduler, sampler and records.
+
+    Args:
+        sn: The supernet (on its device).
+        train_set: Training split.
+        heldout_set: Held-out split for the per-epoch top-1 (``None``: no evaluation).
+        train: The recipe's ``[train]`` section (or any object with the same attributes).
+        batch_size: Per-process batch size.
+        workers: DataLoader workers.
+        calib_batches: Training batches for BN recalibration before each evaluation.
+        info: Distributed placement (default: single process on CPU).
+        transform: Optional function applied to every input batch (resizing).
+        progress: Show tqdm bars (on rank 0, when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        sn: Supernet,
+        train_set: Dataset,
+        heldout_set: Dataset | None,
+        train: Any,
+        *,
+        batch_size: int,
+        workers: int = 0,
+        calib_batches: int = 4,
+        info: DistInfo | None = None,
+        transform: Any = None,
+        progress: bool = True,
+    ) -> None:
+        if train.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {train.trainer!r}")
+        if train.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {train.epochs}")
+        self.sn = sn
+        self.train_set = train_set
+        self.heldout_set = heldout_set
+        self.cfg = train
+        self.batch_size = batch_size
+        self.workers = workers
+        self.calib_batches = calib_batches
+        self.info = info or DistInfo()
+        self.transform = transform
+        self.progress = progress
+        self.steps_per_epoch = (len(train_set) // self.info.world_size) // batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the training split ({len(train_set)} images over {self.info.world_size} "
+                f"process(es)) is smaller than one batch of {batch_size}"
+            )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+        self.params = [p for p in sn.parameters() if p.requires_grad]
+        momentum = float(train.momentum)
+        self.optimizer = torch.optim.SGD(
+            self.params,
+            lr=train.lr,
+            momentum=momentum,
+            weight_decay=train.weight_decay,
+            nesterov=bool(train.nesterov) and momentum > 0,
+        )
+        total = max(train.epochs, 1) * self.steps_per_epoch
+        warmup = round(train.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _cosine(s, total=total, warmup=warmup)
+        )
+        if train.trainer == "bcnet":
+            self.sampler: FairSampler | SandwichSampler = FairSampler(
+                sn.space, seed=train.seed, full_every=train.full_every
+            )
+        else:
+            self.sampler = SandwichSampler(
+                sn.space, seed=train.seed, n_random=train.sandwich_random
+            )
+        self.records = LossRecords(g.name for g in sn.space.searchable)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken (= sampler position)
+        self.history: list[dict[str, Any]] = []
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "sampler_step": self.step,
+            "trainer": self.cfg.trainer,
+            "seed": self.cfg.seed,
+            "world_size": self.info.world_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "numpy" in rng:
+            np.random.set_state(rng["numpy"])
+        if "python" in rng:
+            random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # -- one epoch -----------------------------------------------------------------------
+    def _prep(self, x: Tensor) -> Tensor:
+        x = x.to(self.info.device, non_blocking=True)
+        return self.transform(x) if self.transform is not None else x
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train epoch ``self.epoch + 1``; returns its log entry (mean label losses, seconds)."""
+        epoch = self.epoch + 1
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.info.rank))
+        loader = epoch_loader(
+            self.train_set,
+            epoch=epoch,
+            seed=self.cfg.seed,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            info=self.info,
+        )
+        self.sn.train()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        start = time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{self.cfg.epochs} [{self.cfg.trainer}]",
+            leave=False,
+            disable=None if (self.progress and self.info.is_main) else True,
+            dynamic_ncols=True,
+        )
+        for x, y in bar:
+            x, y = self._prep(x), y.to(self.info.device, non_blocking=True)
+            names, cfgs, losses = self._train_step(x, y)
+            values = losses.tolist()
+            if not all(math.isfinite(v) for v in values):
+                bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                raise TrainingDivergedError(
+                    f"training diverged: {names[bad]} loss is {values[bad]} at epoch {epoch}, "
+                    f"step {self.step} (try a lower [train].lr or warmup_epochs)"
+                )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            for name, cfg, value in zip(names, cfgs, values, strict=True):
+                self.records.add(cfg, value)
+                sums[name] += value
+                counts[name] += 1
+            bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in sums}, refresh=False)
+        bar.close()
+        average_buffers(self.sn, self.info)
+        self.epoch = epoch
+        entry: dict[str, Any] = {"epoch": epoch, "trainer": self.cfg.trainer}
+        entry["loss"] = sum(sums.values()) / max(sum(counts.values()), 1)
+        entry.update({f"loss_{k}": sums[k] / counts[k] for k in sorted(sums)})
+        entry["lr"] = self.optimizer.param_groups[0]["lr"]
+        entry["steps"] = self.step
+        entry["seconds"] = time.perf_counter() - start
+        return entry
+
+    def _train_step(self, x: Tensor, y: Tensor) -> tuple[list[str], list[WidthConfig], Tensor]:
+        """Backward passes of the current step, gradients averaged over ranks.
+
+        Returns:
+            Loss names, the subnet config of each loss (for the records) and the losses.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        space = self.sn.space
+        if isinstance(self.sampler, FairSampler):
+            plan = self.sampler.plan(self.step)
+            out = bcnet_step(
+                self.sn, x, y, plan.cfg, criterion=self.criterion, distill=self.cfg.distill
+            )
+            names = list(out)
+            cfgs = [plan.cfg if plan.cfg is not None else space.max()] * len(names)
+            losses = torch.stack(list(out.values()))
+        else:
+            cfgs = self.sampler.plan(self.step)
+            losses = torch.stack(sandwich_step(self.sn, x, y, cfgs, criterion=self.criterion))
+            names = ["max", "min"] + ["random"] * (len(cfgs) - 2)
+        losses = allreduce_grads(self.params, losses, self.info)
+        return names, cfgs, losses
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out top-1 of the max and min widths (left), each after BN recalibration."""
+        if self.heldout_set is None or self.cfg.eval_batches <= 0:
+            return {}
+        calib = epoch_loader(
+            self.train_set,
+            epoch=0,
+            seed=self.cfg.seed + 1,
+            batch_size=self.batch_size,
+            workers=0,
+            info=DistInfo(device=self.info.device),
+        )
+        calib_list = [b for _, b in zip(range(self.calib_batches), calib, strict=False)]
+        heldout = DataLoader(self.heldout_set, batch_size=self.batch_size, shuffle=False)
+        eval_list = [b for _, b in zip(range(self.cfg.eval_batches), heldout, strict=False)]
+        space = self.sn.space
+        out = {}
+        for key, cfg in (("top1_max", space.max()), ("top1_min", space.min())):
+            out[key] = subnet_top1(self.sn, cfg, calib_list, eval_list, transform=self.transform)
+        return out
+
+
+# ---- the whole job -------------------------------------------------------------------------
+
+
+def _seconds_line(entry: Mapping[str, Any]) -> str:
+    parts = [f"epoch {entry['epoch']}", f"loss {entry['loss']:.4f}"]
+    for key in ("top1_max", "top1_min"):
+        if key in entry:
+            parts.append(f"{key} {entry[key]:.4f}")
+    parts.append(f"{entry['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def _write_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the whole log from the history, atomically: it always matches the checkpoint."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for entry in history:
+                f.write(json.dumps(entry) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a log is not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_training(recipe: Any, *, info: DistInfo | None = None, download: bool = True):
+    """Data splits, supernet and input transform for ``recipe``, seeded by ``[train].seed``.
+
+    Args:
+        recipe: A :class:`widthsearch.recipes.recipe.Recipe` (or anything with its sections).
+        info: Distributed placement (device).
+
+    Returns:
+        ``(splits, supernet, transform)``; ``transform`` resizes batches when
+        ``[model].input_size`` differs from the dataset's size (else ``None``).
+    """
+    from .data import get_data
+    from .models import create_model
+
+    info = info or DistInfo()
+    d, m = recipe.data, recipe.model
+    splits = get_data(
+        d.name,
+        root=d.root or None,
+        heldout_size=d.heldout_size,
+        seed=d.seed,
+        train_limit=d.train_limit or None,
+        test_limit=d.test_limit or None,
+        download=download,
+        synthetic_input_size=m.input_size if m.input_size > 0 else 28,
+    )
+    spec = splits.spec
+    size = m.input_size if m.input_size > 0 else spec.input_size
+    transform = None
+    if size != spec.input_size:
+
+        def transform(x: Tensor) -> Tensor:
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    torch.manual_seed(recipe.train.seed)  # same initial weights on every rank and run
+    model = create_model(m.name, num_classes=spec.num_classes, in_chans=spec.in_chans)
+    meta = {
+        "model": m.name,
+        "num_classes": spec.num_classes,
+        "in_chans": spec.in_chans,
+        "input_size": size,
+    }
+    sn = Supernet.from_model(
+        model,
+        torch.zeros(1, spec.in_chans, size, size),
+        bins=recipe.space.bins,
+        min_bins=recipe.space.min_bins,
+        round_to=recipe.space.round_to,
+        meta=meta,
+    )
+    return splits, sn.to(info.device), transform
+
+
+def _check_resumable(payload: Mapping[str, Any], sn: Supernet, trainer: str, path: Path) -> None:
+    """Refuse checkpoints of another model, width space or trainer (one clear line)."""
+    state = payload.get("train_state")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: has no training state to resume from")
+    theirs = payload.get("meta", {})
+    for key, ours in sn.meta.items():
+        if theirs.get(key) != ours:
+            raise CheckpointError(
+                f"{path}: was trained with {key}={theirs.get(key)!r}, but the recipe gives "
+                f"{ours!r}; use another --out or the same recipe"
+            )
+    if state.get("trainer") != trainer:
+        raise CheckpointError(
+            f"{path}: was trained by the {state.get('trainer')!r} trainer, not {trainer!r}"
+        )
+
+
+def train_supernet(
+    recipe: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train the supernet of ``recipe``, writing ``out_dir/supernet.pt`` and ``train.jsonl``.
+
+    Runs single-process, or data-parallel when started by ``torchrun`` (``WORLD_SIZE > 1``):
+    every rank trains its shard with the same widths, only rank 0 writes.
+
+    The checkpoint is written (atomically) before the first epoch and after every epoch, so
+    a run killed at any moment leaves a loadable one; ``resume=True`` continues from it
+    exactly (same weights as an uninterrupted run).
+
+    Args:
+        recipe: A :class:`widthsearch.recipes.recipe.Recipe`.
+        out_dir: Output folder.
+        resume: Continue from ``out_dir/supernet.pt``.
+        device: ``"cpu"`` or ``"cuda"`` (only when available).
+        progress: tqdm bars on rank 0.
+        log: Called with one summary line per epoch (rank 0).
+        stop_after: Train at most this many epochs in this call (time-limited jobs); the
+            schedule still spans ``[train].epochs``, and ``resume=True`` picks up from there.
+
+    Raises:
+        CheckpointError: Nothing to resume, or a corrupt, foreign or mismatched checkpoint.
+        TrainingDivergedError: The loss became NaN/inf (the last good checkpoint is kept).
+        ValueError: Bad recipe values.
+    """
+    out = Path(out_dir)
+    path, log_path = out / CHECKPOINT_NAME, out / LOG_NAME
+    info = init_distributed(device)
+    try:
+        payload = None
+        if resume:  # fail before any expensive work
+            if not path.is_file():
+                raise CheckpointError(f"nothing to resume: {path} does not exist")
+            payload = load_checkpoint(path, kind="widthsearch.supernet")
+        splits, sn, transform = build_training(recipe, info=info)
+        trainer = SupernetTrainer(
+            sn,
+            splits.train,
+            splits.heldout if len(splits.heldout) else None,
+            recipe.train,
+            batch_size=recipe.data.batch_size,
+            workers=recipe.data.workers,
+            calib_batches=getattr(getattr(recipe, "search", None), "calib_batches", 4),
+            info=info,
+            transform=transform,
+            progress=progress,
+        )
+        if payload is not None:
+            _check_resumable(payload, sn, recipe.train.trainer, path)
+            try:
+                sn.model.load_state_dict(payload["state_dict"])
+                trainer.load_state_dict(payload["train_state"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: cannot resume from it ({exc})") from None
+            trainer.records = LossRecords.from_dict(payload.get("loss_records", {}))
+            trainer.history = list(payload.get("history", []))
+        else:
+            broadcast_state(sn, info)
+        spec = dataclasses.asdict(splits.spec)
+
+        def save() -> None:
+            if info.is_main:
+                save_supernet(
+                    path,
+                    sn,
+                    recipe=recipe.to_dict(),
+                    loss_records=trainer.records.to_dict(),
+                    train_state=trainer.state_dict(),
+                    data=spec,
+                    history=trainer.history,
+                )
+                _write_jsonl(log_path, trainer.history)
+
+        if info.is_main:  # temp files of writes killed half-way
+            for name in (CHECKPOINT_NAME, LOG_NAME):
+                for stale in out.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
+        if payload is None:
+            save()  # epoch 0: a loadable checkpoint from the start
+        elif info.is_main:
+            _write_jsonl(log_path, trainer.history)  # drop lines of epochs the checkpoint lacks
+        start_epoch = trainer.epoch
+        if stop_after is not None and stop_after < 0:
+            raise ValueError(f"stop_after must be >= 0, got {stop_after}")
+        last = recipe.train.epochs if stop_after is None else start_epoch + stop_after
+        while trainer.epoch < min(last, recipe.train.epochs):
+            try:
+                entry = trainer.train_epoch()
+            except TrainingDivergedError as exc:
+                done = trainer.epoch  # epochs in the checkpoint on disk
+                raise TrainingDivergedError(
+                    f"{exc}; kept the last good checkpoint {path} (epoch {done})"
+                ) from None
+            if info.is_main:
+                start = time.perf_counter()
+                entry.update(trainer.evaluate())
+                entry["eval_seconds"] = time.perf_counter() - start
+                trainer.history.append(entry)
+            save()
+            if info.is_main:
+                log(_seconds_line(entry))
+        barrier(info)
+        _dump_rank_state(sn, info)
+        return TrainResult(
+            path, log_path, trainer.history, trainer.epoch - start_epoch, info.is_main
+        )
+    finally:
+        shutdown_distributed(info)
+
+
+def _dump_rank_state(sn: Supernet, info: DistInfo) -> None:
+    """With ``$WIDTHSEARCH_RANK_STATE_DIR`` set, save this rank's weights (replica checks)."""
+    folder = os.environ.get(RANK_STATE_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save(sn.model.state_dict(), Path(folder) / f"rank{info.rank}.pt")
