@@ -1,0 +1,317 @@
+"""Extraction: a searched width config becomes a plain dense model with inherited weights.
+
+The output file (``SUBNET.pt``) is self-contained: the module itself (its own class, no
+widthsearch hooks), its ``state_dict``, the widths, how the weights were inherited, and
+where they came from (supernet, strategy, budget, recipe). ``torch.load(path,
+weights_only=False)["module"]`` is all a user needs to run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from widthsearch.supernet import Supernet
+from widthsearch.supernet.checkpoint import load_supernet
+
+from ._common import (
+    SUBNET_FORMAT,
+    SUBNET_VERSION,
+    load_splits,
+    output_path,
+    plain_widths,
+    save_subnet,
+    subset_tensors,
+)
+from .inheritance import INHERITANCE, choose_inheritance
+
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "HeldoutData",
+    "extract_subnet",
+    "find_search_result",
+    "heldout_data",
+    "read_search",
+    "read_widths",
+]
+
+BUDGET_TOLERANCE = 0.005  # a --budget matches a search result within 0.5 %
+
+
+# ---- search results and widths files ------------------------------------------------------
+
+
+def _read_json(path: str | os.PathLike[str], what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{what} {path}: not valid JSON ({type(exc).__name__})") from None
+
+
+def read_search(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a search JSON (``widthsearch search`` output) and check its shape."""
+    doc = _read_json(path, "search file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise ValueError(f"search file {path}: no 'results' list (not a widthsearch search JSON)")
+    return doc
+
+
+def find_search_result(
+    doc: Mapping[str, Any],
+    *,
+    strategy: str,
+    budget: str | float | int,
+    full_macs: int | None = None,
+    source: str = "search file",
+) -> dict[str, Any]:
+    """The result of ``strategy`` whose ``budget_macs`` matches ``budget`` (within 0.5 %).
+
+    ``budget`` is parsed like the search CLI (``0.5``, ``50%``, ``20M``, ``123456``), as a
+    fraction of the document's ``full_macs`` (or ``full_macs``).
+
+    Raises:
+        ValueError: no such strategy or budget in the document (the message lists what is).
+    """
+    from widthsearch.search.budgets import format_macs, parse_budget
+
+    results = [r for r in doc.get("results", []) if isinstance(r, Mapping)]
+    mine = [r for r in results if r.get("strategy") == strategy]
+    if not mine:
+        have = sorted({str(r.get("strategy")) for r in results})
+        raise ValueError(
+            f"{source} has no results for strategy {strategy!r} (has: {', '.join(have) or 'none'})"
+        )
+    full = int(doc.get("full_macs") or full_macs or 0)
+    if full <= 0:
+        raise ValueError(f"{source} has no full_macs to read budget {budget!r} against")
+    target = parse_budget(budget, full)
+    best = min(mine, key=lambda r: abs(int(r.get("budget_macs", -1)) - target))
+    if abs(int(best.get("budget_macs", -1)) - target) > BUDGET_TOLERANCE * target:
+        have = ", ".join(
+            f"{format_macs(int(r['budget_macs']))} ({int(r['budget_macs']) / full:.1%})"
+            for r in mine
+            if "budget_macs" in r
+        )
+        raise ValueError(
+            f"{source} has no {strategy!r} result at budget {budget} = {target} MACs "
+            f"(its budgets: {have})"
+        )
+    if not isinstance(best.get("widths"), Mapping):
+        raise ValueError(f"{source}: the {strategy!r} result has no widths")
+    return dict(best)
+
+
+def read_widths(path: str | os.PathLike[str]) -> dict[str, int]:
+    """A widths JSON: ``{group: channels}`` or any object with such a ``"widths"`` member."""
+    doc = _read_json(path, "widths file")
+    if isinstance(doc, Mapping) and isinstance(doc.get("widths"), Mapping):
+        doc = doc["widths"]
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"widths file {path}: expected a JSON object group -> channels")
+    return dict(doc)
+
+
+# ---- held-out data ------------------------------------------------------------------------
+
+
+@dataclass
+class HeldoutData:
+    """Fixed batches for scoring inheritance candidates.
+
+    Attributes:
+        calib: BN calibration input batches (un-augmented training images).
+        heldout: ``(images, labels)`` batches of the held-out split (never the test set).
+    """
+
+    calib: list[Tensor]
+    heldout: list[tuple[Tensor, Tensor]]
+
+
+def heldout_data(
+    payload: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    *,
+    heldout_images: int | None = None,
+    calib_batches: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> HeldoutData:
+    """Held-out and calibration batches for a supernet checkpoint, from its stored recipe.
+
+    The held-out split is the one training left out (``get_data(**recipe data)``); sizes
+    default to the recipe's ``[search]`` settings, so candidates are scored like the search
+    scored subnets. Calibration images come from the un-augmented training split, so they
+    never overlap the scored ones.
+    """
+    recipe = payload.get("recipe")
+    search = recipe.get("search") if isinstance(recipe, Mapping) else None
+    search = search if isinstance(search, Mapping) else {}
+
+    def pick(value: int | None, key: str, default: int) -> int:
+        value = int(value if value is not None else search.get(key, default))
+        if value < 1 and key != "seed":
+            raise ValueError(f"{key} must be >= 1, got {value}")
+        return value
+
+    images = pick(heldout_images, "heldout_images", 1000)
+    calib = pick(calib_batches, "calib_batches", 4)
+    size = pick(batch_size, "eval_batch_size", 250)
+    seed = pick(seed, "seed", 0)
+    splits, resize = load_splits(recipe, meta, augment=False)
+    x, y = subset_tensors(splits.heldout, images, seed=seed)
+    calib_source = splits.train if len(splits.train) else splits.heldout
+    cx, _ = subset_tensors(calib_source, calib * size, seed=seed + 1)
+    return HeldoutData(
+        calib=[resize(b) for b in cx.split(size)],
+        heldout=[(resize(a), b) for a, b in zip(x.split(size), y.split(size), strict=True)],
+    )
+
+
+# ---- extraction ---------------------------------------------------------------------------
+
+
+def extract_subnet(
+    supernet: str | os.PathLike[str] | tuple[Supernet, Mapping[str, Any]],
+    *,
+    widths: Mapping[str, int] | None = None,
+    search: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    strategy: str | None = None,
+    budget: str | float | int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    candidates: Sequence[str] | None = None,
+    data: HeldoutData | None = None,
+    heldout_images: int | None = None,
+    calib_batches: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    supernet_path: str | None = None,
+    export_dir: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Extract the subnet of a search result (or of explicit ``widths``) with the best
+    weight inheritance, and optionally write it.
+
+    Args:
+        supernet: Supernet checkpoint path, or an already loaded ``(supernet, payload)``.
+        widths: The width config (instead of ``search``/``strategy``/``budget``).
+        search: Search JSON path or document; with ``strategy`` and ``budget`` picks the
+            result (budget within 0.5 % of a result's ``budget_macs``).
+        strategy: Strategy name in ``search`` (recorded; with ``widths`` just a label).
+        budget: Budget as in the search CLI (``0.5``, ``50%``, ``20M``, absolute int).
+        out: Write the subnet file here (atomically).
+        candidates: Inheritance candidates (default: the recipe's ``[finetune].inheritance``,
+            else all of ``left, right, l1, bn``).
+        data: Pre-built :class:`HeldoutData` (reuse across many extractions).
+        heldout_images, calib_batches, batch_size, seed: Override the recipe's ``[search]``
+            scoring sizes.
+        supernet_path: Path to record when ``supernet`` is given loaded.
+        export_dir: Also export the subnet there (:func:`export_subnet`); the written paths
+            are added to the returned dict as ``"exports"`` (not to the file).
+        progress: tqdm bars (``None``: only on a terminal).
+        log: Called with one line per candidate.
+
+    Returns:
+        The subnet payload (as written): ``format``, ``module``, ``widths``,
+        ``inheritance`` ``{"chosen", "scores"}``, ``meta``, ``macs``, ``params``, ...
+
+    Raises:
+        CheckpointError: missing/corrupt/foreign supernet.
+        ValueError: strategy/budget not in the search file, widths that do not fit the
+            supernet, bad options. All raised before any data is loaded.
+    """
+    if isinstance(supernet, tuple):
+        sn, payload = supernet
+        path = str(supernet_path or payload.get("path", ""))
+    else:
+        path = str(supernet)
+        sn, payload = load_supernet(supernet)
+    meta = dict(sn.meta)
+    source_result: dict[str, Any] | None = None
+    if widths is None:
+        if search is None or strategy is None or budget is None:
+            raise ValueError("give widths, or a search file with a strategy and a budget")
+        doc = read_search(search) if not isinstance(search, Mapping) else search
+        where = f"search file {search}" if not isinstance(search, Mapping) else "search results"
+        if doc.get("model") and meta.get("model") and doc["model"] != meta["model"]:
+            raise ValueError(
+                f"{where} is for model {doc['model']!r}, the supernet is {meta['model']!r}"
+            )
+        source_result = find_search_result(
+            doc, strategy=strategy, budget=budget, full_macs=sn.macs(), source=where
+        )
+        widths = source_result["widths"]
+        budget_macs: int | None = int(source_result["budget_macs"])
+    else:
+        budget_macs = None
+        if budget is not None:
+            from widthsearch.search.budgets import parse_budget
+
+            budget_macs = parse_budget(budget, sn.macs())
+    try:
+        cfg = sn.space.validate(widths)
+    except ValueError as exc:
+        raise ValueError(f"widths do not fit the supernet: {exc}") from None
+    recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
+    if candidates is None:
+        finetune = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
+        candidates = list(finetune.get("inheritance") or INHERITANCE)
+    for name in candidates:
+        if name not in INHERITANCE:
+            raise ValueError(
+                f"unknown weight inheritance {name!r}; valid: {', '.join(INHERITANCE)}"
+            )
+    if out is not None:
+        out = output_path(out)
+    if data is None:
+        data = heldout_data(
+            payload,
+            meta,
+            heldout_images=heldout_images,
+            calib_batches=calib_batches,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    sn.eval()
+    module, inheritance = choose_inheritance(
+        sn,
+        cfg,
+        calib=data.calib,
+        heldout=data.heldout,
+        candidates=candidates,
+        progress=progress,
+        log=log,
+    )
+    result: dict[str, Any] = {
+        "format": SUBNET_FORMAT,
+        "version": SUBNET_VERSION,
+        "module": module,
+        "state_dict": module.state_dict(),
+        "widths": plain_widths(cfg),
+        "inheritance": inheritance,
+        "meta": meta,
+        "macs": int(sn.macs(cfg)),
+        "params": int(sn.params(cfg)),
+        "supernet": path,
+        "strategy": strategy if strategy is not None else "widths",
+        "budget_macs": budget_macs,
+        "score": None if source_result is None else source_result.get("score"),
+        "full_macs": int(sn.macs()),
+        "full_params": int(sn.params()),
+        "recipe": dict(recipe),
+    }
+    if out is not None:
+        save_subnet(result, out)
+    if export_dir is not None:
+        from .export import export_subnet
+
+        result["exports"] = export_subnet(result, export_dir, stem=Path(out).stem if out else None)
+    return result

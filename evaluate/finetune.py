@@ -1,0 +1,348 @@
+"""Fine-tuning an extracted subnet: SGD + cosine, optional distillation from the supernet.
+
+Inherited weights are a good start, not a trained network: a few epochs on the training
+split recover most of the gap. With a teacher (the supernet at full width) the loss is
+``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` on logits softened by the
+temperature ``T`` (Hinton et al.).
+
+Resumable like supernet training: after every epoch the whole state (weights, optimiser,
+schedule, history) goes atomically to ``<out stem>.ckpt.pt``; ``resume=True`` continues
+from it with the same data order and augmentation, so an interrupted run ends with the same
+weights as an uninterrupted one. The output file is written only at the end; the per-epoch
+history also goes to ``<out stem>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
+from widthsearch.supernet.data import make_loader
+from widthsearch.supernet.errors import CheckpointError, WidthsearchError
+
+from ._common import (
+    load_splits,
+    load_subnet,
+    output_path,
+    save_subnet,
+    subset_tensors,
+    top1,
+    write_jsonl_atomic,
+)
+
+__all__ = ["STATE_FORMAT", "distill_loss", "finetune_paths", "finetune_subnet"]
+
+STATE_FORMAT = "widthsearch.finetune-state"
+_META_KEYS = ("model", "num_classes", "in_chans", "input_size")
+
+
+def finetune_paths(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """``(output, per-epoch checkpoint, JSON-lines log)`` of a fine-tuning run."""
+    out = Path(out)
+    return out, out.with_name(out.stem + ".ckpt.pt"), out.with_suffix(".jsonl")
+
+
+def distill_loss(logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0) -> Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean (gradient scale independent of T)."""
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(logits / t, dim=1),
+            F.log_softmax(teacher_logits.detach() / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch, 0xF1E]).integers(2**62))
+
+
+def finetune_subnet(
+    subnet: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    out: str | os.PathLike[str],
+    epochs: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    momentum: float = 0.9,
+    teacher: str | os.PathLike[str] | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    batch_size: int | None = None,
+    train_limit: int | None = None,
+    eval_images: int = 1000,
+    seed: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    export_dir: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> dict[str, Any]:
+    """Fine-tune a subnet file and write the result (same format, plus ``"finetune"``).
+
+    Args:
+        subnet: Subnet file (``extract`` output) or its loaded payload.
+        out: Output file; ``<stem>.ckpt.pt`` (per-epoch state) and ``<stem>.jsonl`` (log)
+            are written next to it.
+        epochs, lr, weight_decay: Default to the recipe's ``[finetune]`` section; 0 epochs
+            writes the subnet unchanged (with an empty history), so a pipeline can skip
+            fine-tuning without a special case.
+        momentum: SGD (Nesterov) momentum.
+        teacher: Supernet checkpoint to distil from at full width.
+        temperature, alpha: Distillation temperature and weight of the KL term.
+        batch_size: Default: the recipe's ``[data].batch_size``.
+        train_limit: Use only this many training images (default: the recipe's).
+        eval_images: Held-out images scored after each epoch (0: none).
+        seed: Seeds data order, augmentation and dropout.
+        resume: Continue from ``<stem>.ckpt.pt``.
+        stop_after: Train at most this many epochs in this call (the schedule still spans
+            ``epochs``); the output is written only once all epochs are done.
+        export_dir: Also export the result there (:func:`export_subnet`).
+        progress: tqdm bars (``None``: only on a terminal).
+        log: Called with one summary line per epoch.
+
+    Returns:
+        The output payload (``"finetune"``: settings and per-epoch history). When
+        ``stop_after`` ends the call early, the payload of the unfinished run (not written).
+
+    Raises:
+        CheckpointError: missing/corrupt subnet or teacher, teacher of another model, nothing
+            (or a mismatched run) to resume.
+        WidthsearchError: the loss became NaN/inf.
+        ValueError: bad options.
+    """
+    source = None if isinstance(subnet, Mapping) else str(subnet)
+    payload = dict(subnet) if isinstance(subnet, Mapping) else load_subnet(subnet)
+    meta = dict(payload["meta"])
+    recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
+    section = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
+    data_section = recipe.get("data") if isinstance(recipe.get("data"), Mapping) else {}
+    epochs = int(epochs if epochs is not None else section.get("epochs", 2))
+    lr = float(lr if lr is not None else section.get("lr", 0.02))
+    weight_decay = float(
+        weight_decay if weight_decay is not None else section.get("weight_decay", 5e-4)
+    )
+    batch_size = int(batch_size if batch_size is not None else data_section.get("batch_size", 128))
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if lr <= 0 or weight_decay < 0 or batch_size < 1 or temperature <= 0:
+        raise ValueError("need lr > 0, weight_decay >= 0, batch_size >= 1 and temperature > 0")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if stop_after is not None and stop_after < 0:
+        raise ValueError(f"stop_after must be >= 0, got {stop_after}")
+    out, ckpt_path, log_path = finetune_paths(output_path(out))
+    settings = {
+        "epochs": epochs,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "batch_size": batch_size,
+        "teacher": str(teacher) if teacher else None,
+        "temperature": temperature if teacher else None,
+        "alpha": alpha if teacher else None,
+        "seed": seed,
+        "train_limit": train_limit,
+        "source": source,
+    }
+    state = None
+    if resume:  # fail before any expensive work
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
+        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT)
+        theirs = state.get("settings", {})
+        for key, value in settings.items():
+            if key != "source" and theirs.get(key) != value:
+                raise CheckpointError(
+                    f"{ckpt_path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
+                    "resume with the same options or start afresh without --resume"
+                )
+    teacher_model = None
+    if teacher:
+        sn, _ = load_supernet(teacher)
+        for key in _META_KEYS:
+            if sn.meta.get(key) != meta.get(key):
+                raise CheckpointError(
+                    f"teacher {teacher}: {key}={sn.meta.get(key)!r}, the subnet has "
+                    f"{meta.get(key)!r}"
+                )
+        teacher_model = sn.extract(sn.space.max(), side="left").eval()  # full width, no hooks
+        for p in teacher_model.parameters():
+            p.requires_grad_(False)
+
+    if epochs == 0:  # nothing to train: no data needed
+        return _finish(
+            payload,
+            payload["module"],
+            settings,
+            [],
+            out=out,
+            ckpt_path=ckpt_path,
+            export_dir=export_dir,
+        )
+    if train_limit is not None:
+        recipe = copy.deepcopy(dict(recipe))
+        recipe["data"] = {**recipe.get("data", {}), "train_limit": int(train_limit)}
+    splits, resize = load_splits(recipe, meta, augment=True, where=source or "subnet")
+    if len(splits.train) == 0:
+        raise WidthsearchError("the training split is empty: nothing to fine-tune on")
+    heldout = []
+    if eval_images > 0 and len(splits.heldout):
+        hx, hy = subset_tensors(splits.heldout, eval_images, seed=seed)
+        heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
+
+    student = payload["module"]
+    if state is not None:
+        student = state["module"]
+        student.load_state_dict(state["state_dict"])
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=lr,
+        momentum=momentum,
+        nesterov=momentum > 0,
+        weight_decay=weight_decay,
+    )
+    drop_last = len(splits.train) > batch_size
+    steps_per_epoch = len(splits.train) // batch_size if drop_last else 1
+    total = max(epochs * steps_per_epoch, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state.get("history", []))
+        start_epoch = int(state["epoch"])
+    for stale in out.parent.glob(f".{ckpt_path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # temp files of writes killed half-way
+
+    last = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last):
+        start = time.perf_counter()
+        eseed = _epoch_seed(seed, epoch)
+        torch.manual_seed(eseed)
+        reseed = getattr(splits.train, "reseed", None)
+        if callable(reseed):
+            reseed(eseed)  # the augmentation stream restarts every epoch: exact resume
+        loader = make_loader(
+            splits.train, batch_size=batch_size, shuffle=True, seed=eseed, drop_last=drop_last
+        )
+        student.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        correct = seen = 0
+        bar = tqdm(
+            loader,
+            desc=f"finetune {epoch + 1}/{epochs}",
+            unit="batch",
+            disable=None if progress is None else not progress,
+        )
+        for x, y in bar:
+            x = resize(x)
+            logits = student(x)
+            ce = F.cross_entropy(logits, y)
+            loss, kd = ce, None
+            if teacher_model is not None:
+                with torch.no_grad():
+                    t_logits = teacher_model(x)
+                kd = distill_loss(logits, t_logits, temperature=temperature)
+                loss = (1 - alpha) * ce + alpha * kd
+            if not torch.isfinite(loss):
+                raise WidthsearchError(
+                    f"fine-tuning diverged (loss {float(loss)}) in epoch {epoch + 1}; "
+                    "try a smaller --lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n = len(y)
+            sums["loss"] += float(loss.detach()) * n
+            sums["ce"] += float(ce.detach()) * n
+            sums["kd"] += float(kd.detach()) * n if kd is not None else 0.0
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += n
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+        entry = {
+            "epoch": epoch + 1,
+            "loss": sums["loss"] / max(seen, 1),
+            "ce": sums["ce"] / max(seen, 1),
+            "kd": sums["kd"] / max(seen, 1) if teacher_model is not None else None,
+            "train_top1": correct / max(seen, 1),
+            "heldout_top1": top1(student, heldout) if heldout else None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images": seen,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        history.append(entry)
+        atomic_save(
+            {
+                "format": STATE_FORMAT,
+                "version": 1,
+                "module": student,
+                "state_dict": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "settings": settings,
+            },
+            ckpt_path,
+        )
+        write_jsonl_atomic(history, log_path)
+        if log is not None:
+            held = entry["heldout_top1"]
+            log(
+                f"finetune epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f} "
+                f"train top-1 {entry['train_top1']:.4f}"
+                + (f" held-out top-1 {held:.4f}" if held is not None else "")
+                + f" ({entry['seconds']:.1f}s)"
+            )
+
+    return _finish(
+        payload, student, settings, history, out=out, ckpt_path=ckpt_path, export_dir=export_dir
+    )
+
+
+def _finish(
+    payload: Mapping[str, Any],
+    student: Any,
+    settings: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    *,
+    out: Path,
+    ckpt_path: Path,
+    export_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The output payload; written (and the per-epoch state removed) once all epochs ran."""
+    student.eval()
+    result = dict(payload)
+    result["module"] = student
+    result["state_dict"] = student.state_dict()
+    result["finetune"] = {**settings, "history": history}
+    result.pop("exports", None)
+    if len(history) < settings["epochs"]:
+        return result  # stopped early: resume later
+    save_subnet(result, out)
+    ckpt_path.unlink(missing_ok=True)
+    if export_dir is not None:
+        from .export import export_subnet
+
+        result["exports"] = export_subnet(result, export_dir, stem=out.stem)
+    return result

@@ -1,0 +1,267 @@
+"""Measurement: test top-1, MACs (analytic and counted), parameters, CPU latency.
+
+Every figure of a subnet comes with the same figure of the full model and their ratio, so
+a report line reads "0.48x the MACs, 0.61x the latency, -1.2 points top-1".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+from widthsearch.supernet.bn import recalibrate_bn
+from widthsearch.supernet.checkpoint import build_supernet, load_supernet
+from widthsearch.supernet.data import make_loader
+from widthsearch.supernet.errors import CheckpointError
+
+from ._common import count_params, load_splits, load_subnet, model_input, subset_tensors
+
+__all__ = ["LATENCY_BATCHES", "counted_macs", "dataset_top1", "evaluate_model", "measure_latency"]
+
+LATENCY_BATCHES = (1, 64)
+_META_KEYS = ("model", "num_classes", "in_chans", "input_size", "bins", "min_bins", "round_to")
+
+
+@torch.no_grad()
+def counted_macs(module: nn.Module, example: torch.Tensor) -> int:
+    """MACs of one forward of ``module`` on ``example`` as ``FlopCounterMode`` total / 2."""
+    was_training = module.training
+    module.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            module(example)
+    finally:
+        module.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def measure_latency(
+    module: nn.Module, example: torch.Tensor, *, min_run_time: float = 0.5, threads: int = 1
+) -> float:
+    """Median CPU latency in milliseconds (``torch.utils.benchmark``, no autograd).
+
+    ``threads`` is fixed (default 1) so figures compare across models and machines' loads.
+    """
+    module = module.eval()
+
+    def call() -> None:
+        with torch.inference_mode():
+            module(example)
+
+    call()  # warm-up outside the measurement
+    timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median) * 1e3
+
+
+@torch.no_grad()
+def dataset_top1(
+    module: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 256,
+    resize: Any = None,
+    progress: bool | None = None,
+    desc: str = "test",
+) -> float:
+    """Top-1 of ``module`` on a whole split."""
+    module.eval()
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
+    correct = total = 0
+    for x, y in tqdm(
+        loader, desc=desc, unit="batch", disable=None if progress is None else not progress
+    ):
+        if resize is not None:
+            x = resize(x)
+        correct += int((module(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total if total else 0.0
+
+
+def _figures(
+    module: nn.Module,
+    meta: Mapping[str, Any],
+    *,
+    macs: int,
+    latency: bool,
+    latency_seconds: float,
+    threads: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "macs": int(macs),
+        "macs_counted": counted_macs(module, model_input(meta, 1)),
+        "params": count_params(module),
+        "latency_ms": None,
+    }
+    if latency:
+        out["latency_ms"] = {
+            f"batch{b}": round(
+                measure_latency(
+                    module, model_input(meta, b), min_run_time=latency_seconds, threads=threads
+                ),
+                4,
+            )
+            for b in LATENCY_BATCHES
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(float(a) / float(b), 4)
+
+
+def evaluate_model(
+    model: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    data: str | None = None,
+    latency: bool | None = None,
+    latency_seconds: float | None = None,
+    threads: int = 1,
+    batch_size: int = 256,
+    test_limit: int | None = None,
+    full: bool = True,
+    supernet: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Measure a subnet file (``extract`` or ``finetune`` output) and the full model.
+
+    Args:
+        model: Subnet file path, or its loaded payload.
+        data: Evaluate on this dataset's test split instead of the recipe's.
+        latency: Measure CPU latency (batch 1 and 64); default: the recipe's
+            ``[eval].latency``, else True.
+        latency_seconds: Minimum measuring time per latency figure (default: the recipe's
+            ``[eval].latency_seconds``, else 0.5).
+        threads: Torch threads while timing.
+        batch_size: Batch size of the test pass.
+        test_limit: Test images (default: the recipe's ``[data].test_limit``; 0 = all).
+        full: Also measure the full model (the supernet at full width, weights from the
+            recorded supernet file when it exists, else untrained: top-1 then ``None``).
+        supernet: Supernet file for the full model (default: the one recorded).
+        progress: tqdm bars (``None``: only on a terminal).
+
+    Returns:
+        ``{"top1", "macs", "macs_counted", "params", "latency_ms": {"batch1", "batch64"},
+        "full": {same + "top1"}, "ratios": {"macs", "params", "latency_batch1",
+        "latency_batch64"}, ...}``; ``macs`` is analytic (the supernet cost model on the saved
+        widths), ``macs_counted`` is ``FlopCounterMode`` total / 2 on the module at batch 1.
+
+    Raises:
+        CheckpointError: missing/corrupt/foreign file, or a dataset that does not fit.
+        ValueError: the saved widths do not fit the model's supernet.
+    """
+    path = None if isinstance(model, Mapping) else str(model)
+    payload = dict(model) if isinstance(model, Mapping) else load_subnet(model)
+    meta = dict(payload["meta"])
+    recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
+    section = recipe.get("eval") if isinstance(recipe.get("eval"), Mapping) else {}
+    if latency is None:
+        latency = bool(section.get("latency", True))
+    if latency_seconds is None:
+        latency_seconds = float(section.get("latency_seconds", 0.5))
+    if latency_seconds <= 0:
+        raise ValueError(f"latency_seconds must be > 0, got {latency_seconds}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    # the cost model: the supernet with trained weights when we have it, else untrained
+    sn, trained = None, False
+    sn_path = supernet or payload.get("supernet")
+    if sn_path and Path(sn_path).is_file():
+        sn, _ = load_supernet(sn_path)
+        if any(sn.meta.get(k) != meta.get(k) for k in _META_KEYS):
+            if supernet is not None:
+                raise CheckpointError(
+                    f"{sn_path}: supernet of another model than {path or 'the subnet'}"
+                )
+            sn = None  # the recorded supernet was replaced by another one: do not use it
+        else:
+            trained = True
+    elif supernet is not None:
+        raise CheckpointError(f"{supernet}: no such file")
+    if sn is None:
+        sn = build_supernet(meta)
+    try:
+        widths = sn.space.validate(payload["widths"])
+    except ValueError as exc:
+        raise ValueError(f"saved widths do not fit the model's supernet: {exc}") from None
+
+    module = payload["module"].eval()
+    splits, resize = load_splits(
+        recipe, meta, data=data, test_limit=test_limit, where=path or "subnet"
+    )
+    result: dict[str, Any] = {
+        "model": path,
+        "model_name": meta.get("model"),
+        "strategy": payload.get("strategy"),
+        "budget_macs": payload.get("budget_macs"),
+        "inheritance": (payload.get("inheritance") or {}).get("chosen"),
+        "finetuned": "finetune" in payload,
+        "dataset": splits.spec.name,
+        "test_images": len(splits.test),
+        "top1": dataset_top1(
+            module, splits.test, batch_size=batch_size, resize=resize, progress=progress
+        ),
+    }
+    result.update(
+        _figures(
+            module,
+            meta,
+            macs=sn.macs(widths),
+            latency=latency,
+            latency_seconds=latency_seconds,
+            threads=threads,
+        )
+    )
+    result["latency_threads"] = threads if latency else None
+    if full:
+        full_module = sn.extract(sn.space.max(), side="left").eval()
+        if trained and len(splits.train):
+            # like the subnet at extraction: BN statistics of this width, not the supernet's
+            # running mix of every width it trained
+            search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
+            size = int(search.get("eval_batch_size", 250))
+            count = int(search.get("calib_batches", 4)) * size
+            cx, _ = subset_tensors(splits.train, count, seed=int(search.get("seed", 0)) + 1)
+            recalibrate_bn(full_module, [resize(b) for b in cx.split(size)])
+        ref: dict[str, Any] = {
+            "top1": dataset_top1(
+                full_module,
+                splits.test,
+                batch_size=batch_size,
+                resize=resize,
+                progress=progress,
+                desc="test (full)",
+            )
+            if trained
+            else None,
+            "weights": str(sn_path) if trained else None,
+            "bn_recalibrated": bool(trained and len(splits.train)),
+        }
+        ref.update(
+            _figures(
+                full_module,
+                meta,
+                macs=sn.macs(),
+                latency=latency,
+                latency_seconds=latency_seconds,
+                threads=threads,
+            )
+        )
+        result["full"] = ref
+        lat, ref_lat = result["latency_ms"] or {}, ref["latency_ms"] or {}
+        result["ratios"] = {
+            "macs": _ratio(result["macs"], ref["macs"]),
+            "params": _ratio(result["params"], ref["params"]),
+            **{
+                f"latency_batch{b}": _ratio(lat.get(f"batch{b}"), ref_lat.get(f"batch{b}"))
+                for b in LATENCY_BATCHES
+            },
+        }
+    return result

@@ -1,0 +1,182 @@
+"""Weight inheritance: sides mirror the supernet exactly, top-k picks the right channels, the
+chosen candidate is the best by held-out score."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from widthsearch.evaluate import (
+    INHERITANCE,
+    candidate_indices,
+    channel_importance,
+    counted_macs,
+    extract_subnet,
+    group_blocks,
+    heldout_data,
+    inherit,
+    load_subnet,
+    topk_indices,
+)
+from widthsearch.evaluate._common import top1
+from widthsearch.supernet import Supernet
+from widthsearch.supernet.bn import recalibrate_bn
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_side_inheritance_equals_the_supernet_subnet(loaded, config_of, side):
+    sn, _ = loaded
+    cfg = config_of(sn, seed=5)
+    size = sn.meta["input_size"]
+    x = torch.randn(6, 1, size, size, generator=torch.Generator().manual_seed(0))
+    model = inherit(sn, cfg, side).eval()
+    with torch.no_grad(), sn.active(cfg, side):
+        expected = sn(x)
+    assert type(model) is type(sn.model)
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sn.params(cfg)
+
+
+def test_saved_side_subnet_equals_the_recalibrated_supernet_subnet(
+    loaded, config_of, supernet_path, tmp_path
+):
+    """After BN recalibration on the same batches, the saved subnet still is the supernet's
+    subnet of that side (the recalibration is the same computation)."""
+    sn, payload = loaded
+    cfg = config_of(sn, seed=6)
+    data = heldout_data(payload, sn.meta)
+    out = tmp_path / "right.pt"
+    result = extract_subnet(
+        (sn, payload),
+        widths=cfg,
+        candidates=["right"],
+        data=data,
+        out=out,
+        supernet_path=str(supernet_path),
+    )
+    assert result["inheritance"]["chosen"] == "right"
+    saved = load_subnet(out)["module"]
+    recalibrate_bn(sn, data.calib, cfg=cfg, side="right")
+    x = data.heldout[0][0][:8]
+    with torch.no_grad(), sn.active(cfg, "right"):
+        expected = sn(x)
+    assert torch.allclose(saved(x), expected, atol=1e-5)
+
+
+def test_chosen_inheritance_has_the_best_recorded_and_rescored_score(loaded, config_of):
+    sn, payload = loaded
+    cfg = config_of(sn, seed=7)
+    data = heldout_data(payload, sn.meta)
+    result = extract_subnet((sn, payload), widths=cfg, data=data)
+    inh = result["inheritance"]
+    assert set(inh["scores"]) == set(INHERITANCE)
+    assert inh["scores"][inh["chosen"]] == max(inh["scores"].values())
+    # re-score every candidate independently: same numbers, same winner
+    for name, recorded in inh["scores"].items():
+        model = inherit(sn, cfg, name)
+        recalibrate_bn(model, data.calib)
+        assert top1(model, data.heldout) == pytest.approx(recorded, abs=1e-12), name
+    assert top1(result["module"], data.heldout) == pytest.approx(inh["scores"][inh["chosen"]])
+    assert result["macs"] == sn.macs(cfg) and result["params"] == sn.params(cfg)
+
+
+def test_l1_and_bn_topk_keep_the_highest_importance_channels(loaded, config_of):
+    sn, _ = loaded
+    cfg = config_of(sn, seed=8)
+    full = sn.space.validate(cfg)
+    group = next(g for g in sn.space.searchable if full[g.name] < g.max_channels)
+    width = full[group.name]
+    # L1: by hand, summing the output-filter L1 norms of the group's convs
+    gi = sn.space.index[group.name]
+    l1 = sum(
+        layer.module.weight.detach().abs().flatten(1).sum(1)
+        for layer, _, out_g in sn._layers
+        if out_g == gi and layer.kind != "bn"
+    )
+    bn = sum(
+        layer.module.weight.detach().abs()
+        for layer, _, out_g in sn._layers
+        if out_g == gi and layer.kind == "bn"
+    )
+    for method, importance in (("l1", l1), ("bn", bn)):
+        assert torch.allclose(channel_importance(sn, method)[group.name], importance)
+        _, indices = candidate_indices(sn, cfg, method)
+        kept = indices[group.name]
+        assert kept.tolist() == sorted(kept.tolist()) and len(kept) == width
+        dropped = sorted(set(range(group.max_channels)) - set(kept.tolist()))
+        assert importance[kept].min() >= importance[dropped].max()
+    # the extracted model holds exactly those channels' weights
+    model = inherit(sn, cfg, "l1")
+    _, indices = candidate_indices(sn, cfg, "l1")
+    names = [g.name for g in sn.space.groups]
+    layer, in_g, _ = next(t for t in sn._layers if t[2] == gi and t[0].kind == "conv")
+    keep_in = indices.get(names[in_g], torch.arange(sn.space.groups[in_g].max_channels))
+    expected = layer.module.weight.detach()[indices[group.name]][:, keep_in]
+    assert torch.equal(model.get_submodule(layer.name).weight, expected)
+
+
+def test_topk_blocks_are_whole_and_ranked_by_summed_importance():
+    importance = torch.tensor([5.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 3.0])
+    assert topk_indices(importance, 3).tolist() == [0, 4, 11]  # top-3 single channels
+    # blocks of 4 sum to 5, 4, 3: keep the first two blocks whole
+    assert topk_indices(importance, 8, block=4).tolist() == list(range(8))
+    assert topk_indices(importance, 4, block=4).tolist() == [0, 1, 2, 3]
+    assert topk_indices(importance, 0).tolist() == []
+    assert topk_indices(importance, 12).tolist() == list(range(12))
+    with pytest.raises(ValueError):
+        topk_indices(importance, 6, block=4)
+    # ties go to the lower index
+    assert topk_indices(torch.ones(6), 2).tolist() == [0, 1]
+
+
+def test_grouped_conv_groups_keep_whole_conv_groups():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False),  # 4 channels per conv group
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 8, 8), bins=4)
+    group = next(g for g in sn.space.searchable)
+    assert group_blocks(sn)[group.name] == 4 and group.round_to % 4 == 0
+    with torch.no_grad():  # make a non-contiguous block choice the best one
+        sn.model[1].weight.copy_(torch.tensor([1.0] * 4 + [0.1] * 4 + [0.2] * 4 + [2.0] * 4))
+    cfg = {group.name: 8}
+    _, indices = candidate_indices(sn, cfg, "bn")
+    assert indices[group.name].tolist() == [0, 1, 2, 3, 12, 13, 14, 15]
+    sub = inherit(sn, cfg, "bn").eval()
+    conv = sub[3]
+    assert conv.groups == 2 and conv.in_channels == conv.out_channels == 8
+    assert torch.equal(conv.weight, sn.model[3].weight.detach()[indices[group.name]])
+    # the kept conv groups compute what they computed in the full network
+    x = torch.randn(2, 1, 8, 8)
+    sn.model.eval()
+    with torch.no_grad():
+        full_mid = sn.model[:4](x)[:, indices[group.name]]
+        assert torch.allclose(sub[:4](x), full_mid, atol=1e-5)
+    assert math.prod(sub(x).shape) == 20
+
+
+def test_depth_pruned_configs_extract_with_every_candidate(loaded):
+    """Width 0 on a removable group drops its residual block, whatever the inheritance."""
+    sn, _ = loaded
+    cfg = sn.space.uniform(0.5)
+    removable = [g.name for g in sn.space.groups if g.removable]
+    cfg[removable[0]] = cfg[removable[-1]] = 0
+    size = sn.meta["input_size"]
+    x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(2))
+    for name in INHERITANCE:
+        model = inherit(sn, cfg, name).eval()
+        assert counted_macs(model, torch.zeros(1, 1, size, size)) == sn.macs(cfg), name
+        assert sum(p.numel() for p in model.parameters()) == sn.params(cfg), name
+        if name in ("left", "right"):
+            with torch.no_grad(), sn.active(cfg, name):
+                assert torch.allclose(model(x), sn(x), atol=1e-5)
