@@ -1,0 +1,115 @@
+"""`widthsearch finetune`: output format and history, distillation, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from widthsearch.evaluate import distill_loss, finetune_paths, finetune_subnet, load_subnet
+from widthsearch.recipes.cli import main
+
+
+def test_finetune_cli_with_teacher_writes_subnet_format_plus_history(
+    subnet_path, supernet_path, tmp_path
+):
+    out = tmp_path / "ft.pt"
+    argv = ["finetune", str(subnet_path), "--out", str(out), "--teacher", str(supernet_path)]
+    assert main([*argv, "--epochs", "1", "--train-limit", "256", "--lr", "0.01"]) == 0
+    before, after = load_subnet(subnet_path), load_subnet(out)
+    for key in ("widths", "inheritance", "meta", "macs", "params", "supernet", "strategy"):
+        assert after[key] == before[key], key
+    assert after["format"] == "widthsearch.subnet"
+    ft = after["finetune"]
+    assert ft["epochs"] == 1 and ft["lr"] == 0.01 and ft["teacher"] == str(supernet_path)
+    (entry,) = ft["history"]
+    assert entry["epoch"] == 1 and entry["images"] == 256 and entry["kd"] is not None
+    assert entry["loss"] == pytest.approx(0.5 * entry["ce"] + 0.5 * entry["kd"], rel=1e-4)
+    # the weights moved, the architecture did not
+    changed = [
+        k
+        for k, v in after["state_dict"].items()
+        if v.is_floating_point() and not torch.equal(v, before["state_dict"][k])
+    ]
+    assert changed and after["state_dict"].keys() == before["state_dict"].keys()
+    _, ckpt, log = finetune_paths(out)
+    assert not ckpt.exists()  # removed once the output is written
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1]
+
+
+def test_resumed_finetune_equals_an_uninterrupted_one(subnet_path, tmp_path):
+    opts = {"epochs": 2, "train_limit": 192, "batch_size": 64, "eval_images": 0, "log": None}
+    full = finetune_subnet(subnet_path, out=tmp_path / "a.pt", **opts)
+    partial = finetune_subnet(subnet_path, out=tmp_path / "b.pt", stop_after=1, **opts)
+    assert len(partial["finetune"]["history"]) == 1 and not (tmp_path / "b.pt").exists()
+    assert finetune_paths(tmp_path / "b.pt")[1].exists()
+    resumed = finetune_subnet(subnet_path, out=tmp_path / "b.pt", resume=True, **opts)
+    assert (tmp_path / "b.pt").exists()
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    losses = [e["loss"] for e in resumed["finetune"]["history"]]
+    assert losses == [e["loss"] for e in full["finetune"]["history"]]
+
+
+def test_resume_errors(subnet_path, tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    assert main(["finetune", str(subnet_path), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to resume" in err[0]
+    finetune_subnet(subnet_path, out=out, epochs=2, train_limit=64, stop_after=1, log=None)
+    argv = ["finetune", str(subnet_path), "--out", str(out), "--resume", "--epochs", "3"]
+    assert main([*argv, "--train-limit", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epochs=2" in err[0] and not out.exists()
+
+
+def test_finetune_bad_inputs(subnet_path, supernet_path, tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something.else"}, other)
+    cases = [
+        (["finetune", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.pt")], "no such file"),
+        (
+            ["finetune", str(supernet_path), "--out", str(tmp_path / "x.pt")],
+            "expected 'widthsearch.subnet'",
+        ),
+        (
+            [
+                "finetune",
+                str(subnet_path),
+                "--out",
+                str(tmp_path / "x.pt"),
+                "--teacher",
+                str(other),
+            ],
+            "expected 'widthsearch.supernet'",
+        ),
+        (
+            ["finetune", str(subnet_path), "--out", str(tmp_path / "x.pt"), "--epochs", "-1"],
+            "--epochs must be >= 0",
+        ),
+        (["finetune", str(subnet_path), "--out", str(tmp_path)], "is a directory"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+        assert not (tmp_path / "x.pt").exists()
+
+
+def test_distill_loss_is_zero_for_equal_logits_and_scales_with_t_squared():
+    logits = torch.randn(5, 10, generator=torch.Generator().manual_seed(0))
+    assert distill_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    other = logits.flip(1)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(logits / 2, 1), torch.softmax(other / 2, 1), reduction="batchmean"
+    )
+    assert distill_loss(logits, other, temperature=2).item() == pytest.approx(4 * kl.item())
+
+
+def test_zero_epochs_writes_the_subnet_unchanged(subnet_path, tmp_path):
+    out = tmp_path / "zero.pt"
+    result = finetune_subnet(subnet_path, out=out, epochs=0, log=None)
+    assert result["finetune"]["history"] == [] and out.is_file()
+    before, after = load_subnet(subnet_path), load_subnet(out)
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key])

@@ -1,0 +1,90 @@
+"""`widthsearch eval`: one JSON object whose figures are consistent with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, load_subnet
+from widthsearch.evaluate._common import load_splits
+from widthsearch.recipes.cli import main
+from widthsearch.supernet.checkpoint import load_supernet
+
+
+def test_eval_cli_prints_one_json_object_with_consistent_figures(
+    subnet_path, supernet_path, capsys
+):
+    assert main(["eval", str(subnet_path), "--latency-seconds", "0.01"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    result = json.loads(out[0])
+    payload = load_subnet(subnet_path)
+    sn, _ = load_supernet(supernet_path)
+    # MACs: the analytic cost model equals FlopCounterMode on the module, for both models
+    assert result["macs"] == result["macs_counted"] == sn.macs(payload["widths"])
+    assert result["params"] == sum(p.numel() for p in payload["module"].parameters())
+    full = result["full"]
+    assert full["macs"] == full["macs_counted"] == sn.macs()
+    assert full["params"] == sn.params() and full["weights"] == str(supernet_path)
+    assert result["ratios"]["macs"] == pytest.approx(result["macs"] / full["macs"], abs=1e-4)
+    assert result["ratios"]["params"] == pytest.approx(result["params"] / full["params"], abs=1e-4)
+    for fig in (result, full):
+        assert set(fig["latency_ms"]) == {"batch1", "batch64"}
+        assert all(v > 0 for v in fig["latency_ms"].values())
+        assert 0.0 <= fig["top1"] <= 1.0
+    assert result["ratios"]["latency_batch1"] == pytest.approx(
+        result["latency_ms"]["batch1"] / full["latency_ms"]["batch1"], rel=1e-2
+    )
+    # top-1 is on the TEST split of the recipe's data
+    splits, _ = load_splits(payload["recipe"], payload["meta"])
+    assert result["test_images"] == len(splits.test) == payload["recipe"]["data"]["test_limit"]
+    assert result["top1"] == pytest.approx(dataset_top1(payload["module"], splits.test))
+
+
+def test_evaluate_model_without_latency_or_full(subnet_path):
+    result = evaluate_model(subnet_path, latency=False, full=False, test_limit=50)
+    assert result["latency_ms"] is None and "full" not in result
+    assert result["test_images"] == 50 and result["macs"] == result["macs_counted"]
+
+
+def test_counted_macs_of_a_conv_and_a_linear():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)
+    )
+    assert counted_macs(model, torch.zeros(1, 2, 5, 5)) == 4 * 2 * 9 * 25 + 100 * 3
+
+
+def test_eval_bad_inputs(subnet_path, supernet_path, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nope.pt")], "no such file"),
+        ([str(supernet_path)], "expected 'widthsearch.subnet'"),
+        ([str(subnet_path), "--data", "cifar100"], "in_chans=1"),
+        ([str(subnet_path), "--data", "no-such-data"], "unknown dataset"),
+    ]
+    for argv, message in cases:
+        assert main(["eval", *argv, "--no-latency"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+
+
+def test_console_script_eval(subnet_path, tmp_path):
+    script = Path(sys.executable).parent / "widthsearch"
+    proc = subprocess.run(
+        [str(script), "eval", str(subnet_path), "--latency-seconds", "0.01", "--test-limit", "64"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert result["macs"] == result["macs_counted"] > 0
+    assert result["full"]["macs"] == result["full"]["macs_counted"] > result["macs"]
+    assert result["test_images"] == 64
