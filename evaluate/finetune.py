@@ -3,7 +3,8 @@
 Inherited weights are a good start, not a trained network: a few epochs on the training
 split recover most of the gap. With a teacher (the supernet at full width) the loss is
 ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` on logits softened by the
-temperature ``T`` (Hinton et al.).
+temperature ``T`` (Hinton et al.). The teacher's BN statistics are recalibrated first: the
+supernet's running stats are a mix over all the widths it trained.
 
 Resumable like supernet training: after every epoch the whole state (weights, optimiser,
 schedule, history) goes atomically to ``<out stem>.ckpt.pt``; ``resume=True`` continues
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
+from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
@@ -201,6 +203,15 @@ def finetune_subnet(
     splits, resize = load_splits(recipe, meta, augment=True, where=source or "subnet")
     if len(splits.train) == 0:
         raise WidthsearchError("the training split is empty: nothing to fine-tune on")
+    if teacher_model is not None:
+        # The supernet's running BN stats mix every width it trained; at full width they
+        # give wild logits (an untrained-looking teacher). Recalibrate on training images,
+        # the distribution the teacher sees here.
+        search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
+        size = int(search.get("eval_batch_size", 250))
+        count = int(search.get("calib_batches", 4)) * size
+        cx, _ = subset_tensors(splits.train, count, seed=seed + 1)
+        recalibrate_bn(teacher_model, [resize(b) for b in cx.split(size)])
     heldout = []
     if eval_images > 0 and len(splits.heldout):
         hx, hy = subset_tensors(splits.heldout, eval_images, seed=seed)

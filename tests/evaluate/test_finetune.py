@@ -113,3 +113,30 @@ def test_zero_epochs_writes_the_subnet_unchanged(subnet_path, tmp_path):
     before, after = load_subnet(subnet_path), load_subnet(out)
     for key, value in before["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key])
+
+
+def test_teacher_bn_is_recalibrated_before_distilling(
+    subnet_path, supernet_path, tmp_path, monkeypatch
+):
+    """The supernet's running BN stats mix all widths; the full-width teacher needs its own."""
+    import widthsearch.evaluate.finetune as ft
+    from widthsearch.supernet.checkpoint import load_supernet
+
+    calls = []
+
+    def spy(model, batches, **kw):
+        calls.append((model, len(batches)))
+        return real(model, batches, **kw)
+
+    real = ft.recalibrate_bn
+    monkeypatch.setattr(ft, "recalibrate_bn", spy)
+    finetune_subnet(
+        subnet_path, out=tmp_path / "t.pt", teacher=supernet_path, train_limit=64, log=None
+    )
+    ((teacher, batches),) = calls
+    sn, _ = load_supernet(supernet_path)
+    assert batches >= 1 and type(teacher) is type(sn.model)
+    assert sum(p.numel() for p in teacher.parameters()) == sn.params()
+    stored = [m.running_mean for m in sn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    fresh = [m.running_mean for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not all(torch.equal(a, b) for a, b in zip(stored, fresh, strict=True))
