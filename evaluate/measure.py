@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from widthsearch.supernet.bn import recalibrate_bn
@@ -49,6 +48,10 @@ def measure_latency(
 
     ``threads`` is fixed (default 1) so figures compare across models and machines' loads.
     """
+    # imported here: torch.utils.benchmark pulls in cpp_extension, which logs a CUDA warning
+    # on stderr at import on CPU machines with an nvcc -- every CLI command would print it
+    from torch.utils import benchmark
+
     module = module.eval()
 
     def call() -> None:
