@@ -6,6 +6,7 @@ a report line reads "0.48x the MACs, 0.61x the latency, -1.2 points top-1".
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,9 +49,15 @@ def measure_latency(
 
     ``threads`` is fixed (default 1) so figures compare across models and machines' loads.
     """
-    # imported here: torch.utils.benchmark pulls in cpp_extension, which logs a CUDA warning
-    # on stderr at import on CPU machines with an nvcc -- every CLI command would print it
-    from torch.utils import benchmark
+    # torch.utils.benchmark pulls in cpp_extension, whose import warns "No CUDA runtime is
+    # found" on CPU machines with a CUDA_HOME: irrelevant to CPU timing, so kept off stderr
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        cpp_logger.setLevel(level)
 
     module = module.eval()
 

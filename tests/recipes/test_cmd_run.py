@@ -1,0 +1,88 @@
+"""`widthsearch run`: the whole pipeline through the real console script on a tiny recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from widthsearch.supernet.checkpoint import load_supernet
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "recipes" / "run_tiny.toml"
+SCRIPT = Path(sys.executable).parent / "widthsearch"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STRATEGIES = ["bisection", "evolution", "peel", "relax", "uniform", "random"]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPT), "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=ENV,
+    )
+
+
+def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
+    out = tmp_path / "job"
+    proc = _run(str(TINY), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "CUDA" not in proc.stderr, proc.stderr[-2000:]
+
+    sn, _ = load_supernet(out / "supernet.pt")
+    full = sn.macs()
+    search = json.loads((out / "search.json").read_text())
+    budgets = sorted({r["budget_macs"] for r in search["results"]})
+    assert budgets == [int(0.4 * full), int(0.7 * full)]
+
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted((r["strategy"], r["budget_macs"]) for r in rows) == sorted(
+        (s, b) for s in STRATEGIES for b in budgets
+    )
+    for row in rows:
+        assert row["macs"] <= row["budget_macs"], row
+        assert 0.0 <= row["top1"] <= 1.0
+        assert row["inheritance"] in ("left", "right", "l1", "bn")
+        assert row["latency_ms"]["batch1"] > 0
+
+    report = (out / "report.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| ") and "%)" in line]
+    assert len(table) == len(STRATEGIES) * len(budgets)
+    for strategy in STRATEGIES:
+        assert sum(strategy in line for line in table) == len(budgets), strategy
+    assert "pareto.png" in report
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert str(out / "report.md") in proc.stdout
+
+    # a rerun reuses the trained supernet and every fine-tuned subnet
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "supernet.pt", *out.glob("subnets/*.pt")]}
+    again = _run(str(TINY), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    rerun = json.loads((out / "results.json").read_text())
+    assert [(r["strategy"], r["top1"], r["macs"]) for r in rerun] == [
+        (r["strategy"], r["top1"], r["macs"]) for r in rows
+    ]
+
+
+def test_run_rejects_an_unknown_strategy_before_training(tmp_path):
+    out = tmp_path / "job"
+    proc = _run(str(TINY), "--out", str(out), "--strategy", "annealing", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "annealing" in lines[0] and "bisection" in lines[0], lines
+    assert not out.exists()
+
+
+def test_run_rejects_a_missing_recipe(tmp_path):
+    proc = _run(str(tmp_path / "nope.toml"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nope.toml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
