@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint
+from widthsearch.supernet.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    write_text_atomic,
+)
 from widthsearch.supernet.errors import CheckpointError, DataError
 
 SUBNET_FORMAT = "widthsearch.subnet"
@@ -23,27 +26,6 @@ SUBNET_KEYS = ("module", "state_dict", "widths", "meta")
 
 
 # ---- files ------------------------------------------------------------------------------
-
-
-def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
-    """Write ``text`` via a temp file in the same folder + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(doc: Any, path: str | os.PathLike[str]) -> Path:
-    return write_text_atomic(json.dumps(doc, indent=1) + "\n", path)
 
 
 def write_jsonl_atomic(entries: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from widthsearch.supernet.checkpoint import write_json_atomic, write_text_atomic
 
-from ._common import model_input, plain_widths, write_json_atomic, write_text_atomic
+from ._common import model_input, plain_widths
 
 __all__ = [
     "EXPORT_FORMATS",

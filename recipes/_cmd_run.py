@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
     from widthsearch.search import build_evaluator, get_strategy, resolve_budgets, run_search
-    from widthsearch.search.run import write_json_atomic
-    from widthsearch.supernet.checkpoint import load_supernet
+    from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
     from widthsearch.supernet.train import train_supernet
 
     recipe = apply_overrides(load_recipe(args.recipe), args)

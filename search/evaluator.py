@@ -34,6 +34,8 @@ class SubnetEvaluator:
         labels: Their labels ``(N,)``.
         calib_images: Images for BN recalibration (``(M, C, H, W)``), used in fixed batches.
         batch_size: Batch size for scoring and calibration.
+        sides: The BCNet sides averaged into a score. Both for a BCNet supernet; only
+            ``("left",)`` for a sandwich-rule one, whose right-aligned slices never trained.
 
     Attributes:
         evaluations: Configs actually evaluated (cache misses).
@@ -50,7 +52,10 @@ class SubnetEvaluator:
         calib_images: torch.Tensor,
         *,
         batch_size: int = 250,
+        sides: Sequence[str] = SIDES,
     ) -> None:
+        if not sides or any(side not in SIDES for side in sides):
+            raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sides!r}")
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError("the evaluator needs held-out images, one label per image")
         if len(calib_images) == 0:
@@ -59,6 +64,7 @@ class SubnetEvaluator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.supernet = supernet
         self.batch_size = batch_size
+        self.side_names = tuple(sides)
         device = next(supernet.parameters()).device
         self._batches = [
             (x.to(device), y.to(device))
@@ -86,6 +92,7 @@ class SubnetEvaluator:
         calib_batches: int = 4,
         batch_size: int = 250,
         seed: int = 0,
+        sides: Sequence[str] = SIDES,
     ) -> SubnetEvaluator:
         """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
 
@@ -98,7 +105,7 @@ class SubnetEvaluator:
         calib_x, _ = load_split_images(
             calib if calib is not None else heldout, calib_batches * batch_size, seed=seed + 1
         )
-        return cls(supernet, images, labels, calib_x, batch_size=batch_size)
+        return cls(supernet, images, labels, calib_x, batch_size=batch_size, sides=sides)
 
     # -- BN buffers --------------------------------------------------------------------------
     def _bn_buffers_copy(self) -> list[list[torch.Tensor]]:
@@ -128,8 +135,8 @@ class SubnetEvaluator:
     def cached(self, cfg: Mapping[str, int]) -> bool:
         return self.key(cfg) in self._cache
 
-    def sides(self, cfg: Mapping[str, int]) -> tuple[float, float]:
-        """(left, right) held-out top-1 of ``cfg``, each after BN recalibration."""
+    def sides(self, cfg: Mapping[str, int]) -> tuple[float, ...]:
+        """Held-out top-1 of ``cfg`` per side in ``side_names``, each after BN recalibration."""
         key = self.key(cfg)
         self.calls += 1
         hit = self._cache.get(key)
@@ -140,7 +147,7 @@ class SubnetEvaluator:
         was_training = sn.training
         full = sn.space.decode(key)
         try:
-            result = tuple(self._side_top1(full, side) for side in SIDES)
+            result = tuple(self._side_top1(full, side) for side in self.side_names)
         finally:
             self.restore_bn()
             sn.train(was_training)
@@ -150,9 +157,9 @@ class SubnetEvaluator:
         return result  # type: ignore[return-value]
 
     def score(self, cfg: Mapping[str, int]) -> float:
-        """Mean of left and right held-out top-1 (cached)."""
-        left, right = self.sides(cfg)
-        return (left + right) / 2
+        """Mean held-out top-1 over the scored sides (cached)."""
+        per_side = self.sides(cfg)
+        return sum(per_side) / len(per_side)
 
     @torch.no_grad()
     def _side_top1(self, cfg: Mapping[str, int], side: str) -> float:
@@ -178,6 +185,7 @@ class SubnetEvaluator:
             "heldout_images": self.num_images,
             "calib_images": self.num_calib,
             "batch_size": self.batch_size,
+            "sides": list(self.side_names),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
         }

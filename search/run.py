@@ -7,14 +7,11 @@ the recipe stored in its checkpoint -- never the test split.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from widthsearch.supernet import CheckpointError, DataError, Supernet
+from widthsearch.supernet import SIDES, CheckpointError, DataError, Supernet
+from widthsearch.supernet.checkpoint import write_json_atomic
 
 from .base import Timer, get_strategy
 from .budgets import resolve_budgets
@@ -76,6 +73,9 @@ def build_evaluator(
                 f"{getattr(spec, key)}"
             )
 
+    train = recipe.get("train") if isinstance(recipe.get("train"), Mapping) else {}
+    trainer = train.get("trainer", "bcnet")
+
     def pick(value: int | None, key: str, default: int) -> int:
         return int(value if value is not None else search.get(key, default))
 
@@ -87,6 +87,8 @@ def build_evaluator(
         calib_batches=pick(calib_batches, "calib_batches", 4),
         batch_size=pick(batch_size, "eval_batch_size", 250),
         seed=pick(seed, "seed", 0),
+        # the sandwich rule trains left-aligned subnets only: its right side is no subnet
+        sides=("left",) if trainer == "sandwich" else SIDES,
     )
 
 
@@ -158,20 +160,3 @@ def run_search(
         "calls": calls,
         "results": results,
     }
-
-
-def write_json_atomic(doc: Any, path: str | os.PathLike[str]) -> None:
-    """Write JSON to a temp file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,23 +7,33 @@ trainer adds (optimiser state, loss records, epoch).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_save", "build_supernet", "load_checkpoint", "load_supernet", "save_supernet"]
+__all__ = [
+    "atomic_save",
+    "build_supernet",
+    "load_checkpoint",
+    "load_supernet",
+    "save_supernet",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 SUPERNET_FORMAT = "widthsearch.supernet"
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], mode: str) -> Path:
+    """Run ``write`` on a temp file in the same folder, fsync, then rename over ``path``.
 
     A reader (or a crash at any moment) sees either the old file or the new one, never a
     half-written one.
@@ -32,14 +42,30 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` that never leaves a half-written file."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write ``text`` so that readers never see a half-written file."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def write_json_atomic(doc: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``doc`` as indented JSON, atomically."""
+    return write_text_atomic(json.dumps(doc, indent=1) + "\n", path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, kind: str) -> dict[str, Any]:

@@ -28,6 +28,25 @@ def test_score_is_mean_of_recalibrated_left_and_right_top1(loaded, evaluator):
     assert (left, right) == tuple(manual)
 
 
+def test_sandwich_supernet_is_scored_on_its_left_side_only(loaded):
+    """The sandwich rule trains left-aligned subnets only: averaging in the untrained right
+    side would rank configs by noise."""
+    sn, payload = loaded
+    bcnet = build_evaluator(sn, payload)
+    sandwich_payload = {
+        **payload,
+        "recipe": {**payload["recipe"], "train": {"trainer": "sandwich"}},
+    }
+    sandwich = build_evaluator(sn, sandwich_payload)
+    assert sandwich.side_names == ("left",) and bcnet.side_names == ("left", "right")
+    cfg = sn.space.uniform(0.5)
+    left, _right = bcnet.sides(cfg)
+    assert sandwich.sides(cfg) == (left,)
+    assert sandwich.score(cfg) == left
+    with pytest.raises(ValueError, match="sides"):
+        SubnetEvaluator(sn, *bcnet.batches[0], bcnet.calib_batches[0], sides=("middle",))
+
+
 def test_bn_stats_restored_and_weights_untouched(loaded, evaluator):
     sn, _ = loaded
     before = _state(sn)
