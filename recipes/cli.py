@@ -12,6 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+# Before torch loads OpenMP. Spinning OpenMP workers collapse when another busy process shares
+# the cores (a supernet epoch went from 25 s to over 3 min on a shared 2-core machine);
+# passive waits cost far less. OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from widthsearch.supernet.errors import WidthsearchError
 
 # subcommand -> module in widthsearch.recipes defining `add_parser(subparsers)`;

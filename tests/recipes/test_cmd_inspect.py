@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,14 @@ def test_inspect_bad_model_is_one_clear_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "resnet21" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_defaults_openmp_to_passive_waits_but_respects_the_user():
+    """Spinning OpenMP workers collapse on shared cores; the user's own setting wins."""
+    code = "import os, widthsearch.recipes.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert unset.stdout.strip() == "PASSIVE", unset.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert user.stdout.strip() == "ACTIVE", user.stderr
