@@ -1,4 +1,10 @@
-"""Shared test settings: small thread pools keep the 2-core CI machine responsive."""
+"""Shared test settings for the 2-core CI machine."""
+
+import os
+
+# Before torch loads OpenMP (as the CLI does): spinning workers collapse when another
+# process shares the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

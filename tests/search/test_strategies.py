@@ -207,3 +207,29 @@ def test_run_search_document(loaded):
         (s, b) for s in ("uniform", "bisection") for b in doc["budgets"]
     ]
     assert [c["strategy"] for c in doc["calls"]] == ["uniform", "bisection"]
+
+
+def test_relax_removes_a_residual_block_and_extraction_is_exact(loaded):
+    """Below the narrowest full-depth network only depth pruning fits: relax must drop a
+    block, and the extracted model loses that block and costs exactly the analytic MACs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload)
+    narrowest = sn.macs(sn.space.min())
+    depth_space = IndexSpace(sn, removable_zero=True)
+    assert depth_space.macs(depth_space.min_index()) < narrowest  # blocks can go
+    budget = int(0.97 * narrowest)
+    [result] = get_strategy("relax").search(sn, evaluator, budgets=[budget], seed=0, steps=6)
+    removed = [name for name, width in result.widths.items() if width == 0]
+    assert removed, result.widths
+    assert result.macs == sn.macs(result.widths) <= budget
+
+    sub = sn.extract(result.widths, side="left")
+    blocks = lambda m: sum(type(x).__name__ == "BasicBlock" for x in m.modules())  # noqa: E731
+    assert blocks(sub) == blocks(sn.model) - len(removed)
+    x = torch.randn(1, 1, 12, 12)
+    with FlopCounterMode(display=False) as counter:
+        sub.eval()(x)
+    assert counter.get_total_flops() // 2 == result.macs
+    assert sum(p.numel() for p in sub.parameters()) == sn.params(result.widths)
