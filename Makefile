@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint data clean
+.PHONY: demo test lint data headline clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(VENV)/.installed data
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The README's headline figures (about an hour on 2 CPU cores; reruns skip finished cells).
+headline: $(VENV)/.installed data
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/headline.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
