@@ -4,7 +4,8 @@ Train (or reuse) the supernet, search every strategy of the recipe for every bud
 extract each answer with the best weight inheritance, fine-tune it, measure it, and write
 ``DIR/report.md`` and ``DIR/pareto.png``. Every stage's output stays in ``DIR`` (supernet.pt,
 search.json, subnets/) so a rerun reuses what is finished: the supernet when its training
-is complete, and each fine-tuned subnet whose file exists.
+is complete, the search when that supernet and the recipe's ``[search]`` are unchanged, and
+each fine-tuned subnet whose widths are still the search's answer.
 """
 
 from __future__ import annotations
@@ -54,6 +55,31 @@ def _training_done(path: Path, recipe: Recipe) -> bool:
     return same and int((payload.get("train_state") or {}).get("epoch", 0)) >= recipe.train.epochs
 
 
+def _finished_search(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The search document at ``path`` if it was made with these ``[search]`` settings."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: search again and overwrite it
+    return doc if isinstance(doc, dict) and doc.get("recipe_search") == settings else None
+
+
+def _same_widths(path: Path, widths: dict[str, int]) -> bool:
+    """True when ``path`` is a subnet file of exactly these widths (a reusable result)."""
+    from widthsearch.evaluate import load_subnet
+    from widthsearch.supernet.errors import CheckpointError
+
+    if not path.is_file():
+        return False
+    try:
+        saved = load_subnet(path)["widths"]
+    except CheckpointError:
+        return False
+    return {k: int(v) for k, v in saved.items()} == {k: int(v) for k, v in widths.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     from widthsearch.evaluate import (
         evaluate_model,
@@ -82,30 +108,38 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     # 1. supernet: reuse a finished one, continue an unfinished one, or train from scratch
-    if _training_done(checkpoint, recipe):
+    reused = _training_done(checkpoint, recipe)
+    if reused:
         print(f"[1/4] supernet: reusing {checkpoint}")
     else:
         print(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
         train_supernet(recipe, out_dir=out, resume=checkpoint.is_file())
 
-    # 2. search: every strategy, every budget, one JSON
+    # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
     sn, payload = load_supernet(checkpoint)
-    budgets = resolve_budgets(sn, recipe.search.budgets)
-    options = search_options(
-        recipe.to_dict()["search"], recipe.search.strategies, payload.get("loss_records")
-    )
-    evaluator = build_evaluator(sn, payload)
-    print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
-    doc = run_search(
-        sn,
-        evaluator,
-        strategies=recipe.search.strategies,
-        budgets=budgets,
-        seed=recipe.search.seed,
-        options=options,
-        supernet_path=str(checkpoint),
-    )
-    write_json_atomic(doc, out / "search.json")
+    search_settings = recipe.to_dict()["search"]
+    search_path = out / "search.json"
+    doc = _finished_search(search_path, search_settings) if reused else None
+    if doc is not None:
+        print(f"[2/4] search: reusing {search_path}")
+    else:
+        budgets = resolve_budgets(sn, recipe.search.budgets)
+        options = search_options(
+            search_settings, recipe.search.strategies, payload.get("loss_records")
+        )
+        evaluator = build_evaluator(sn, payload)
+        print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
+        doc = run_search(
+            sn,
+            evaluator,
+            strategies=recipe.search.strategies,
+            budgets=budgets,
+            seed=recipe.search.seed,
+            options=options,
+            supernet_path=str(checkpoint),
+        )
+        doc["recipe_search"] = search_settings
+        write_json_atomic(doc, search_path)
 
     # 3. extract (best inheritance), fine-tune, evaluate every answer
     print(
@@ -120,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     for result in doc["results"]:
         tag = f"{result['strategy']}-{result['budget_macs']}"
         extracted, tuned = subnets / f"{tag}.pt", subnets / f"{tag}-ft.pt"
-        if not tuned.is_file():
+        if not _same_widths(tuned, result["widths"]):
             extract_subnet(
                 (sn, payload),
                 search=doc,

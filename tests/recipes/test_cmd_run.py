@@ -60,16 +60,26 @@ def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert str(out / "report.md") in proc.stdout
 
-    # a rerun reuses the trained supernet and every fine-tuned subnet
-    stamps = {p: p.stat().st_mtime_ns for p in [out / "supernet.pt", *out.glob("subnets/*.pt")]}
+    # a rerun reuses the trained supernet, the search and every fine-tuned subnet
+    kept = [out / "supernet.pt", out / "search.json", *out.glob("subnets/*.pt")]
+    stamps = {p: p.stat().st_mtime_ns for p in kept}
     again = _run(str(TINY), "--out", str(out), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "reusing" in again.stdout
+    assert "supernet: reusing" in again.stdout and "search: reusing" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rerun = json.loads((out / "results.json").read_text())
     assert [(r["strategy"], r["top1"], r["macs"]) for r in rerun] == [
         (r["strategy"], r["top1"], r["macs"]) for r in rows
     ]
+
+    # other [search] settings search again; the seeded search gives the same widths, so the
+    # fine-tuned subnets still stand
+    third = _run(str(TINY), "--out", str(out), "--budget", "0.4", "--budget", "0.7", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "search: reusing" not in third.stdout
+    assert (out / "search.json").stat().st_mtime_ns != stamps[out / "search.json"]
+    subnet_files = [p for p in stamps if p.parent.name == "subnets"]
+    assert {p: p.stat().st_mtime_ns for p in subnet_files} == {p: stamps[p] for p in subnet_files}
 
 
 def test_run_rejects_an_unknown_strategy_before_training(tmp_path):
