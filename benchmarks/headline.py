@@ -311,6 +311,15 @@ def finetune_seconds(payload: Mapping[str, Any]) -> float:
     return round(sum(float(h["seconds"]) for h in payload["finetune"]["history"]), 2)
 
 
+def tuned_figures(path: Path, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What every fine-tuned cell reports: fine-tune time and log, then the measurements."""
+    return {
+        "finetune_seconds": finetune_seconds(payload),
+        "finetune_history": payload["finetune"]["history"],
+        **measure(path),
+    }
+
+
 def measure(path: Path, *, latency: bool = True) -> dict[str, Any]:
     """Test top-1, MACs, params and latency (ratio to the full width, timed in the same call).
 
@@ -607,9 +616,7 @@ class Headline:
             "widths": result["widths"],
             "inheritance": ft.get("inheritance"),
             "extract_seconds": round(extract_seconds, 2),
-            "finetune_seconds": finetune_seconds(ft),
-            "finetune_history": ft["finetune"]["history"],
-            **measure(tuned),
+            **tuned_figures(tuned, ft),
         }
 
     def full_cell(self) -> dict[str, Any]:
@@ -697,9 +704,7 @@ class Headline:
             "widths": ft["widths"],
             "mapped_onto_groups": True,
             "prune_seconds": round(prune_seconds, 2),
-            "finetune_seconds": finetune_seconds(ft),
-            "finetune_history": ft["finetune"]["history"],
-            **measure(tuned),
+            **tuned_figures(tuned, ft),
         }
 
     def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
@@ -750,14 +755,18 @@ class Headline:
         return {"pool": len(pool), "configs": configs}
 
     def ranking_scores_cell(self, ckpt: Path, configs: list[dict[str, Any]]) -> dict[str, Any]:
-        """Left and right held-out top-1 of every config in one supernet (search's scorer)."""
+        """Held-out top-1 of every config per side the search scores in this supernet (both
+        for BCNet, left only for the sandwich rule)."""
         evaluator = self.evaluator(ckpt)
         start = time.perf_counter()
-        sides = [evaluator.sides(c["widths"]) for c in configs]
+        per_config = [evaluator.sides(c["widths"]) for c in configs]
+        by_side = {
+            side: [scores[k] for scores in per_config]
+            for k, side in enumerate(evaluator.side_names)
+        }
         return {
             "supernet": str(ckpt),
-            "left": [s[0] for s in sides],
-            "right": [s[1] for s in sides],
+            **by_side,
             "seconds": round(time.perf_counter() - start, 2),
         }
 
@@ -893,8 +902,8 @@ def ranking_summary(bench: Headline) -> dict[str, Any] | None:
         if scores is None:
             continue
         left = [scores["left"][i] for i in have]
-        right = [scores["right"][i] for i in have]
         if trainer == "bcnet":
+            right = [scores["right"][i] for i in have]
             predictors["BCNet: mean(left, right) (its search score)"] = [
                 (a + b) / 2 for a, b in zip(left, right, strict=True)
             ]
