@@ -1,10 +1,11 @@
-"""Fine-tuning an extracted subnet: SGD + cosine, optional distillation from the supernet.
+"""Fine-tuning an extracted subnet: SGD + cosine, optional distillation from a teacher.
 
 Inherited weights are a good start, not a trained network: a few epochs on the training
 split recover most of the gap. With a teacher (the supernet at full width) the loss is
 ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` on logits softened by the
-temperature ``T`` (Hinton et al.). The teacher's BN statistics are recalibrated first: the
-supernet's running stats are a mix over all the widths it trained.
+temperature ``T`` (Hinton et al.). The teacher is the trained network the supernet started
+from, when there is one; else the supernet's full width, whose BN statistics are
+recalibrated first (its running stats are a mix over all the widths it trained).
 
 Resumable like supernet training: after every epoch the whole state (weights, optimiser,
 schedule, history) goes atomically to ``<out stem>.ckpt.pt``; ``resume=True`` continues
@@ -26,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from tqdm.auto import tqdm
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
+from widthsearch.supernet.train import distill_loss
 
 from ._common import (
     load_splits,
@@ -43,7 +44,13 @@ from ._common import (
     write_jsonl_atomic,
 )
 
-__all__ = ["STATE_FORMAT", "distill_loss", "finetune_paths", "finetune_subnet"]
+__all__ = [
+    "STATE_FORMAT",
+    "distill_loss",
+    "finetune_paths",
+    "finetune_subnet",
+    "load_teacher",
+]
 
 STATE_FORMAT = "widthsearch.finetune-state"
 _META_KEYS = ("model", "num_classes", "in_chans", "input_size")
@@ -55,23 +62,49 @@ def finetune_paths(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     return out, out.with_name(out.stem + ".ckpt.pt"), out.with_suffix(".jsonl")
 
 
-def distill_loss(logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0) -> Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean (gradient scale independent of T)."""
-    t = temperature
-    return (
-        F.kl_div(
-            F.log_softmax(logits / t, dim=1),
-            F.log_softmax(teacher_logits.detach() / t, dim=1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        * t
-        * t
-    )
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0xF1E]).integers(2**62))
+
+
+def load_teacher(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> tuple[Any, bool]:
+    """The network to distil from: ``(frozen module, whether its BN needs recalibrating)``.
+
+    A ``full.pt`` (``widthsearch pretrain``) gives that trained network; a supernet
+    warm-started from a trained network gives the trained network stored in it (the
+    teacher its subnets learnt from); a supernet trained from scratch gives its full width,
+    whose BN statistics must be recalibrated first.
+    """
+    from widthsearch.supernet.models import create_model
+    from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
+
+    try:
+        payload = load_checkpoint(path, kind=FULL_FORMAT)
+        state = payload.get("state_dict")
+    except CheckpointError as full_error:
+        if "expected" not in str(full_error):
+            raise
+        payload = load_checkpoint(path, kind="widthsearch.supernet")
+        state = payload.get("teacher_state_dict")
+    theirs = payload.get("meta") or {}
+    for key in _META_KEYS:
+        if theirs.get(key) != meta.get(key):
+            raise CheckpointError(
+                f"teacher {path}: {key}={theirs.get(key)!r}, the subnet has {meta.get(key)!r}"
+            )
+    if state is not None:
+        model = create_model(
+            theirs["model"], num_classes=theirs["num_classes"], in_chans=theirs["in_chans"]
+        )
+        load_weights(model, state, where=f"teacher {path}")
+        recalibrate = False
+    else:
+        sn, _ = load_supernet(path)
+        model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
+        recalibrate = True
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, recalibrate
 
 
 def finetune_subnet(
@@ -105,7 +138,8 @@ def finetune_subnet(
             writes the subnet unchanged (with an empty history), so a pipeline can skip
             fine-tuning without a special case.
         momentum: SGD (Nesterov) momentum.
-        teacher: Supernet checkpoint to distil from at full width.
+        teacher: Network to distil from: a ``full.pt`` or a supernet checkpoint (see
+            :func:`load_teacher`).
         temperature, alpha: Distillation temperature and weight of the KL term.
         batch_size: Default: the recipe's ``[data].batch_size``.
         train_limit: Use only this many training images (default: the recipe's).
@@ -174,18 +208,9 @@ def finetune_subnet(
                     f"{ckpt_path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
                     "resume with the same options or start afresh without --resume"
                 )
-    teacher_model = None
+    teacher_model, recalibrate_teacher = None, False
     if teacher:
-        sn, _ = load_supernet(teacher)
-        for key in _META_KEYS:
-            if sn.meta.get(key) != meta.get(key):
-                raise CheckpointError(
-                    f"teacher {teacher}: {key}={sn.meta.get(key)!r}, the subnet has "
-                    f"{meta.get(key)!r}"
-                )
-        teacher_model = sn.extract(sn.space.max(), side="left").eval()  # full width, no hooks
-        for p in teacher_model.parameters():
-            p.requires_grad_(False)
+        teacher_model, recalibrate_teacher = load_teacher(teacher, meta)
 
     if epochs == 0:  # nothing to train: no data needed
         return _finish(
@@ -203,7 +228,7 @@ def finetune_subnet(
     splits, resize = load_splits(recipe, meta, augment=True, where=source or "subnet")
     if len(splits.train) == 0:
         raise WidthsearchError("the training split is empty: nothing to fine-tune on")
-    if teacher_model is not None:
+    if recalibrate_teacher:
         # The supernet's running BN stats mix every width it trained; at full width they
         # give wild logits (an untrained-looking teacher). Recalibrate on training images,
         # the distribution the teacher sees here.

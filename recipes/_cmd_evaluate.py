@@ -2,7 +2,7 @@
 
 * ``extract SUPERNET --from SEARCH.json --strategy S --budget B --out SUBNET.pt`` (or
   ``--widths FILE.json``): the dense subnet with the best weight inheritance.
-* ``finetune SUBNET.pt --out FILE.pt [--teacher SUPERNET] [--resume]``.
+* ``finetune SUBNET.pt --out FILE.pt [--teacher FULL_OR_SUPERNET] [--resume]``.
 * ``eval MODEL.pt``: prints one JSON object (top-1, MACs, params, latency, vs the full model).
 
 ``--export DIR`` (extract and finetune) also writes TorchScript, the timm shape string (timm
@@ -68,7 +68,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak SGD learning rate (default: the recipe's)")
     p.add_argument("--weight-decay", type=float, help="SGD weight decay (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
-    p.add_argument("--teacher", metavar="SUPERNET", help="distil from this supernet (full width)")
+    p.add_argument(
+        "--teacher",
+        metavar="FILE",
+        help="distil from a full.pt, or from a supernet: the trained network it started from, "
+        "else its full width",
+    )
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     p.add_argument("--train-limit", type=int, help="use only this many training images")

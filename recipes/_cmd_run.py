@@ -1,6 +1,7 @@
 """`widthsearch run [RECIPE] [--out DIR]`: the whole job, one command.
 
-Train (or reuse) the supernet, search every strategy of the recipe for every budget,
+Pretrain the recipe's model when ``[train] init = "pretrain"`` (or reuse ``DIR/full.pt``),
+train (or reuse) the supernet, search every strategy of the recipe for every budget,
 extract each answer with the best weight inheritance, fine-tune it, measure it, and write
 ``DIR/report.md`` and ``DIR/pareto.png``. Every stage's output stays in ``DIR`` (supernet.pt,
 search.json, subnets/) so a rerun reuses what is finished: the supernet when its training
@@ -41,18 +42,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, trainer=None, seed=None)
 
 
-def _training_done(path: Path, recipe: Recipe) -> bool:
+def _training_done(
+    path: Path, recipe: Recipe, *, kind: str = "widthsearch.supernet", epochs: int | None = None
+) -> bool:
     """True when ``path`` holds a finished training of this very recipe."""
     if not path.is_file():
         return False
-    payload = load_checkpoint(path, kind="widthsearch.supernet")
+    payload = load_checkpoint(path, kind=kind)
     saved = payload.get("recipe") or {}
-    same = all(
-        saved.get(k) == v
-        for k, v in recipe.to_dict().items()
-        if k in ("model", "data", "space", "train")
-    )
-    return same and int((payload.get("train_state") or {}).get("epoch", 0)) >= recipe.train.epochs
+    sections = ("model", "data", "space", "train")
+    if kind == "widthsearch.full" or recipe.train.init == "pretrain":
+        sections += ("pretrain",)
+    same = all(saved.get(k) == v for k, v in recipe.to_dict().items() if k in sections)
+    needed = recipe.train.epochs if epochs is None else epochs
+    return same and int((payload.get("train_state") or {}).get("epoch", 0)) >= needed
 
 
 def _finished_search(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from widthsearch.search import build_evaluator, get_strategy, resolve_budgets, run_search
     from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
-    from widthsearch.supernet.train import train_supernet
+    from widthsearch.supernet.train import PRETRAIN_NAME, pretrain_network, train_supernet
 
     recipe = apply_overrides(load_recipe(args.recipe), args)
     if args.finetune_epochs is not None:
@@ -107,13 +110,24 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = out / "supernet.pt"
     started = time.perf_counter()
 
-    # 1. supernet: reuse a finished one, continue an unfinished one, or train from scratch
-    reused = _training_done(checkpoint, recipe)
+    # 1. trained network (init = "pretrain") and supernet: reuse finished ones, continue
+    #    unfinished ones, or train them
+    reused = pretrain_unchanged = True
+    if recipe.train.init == "pretrain":
+        full_path = out / PRETRAIN_NAME
+        epochs = recipe.pretrain.epochs
+        if _training_done(full_path, recipe, kind="widthsearch.full", epochs=epochs):
+            print(f"[0/4] trained network: reusing {full_path}")
+        else:
+            reused = pretrain_unchanged = False  # then a supernet of the old one is stale
+            print(f"[0/4] trained network: pretraining {recipe.model.name} -> {full_path}")
+            pretrain_network(recipe, out_dir=out, resume=full_path.is_file())
+    reused = reused and _training_done(checkpoint, recipe)
     if reused:
         print(f"[1/4] supernet: reusing {checkpoint}")
     else:
         print(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
-        train_supernet(recipe, out_dir=out, resume=checkpoint.is_file())
+        train_supernet(recipe, out_dir=out, resume=checkpoint.is_file() and pretrain_unchanged)
 
     # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
     sn, payload = load_supernet(checkpoint)

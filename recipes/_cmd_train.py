@@ -1,6 +1,8 @@
-"""`widthsearch train [RECIPE]`: train a recipe's supernet (BCNet or sandwich rule).
+"""`widthsearch pretrain` and `widthsearch train`: the trained network, then the supernet.
 
-Flags override the recipe. Data-parallel with
+`pretrain` trains the recipe's model plainly into ``OUT/full.pt``; `train` trains the
+supernet (BCNet or sandwich rule), from scratch or warm-started from a trained network
+(``--init``). Flags override the recipe. Data-parallel with
 ``torchrun --nproc_per_node N -m widthsearch.recipes.cli train ...``.
 """
 
@@ -10,20 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
+from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, check_train, load_recipe
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a slimmable supernet (BCNet fair sampling or the sandwich rule)",
-        description=(
-            "Train the supernet of RECIPE and write OUT/supernet.pt (weights, loss records, "
-            "training state) and OUT/train.jsonl (one line per epoch). The checkpoint is "
-            "rewritten atomically every epoch; --resume continues from it. Under torchrun "
-            "the job is data-parallel (gloo on CPU, nccl with --device cuda)."
-        ),
-    )
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe",
         nargs="?",
@@ -32,11 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="override [model].name (resnet20, tv:NAME, timm:NAME)")
     p.add_argument("--data", help="override [data].name (fashion-mnist, cifar10, synthetic, ...)")
-    p.add_argument("--epochs", type=int, help="override [train].epochs")
-    p.add_argument("--trainer", choices=["bcnet", "sandwich"], help="override [train].trainer")
-    p.add_argument("--seed", type=int, help="override [train].seed")
     p.add_argument("--out", help="output folder (default runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/supernet.pt (exactly)")
     p.add_argument(
         "--stop-after",
         type=int,
@@ -49,6 +37,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=["cpu", "cuda"],
         default="cpu",
         help="where to train (default cpu; cuda only if available)",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    pre = subparsers.add_parser(
+        "pretrain",
+        help="train the recipe's model plainly: the start and teacher of the supernet",
+        description=(
+            "Train RECIPE's model at full width with its [pretrain] settings and write "
+            "OUT/full.pt (weights, training state) and OUT/pretrain.jsonl. A recipe with "
+            '[train] init = "pretrain" starts its supernet from OUT/full.pt. Skip this when '
+            "you already have a trained network: pass it to `train --init`."
+        ),
+    )
+    _add_common(pre)
+    pre.add_argument("--epochs", type=int, help="override [pretrain].epochs")
+    pre.add_argument("--seed", type=int, help="override [pretrain].seed")
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/full.pt (exactly)")
+    pre.set_defaults(func=run_pretrain, trainer=None, init=None)
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a slimmable supernet (BCNet fair sampling or the sandwich rule)",
+        description=(
+            "Train the supernet of RECIPE and write OUT/supernet.pt (weights, loss records, "
+            "training state) and OUT/train.jsonl (one line per epoch). The checkpoint is "
+            "rewritten atomically every epoch; --resume continues from it. Under torchrun "
+            "the job is data-parallel (gloo on CPU, nccl with --device cuda)."
+        ),
+    )
+    _add_common(p)
+    p.add_argument("--epochs", type=int, help="override [train].epochs")
+    p.add_argument("--trainer", choices=["bcnet", "sandwich"], help="override [train].trainer")
+    p.add_argument("--seed", type=int, help="override [train].seed")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/supernet.pt (exactly)")
+    p.add_argument(
+        "--init",
+        metavar="FILE",
+        help="start from a trained network (override [train].init): a full.pt from "
+        "`pretrain`, a state_dict (.pt/.pth/.bin), a .safetensors file, 'pretrain' "
+        "(OUT/full.pt) or 'scratch'",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="accept an --init file that only unpickling reads (a pickled nn.Module): "
+        "this runs code from the file, so only for files you trust",
     )
     p.set_defaults(func=run)
 
@@ -67,7 +102,38 @@ def apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         recipe.train.trainer = args.trainer
     if args.seed is not None:
         recipe.train.seed = args.seed
+    if getattr(args, "init", None) is not None:
+        recipe.train.init = args.init
+    check_train(recipe)
     return recipe
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from widthsearch.supernet.train import pretrain_network
+
+    recipe = load_recipe(args.recipe)
+    if args.model is not None:
+        recipe.model.name = args.model
+    if args.data is not None:
+        recipe.data.name = args.data
+    if args.epochs is not None:
+        if args.epochs < 0:
+            raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
+        recipe.pretrain.epochs = args.epochs
+    if args.seed is not None:
+        recipe.pretrain.seed = args.seed
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    result = pretrain_network(
+        recipe,
+        out_dir=out,
+        resume=args.resume,
+        device=args.device,
+        stop_after=args.stop_after,
+        log=lambda line: print(line, flush=True),
+    )
+    if result.is_main:
+        print(f"trained network: {result.checkpoint}  log: {result.log}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         stop_after=args.stop_after,
         log=lambda line: print(line, flush=True),
+        trust_pickle=args.trust_pickle,
     )
     if not result.is_main:
         return 0

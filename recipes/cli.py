@@ -23,6 +23,7 @@ from widthsearch.supernet.errors import WidthsearchError
 # the parser sets `func` (args -> exit code).
 _COMMANDS = {
     "inspect": "_cmd_inspect",
+    "pretrain": "_cmd_train",
     "train": "_cmd_train",
     "search": "_cmd_search",
     "extract": "_cmd_evaluate",

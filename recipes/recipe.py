@@ -19,10 +19,12 @@ __all__ = [
     "EvalSection",
     "FinetuneSection",
     "ModelSection",
+    "PretrainSection",
     "Recipe",
     "SearchSection",
     "SpaceSection",
     "TrainSection",
+    "check_train",
     "list_recipes",
     "load_recipe",
 ]
@@ -56,7 +58,24 @@ class SpaceSection:
 
 
 @dataclass
+class PretrainSection:
+    epochs: int = 8  # plain full-width training epochs (`widthsearch pretrain`)
+    lr: float = 0.1  # peak SGD learning rate (cosine schedule)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    nesterov: bool = True  # Nesterov momentum
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine schedule
+    seed: int = 0  # seeds initialisation and data order
+    eval_batches: int = 10  # held-out batches for the per-epoch top-1
+
+
+@dataclass
 class TrainSection:
+    init: str = "scratch"  # scratch | pretrain (OUT/full.pt) | path of a trained network
+    channel_order: str = "ends"  # warm start: ends | front | none (importance arrangement)
+    teacher_alpha: float = 0.7  # warm start: weight of distillation from the trained network
+    teacher_temperature: float = 4.0  # warm start: distillation temperature
     trainer: str = "bcnet"  # bcnet | sandwich
     epochs: int = 3  # supernet training epochs
     lr: float = 0.1  # peak SGD learning rate (cosine schedule)
@@ -67,6 +86,8 @@ class TrainSection:
     warmup_epochs: float = 0.0  # linear warm-up before the cosine schedule
     distill: bool = False  # in-place distillation from the full width (AutoSlim)
     full_every: int = 2  # BCNet: one full-width step after every this many sampled steps
+    coverage: str = "levels"  # BCNet: levels (pairs spread over all MACs) | independent
+    level_spread: int = 1  # BCNet levels: bins a group may stray from the pair's level
     sandwich_random: int = 2  # sandwich rule: random widths per step besides max and min
     seed: int = 0  # seeds width sampling and initialisation
     eval_batches: int = 10  # held-out batches for the per-epoch max/min top-1
@@ -92,7 +113,7 @@ class FinetuneSection:
     epochs: int = 2  # fine-tuning epochs of each extracted subnet
     lr: float = 0.02  # peak SGD learning rate (cosine schedule)
     weight_decay: float = 5e-4  # SGD weight decay
-    distill: bool = True  # distil from the supernet's full width
+    distill: bool = True  # distil from the trained network (warm start), else the supernet
     inheritance: list[str] = field(
         default_factory=lambda: ["left", "right", "l1", "bn"]
     )  # weight-inheritance candidates; the best by held-out score is kept
@@ -113,6 +134,7 @@ class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     space: SpaceSection = field(default_factory=SpaceSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
     train: TrainSection = field(default_factory=TrainSection)
     search: SearchSection = field(default_factory=SearchSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
@@ -127,6 +149,7 @@ _SECTION_TYPES = {
     "model": ModelSection,
     "data": DataSection,
     "space": SpaceSection,
+    "pretrain": PretrainSection,
     "train": TrainSection,
     "search": SearchSection,
     "finetune": FinetuneSection,
@@ -205,4 +228,22 @@ def load_recipe(name_or_path: str | None = None) -> Recipe:
         )
     if recipe.space.bins < 2 or not 1 <= recipe.space.min_bins <= recipe.space.bins // 2:
         raise ValueError("[space] needs bins >= 2 and 1 <= min_bins <= bins / 2")
+    check_train(recipe)
     return recipe
+
+
+def check_train(recipe: Recipe) -> None:
+    """Validate the warm-start and sampling settings (also after CLI overrides)."""
+    t = recipe.train
+    if not t.init:
+        raise ValueError("[train].init must be 'scratch', 'pretrain' or a file path")
+    if t.channel_order not in ("ends", "front", "none"):
+        raise ValueError(
+            f"[train].channel_order must be 'ends', 'front' or 'none', got {t.channel_order!r}"
+        )
+    if t.coverage not in ("levels", "independent"):
+        raise ValueError(f"[train].coverage must be 'levels' or 'independent', got {t.coverage!r}")
+    if not 0.0 <= t.teacher_alpha <= 1.0 or t.teacher_temperature <= 0:
+        raise ValueError("[train] needs 0 <= teacher_alpha <= 1 and teacher_temperature > 0")
+    if t.level_spread < 0 or recipe.pretrain.epochs < 0:
+        raise ValueError("[train].level_spread and [pretrain].epochs must be >= 0")

@@ -104,10 +104,15 @@ def build_supernet(meta: dict[str, Any]):
     )
 
 
-def save_supernet(path: str | os.PathLike[str], supernet, **extra: Any) -> None:
-    """Write ``supernet`` (meta + weights) and ``extra`` trainer state atomically."""
+def save_supernet(
+    path: str | os.PathLike[str], supernet, *, file_format: str = SUPERNET_FORMAT, **extra: Any
+) -> None:
+    """Write ``supernet`` (meta + weights) and ``extra`` trainer state atomically.
+
+    ``file_format="widthsearch.full"`` marks a plainly trained network (``pretrain``).
+    """
     payload = {
-        "format": SUPERNET_FORMAT,
+        "format": file_format,
         "version": FORMAT_VERSION,
         "meta": dict(supernet.meta),
         "state_dict": supernet.model.state_dict(),

@@ -13,6 +13,13 @@ group is used ``[i < c] + [i >= C - c]`` times, and over a pair
 number of updates, whatever ``k`` was drawn. A full-width step follows every ``full_every``
 sampled steps (BCNet V1 cycles pair, complement, full).
 
+*MACs coverage.* Drawn independently per group, bins average to ``C / 2`` and a config's
+MACs concentrate near a quarter of the full model's, so the 50-100 % range users ask for
+is almost never trained. With ``coverage="levels"`` (the default) each pair first draws a
+width level ``u`` uniformly in ``[0, 1]``, and every group draws its bin within ``spread``
+bins of ``u * bins``; the complement then sits at level ``1 - u``. Fairness over the pair
+is unchanged (it holds for any ``k``), and the trained MACs spread over the whole range.
+
 *Sandwich rule* (US-Nets / AutoSlim): each step trains the max width, the min width and
 ``n_random`` uniformly drawn widths. It is the comparison baseline.
 """
@@ -26,9 +33,17 @@ import numpy as np
 
 from .space import Group, WidthConfig, WidthSpace
 
-__all__ = ["FairSampler", "SandwichSampler", "StepPlan", "channel_usage", "step_rng"]
+__all__ = [
+    "COVERAGES",
+    "FairSampler",
+    "SandwichSampler",
+    "StepPlan",
+    "channel_usage",
+    "step_rng",
+]
 
 StepKind = Literal["sampled", "complement", "full"]
+COVERAGES = ("levels", "independent")
 
 
 def step_rng(seed: int, *keys: int) -> np.random.Generator:
@@ -65,26 +80,56 @@ class FairSampler:
         full_every: A full-width step after every this many sampled steps (0: never). An odd
             value may put a full step between the two halves of a pair; fairness holds over
             the pair either way.
+        coverage: ``"levels"`` (a width level per pair, bins near it) or ``"independent"``
+            (each group's bin uniform on its own).
+        spread: With ``"levels"``, how many bins a group may stray from the pair's level.
 
     A group only draws bins whose width and complement are both allowed and sum to ``C``
     (see :func:`_pair_bins`); a group with none stays at full width.
     """
 
-    def __init__(self, space: WidthSpace, *, seed: int = 0, full_every: int = 2) -> None:
+    def __init__(
+        self,
+        space: WidthSpace,
+        *,
+        seed: int = 0,
+        full_every: int = 2,
+        coverage: str = "levels",
+        spread: int = 1,
+    ) -> None:
         if full_every < 0:
             raise ValueError(f"full_every must be >= 0, got {full_every}")
+        if coverage not in COVERAGES:
+            raise ValueError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
+        if spread < 0:
+            raise ValueError(f"spread must be >= 0, got {spread}")
         self.space = space
         self.seed = int(seed)
         self.full_every = int(full_every)
+        self.coverage = coverage
+        self.spread = int(spread)
         self._bins = {g.name: _pair_bins(g) for g in space.searchable}
+        self._max_bins = {g.name: g.bins for g in space.searchable}
 
     def _pair_bins(self, pair: int) -> dict[str, int]:
         """The first-of-pair bins of pair number ``pair`` (one draw per group)."""
         rng = step_rng(self.seed, pair)
-        return {
-            name: int(bins[rng.integers(len(bins))]) if bins else -1
-            for name, bins in self._bins.items()
-        }
+        if self.coverage == "independent":
+            return {
+                name: int(bins[rng.integers(len(bins))]) if bins else -1
+                for name, bins in self._bins.items()
+            }
+        level = rng.random()
+        out = {}
+        for name, bins in self._bins.items():
+            if not bins:
+                out[name] = -1
+                continue
+            target = level * self._max_bins[name]
+            nearest = min(abs(k - target) for k in bins)
+            near = [k for k in bins if abs(k - target) <= nearest + self.spread]
+            out[name] = int(near[rng.integers(len(near))])
+        return out
 
     def sampled_index(self, step: int) -> int | None:
         """Index of ``step`` among sampled steps, or ``None`` if it is a full-width step."""

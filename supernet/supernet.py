@@ -24,7 +24,7 @@ from ._graph import SlimLayer, TraceResult, trace_channels
 from .cost import CostModel
 from .space import WidthSpace, make_group
 
-__all__ = ["SIDES", "Side", "Supernet"]
+__all__ = ["SIDES", "Side", "Supernet", "slice_layer"]
 
 Side = Literal["left", "right"]
 SIDES: tuple[Side, Side] = ("left", "right")
@@ -141,6 +141,11 @@ class Supernet(nn.Module):
             meta=meta,
             example_inputs=tuple(example_inputs),
         )
+
+    @property
+    def layers(self) -> list[tuple[SlimLayer, int, int]]:
+        """Every slimmable layer with the indices of the groups it reads and writes."""
+        return list(self._layers)
 
     # -- running subnets -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -434,7 +439,7 @@ class Supernet(nn.Module):
             for layer, in_g, out_g in self._layers:
                 if any(layer.name.startswith(block + ".") for block in removed):
                     continue
-                _slice_module(copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]])
+                slice_layer(copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]])
         return model
 
 
@@ -451,10 +456,11 @@ def _swap(store: dict[str, Any], saved: dict[str, Any], name: str, value: Any) -
     store[name] = current[value] if isinstance(value, slice) else value
 
 
-def _slice_module(
+def slice_layer(
     module: nn.Module, layer: SlimLayer, in_idx: torch.Tensor, out_idx: torch.Tensor
 ) -> None:
-    """Shrink one conv/BN/linear of the extracted copy to the kept channels, in place."""
+    """Keep (in this order) the given input and output channels of one conv/BN/linear, in
+    place: a subset shrinks it (extraction), a permutation reorders it (channel ordering)."""
 
     def replace_param(name: str, value: torch.Tensor) -> None:
         old = getattr(module, name)

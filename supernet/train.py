@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -62,16 +63,20 @@ from .supernet import Supernet
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "PRETRAIN_NAME",
     "TRAINERS",
     "LossRecords",
     "SupernetTrainer",
+    "Teacher",
     "TrainResult",
     "TrainingDivergedError",
     "bcnet_step",
     "build_training",
+    "distill_loss",
     "epoch_loader",
     "epoch_seed",
     "preserved_state",
+    "pretrain_network",
     "sandwich_step",
     "soft_cross_entropy",
     "subnet_top1",
@@ -80,7 +85,7 @@ __all__ = [
 
 CHECKPOINT_NAME = "supernet.pt"
 LOG_NAME = "train.jsonl"
-TRAINERS = ("bcnet", "sandwich")
+TRAINERS = ("bcnet", "sandwich", "plain")  # plain: full width only (pretraining)
 # env var naming a folder where every rank saves its final state_dict (checks replicas agree)
 RANK_STATE_ENV = "WIDTHSEARCH_RANK_STATE_DIR"
 
@@ -97,6 +102,50 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
     return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def distill_loss(logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0) -> Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean (gradient scale independent of T)."""
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(logits / t, dim=1),
+            F.log_softmax(teacher_logits.detach() / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen trained network whose soft predictions every trained subnet learns from.
+
+    The loss of a subnet is ``(1 - alpha) * CE(labels) + alpha * distill_loss(T)``.
+    """
+
+    model: nn.Module
+    alpha: float = 0.7
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"teacher alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"teacher temperature must be > 0, got {self.temperature}")
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def loss(self, logits: Tensor, label_loss: Tensor, teacher_logits: Tensor) -> Tensor:
+        kd = distill_loss(logits, teacher_logits, temperature=self.temperature)
+        return (1.0 - self.alpha) * label_loss + self.alpha * kd
+
+
 def bcnet_step(
     sn: Supernet,
     x: Tensor,
@@ -105,6 +154,7 @@ def bcnet_step(
     *,
     criterion: nn.Module,
     distill: bool = False,
+    teacher: Teacher | None = None,
 ) -> dict[str, Tensor]:
     """The backward passes of one BCNet step (gradients accumulate; no optimiser step).
 
@@ -117,30 +167,38 @@ def bcnet_step(
             same gradient as two with weight 0.5).
         criterion: Label loss.
         distill: Train the subnets on the full width's detached soft predictions instead of
-            the labels.
+            the labels (in-place distillation; ignored with a ``teacher``).
+        teacher: A trained network every subnet (and the full width) learns from.
 
     Returns:
         Detached label losses: ``{"left", "right"}`` or ``{"full"}``; ``sn`` is back at
         full width afterwards.
     """
+    teacher_logits = teacher.logits(x) if teacher is not None else None
+
+    def loss_of(logits: Tensor, label_loss: Tensor, soft: Tensor | None) -> Tensor:
+        if teacher is not None:
+            return teacher.loss(logits, label_loss, teacher_logits)
+        return label_loss if soft is None else soft_cross_entropy(logits, soft)
+
     if cfg is None:
         sn.set_active(None)
-        loss = criterion(sn(x), y)
-        loss.backward()
-        return {"full": loss.detach()}
-    teacher = None
-    if distill:
+        logits = sn(x)
+        label_loss = criterion(logits, y)
+        loss_of(logits, label_loss, None).backward()
+        return {"full": label_loss.detach()}
+    soft = None
+    if distill and teacher is None:
         sn.set_active(None)
         with torch.no_grad():
-            teacher = F.softmax(sn(x), dim=1)
+            soft = F.softmax(sn(x), dim=1)
     out = {}
     try:
         for side in ("left", "right"):
             sn.set_active(cfg, side)
             logits = sn(x)
             label_loss = criterion(logits, y)
-            loss = label_loss if teacher is None else soft_cross_entropy(logits, teacher)
-            (0.5 * loss).backward()
+            (0.5 * loss_of(logits, label_loss, soft)).backward()
             out[side] = label_loss.detach()
     finally:
         sn.set_active(None)
@@ -242,7 +300,7 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
 def subnet_top1(
     sn: Supernet,
     cfg: Mapping[str, int] | None,
-    calib_batches: Iterable[Any],
+    calib_batches: Iterable[Any] | None,
     eval_batches: Iterable[Any],
     *,
     side: str = "left",
@@ -253,7 +311,8 @@ def subnet_top1(
     Args:
         sn: The supernet.
         cfg: Width config (``None``: full width).
-        calib_batches: ``(x, y)`` batches whose statistics replace the BN running stats.
+        calib_batches: ``(x, y)`` batches whose statistics replace the BN running stats
+            (``None``: keep the running stats, e.g. of a plainly trained network).
         eval_batches: ``(x, y)`` batches scored.
         side: Which side of ``cfg``.
         transform: Optional function applied to every input batch (e.g. resizing).
@@ -263,7 +322,9 @@ def subnet_top1(
     device = next(sn.parameters()).device
     prep = transform or (lambda t: t)
     with preserved_state(sn):
-        recalibrate_bn(sn, (prep(b[0]) for b in calib_batches), cfg=cfg, side=side)
+        if calib_batches is not None:
+            recalibrate_bn(sn, (prep(b[0]) for b in calib_batches), cfg=cfg, side=side)
+        sn.eval()
         correct = total = 0
         with sn.active(cfg, side):
             for x, y in eval_batches:
@@ -355,6 +416,7 @@ class SupernetTrainer:
         info: Distributed placement (default: single process on CPU).
         transform: Optional function applied to every input batch (resizing).
         progress: Show tqdm bars (on rank 0, when stderr is a terminal).
+        teacher: A trained network every trained subnet distils from (BCNet and plain).
     """
 
     def __init__(
@@ -370,6 +432,7 @@ class SupernetTrainer:
         info: DistInfo | None = None,
         transform: Any = None,
         progress: bool = True,
+        teacher: Teacher | None = None,
     ) -> None:
         if train.trainer not in TRAINERS:
             raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {train.trainer!r}")
@@ -385,6 +448,7 @@ class SupernetTrainer:
         self.info = info or DistInfo()
         self.transform = transform
         self.progress = progress
+        self.teacher = teacher
         self.steps_per_epoch = (len(train_set) // self.info.world_size) // batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -406,11 +470,16 @@ class SupernetTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _cosine(s, total=total, warmup=warmup)
         )
+        self.sampler: FairSampler | SandwichSampler | None = None
         if train.trainer == "bcnet":
-            self.sampler: FairSampler | SandwichSampler = FairSampler(
-                sn.space, seed=train.seed, full_every=train.full_every
+            self.sampler = FairSampler(
+                sn.space,
+                seed=train.seed,
+                full_every=train.full_every,
+                coverage=getattr(train, "coverage", "levels"),
+                spread=getattr(train, "level_spread", 1),
             )
-        else:
+        elif train.trainer == "sandwich":
             self.sampler = SandwichSampler(
                 sn.space, seed=train.seed, n_random=train.sandwich_random
             )
@@ -421,9 +490,10 @@ class SupernetTrainer:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng = {
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        rng = {  # tensors, ints and tuples only: the checkpoint loads weights-only
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": (name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), gauss),
             "python": random.getstate(),
         }
         if torch.cuda.is_available():
@@ -450,7 +520,9 @@ class SupernetTrainer:
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if "numpy" in rng:
-            np.random.set_state(rng["numpy"])
+            name, keys, *rest = rng["numpy"]
+            keys = keys.numpy() if isinstance(keys, Tensor) else keys
+            np.random.set_state((name, keys, *rest))
         if "python" in rng:
             random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
@@ -476,6 +548,8 @@ class SupernetTrainer:
         self.sn.train()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        macs_hist = np.zeros(10, dtype=np.int64)  # trained subnets per tenth of full MACs
+        full_macs = self.sn.macs()
         start = time.perf_counter()
         bar = tqdm(
             loader,
@@ -501,6 +575,9 @@ class SupernetTrainer:
                 self.records.add(cfg, value)
                 sums[name] += value
                 counts[name] += 1
+            for cfg in {id(c): c for c in cfgs}.values():
+                fraction = self.sn.macs(cfg) / full_macs
+                macs_hist[min(int(fraction * 10), 9)] += 1
             bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in sums}, refresh=False)
         bar.close()
         average_buffers(self.sn, self.info)
@@ -510,6 +587,7 @@ class SupernetTrainer:
         entry.update({f"loss_{k}": sums[k] / counts[k] for k in sorted(sums)})
         entry["lr"] = self.optimizer.param_groups[0]["lr"]
         entry["steps"] = self.step
+        entry["macs_hist"] = macs_hist.tolist()
         entry["seconds"] = time.perf_counter() - start
         return entry
 
@@ -521,13 +599,19 @@ class SupernetTrainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         space = self.sn.space
-        if isinstance(self.sampler, FairSampler):
-            plan = self.sampler.plan(self.step)
+        if self.sampler is None or isinstance(self.sampler, FairSampler):
+            cfg = None if self.sampler is None else self.sampler.plan(self.step).cfg
             out = bcnet_step(
-                self.sn, x, y, plan.cfg, criterion=self.criterion, distill=self.cfg.distill
+                self.sn,
+                x,
+                y,
+                cfg,
+                criterion=self.criterion,
+                distill=self.cfg.distill,
+                teacher=self.teacher,
             )
             names = list(out)
-            cfgs = [plan.cfg if plan.cfg is not None else space.max()] * len(names)
+            cfgs = [cfg if cfg is not None else space.max()] * len(names)
             losses = torch.stack(list(out.values()))
         else:
             cfgs = self.sampler.plan(self.step)
@@ -552,6 +636,9 @@ class SupernetTrainer:
         heldout = DataLoader(self.heldout_set, batch_size=self.batch_size, shuffle=False)
         eval_list = [b for _, b in zip(range(self.cfg.eval_batches), heldout, strict=False)]
         space = self.sn.space
+        if self.sampler is None:  # plain training: the network's own running stats
+            top1 = subnet_top1(self.sn, None, None, eval_list, transform=self.transform)
+            return {"top1_max": top1}
         out = {}
         for key, cfg in (("top1_max", space.max()), ("top1_min", space.min())):
             out[key] = subnet_top1(self.sn, cfg, calib_list, eval_list, transform=self.transform)
@@ -657,6 +744,10 @@ def _check_resumable(payload: Mapping[str, Any], sn: Supernet, trainer: str, pat
         )
 
 
+PRETRAIN_NAME = "full.pt"
+PRETRAIN_LOG_NAME = "pretrain.jsonl"
+
+
 def train_supernet(
     recipe: Any,
     *,
@@ -666,11 +757,19 @@ def train_supernet(
     progress: bool = True,
     log: Any = print,
     stop_after: int | None = None,
+    init: str | None = None,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """Train the supernet of ``recipe``, writing ``out_dir/supernet.pt`` and ``train.jsonl``.
 
     Runs single-process, or data-parallel when started by ``torchrun`` (``WORLD_SIZE > 1``):
     every rank trains its shard with the same widths, only rank 0 writes.
+
+    With a trained network to start from (``init``, else ``[train].init``): its weights are
+    loaded, every group's channels are reordered by importance (``[train].channel_order``,
+    function-preserving) and the frozen network becomes the teacher every trained subnet
+    distils from (``[train].teacher_alpha``, ``teacher_temperature``). Its weights are kept
+    in the checkpoint, so resuming and fine-tuning need no other file.
 
     The checkpoint is written (atomically) before the first epoch and after every epoch, so
     a run killed at any moment leaves a loadable one; ``resume=True`` continues from it
@@ -685,38 +784,177 @@ def train_supernet(
         log: Called with one summary line per epoch (rank 0).
         stop_after: Train at most this many epochs in this call (time-limited jobs); the
             schedule still spans ``[train].epochs``, and ``resume=True`` picks up from there.
+        init: ``"scratch"``, ``"pretrain"`` (``out_dir/full.pt`` from :func:`pretrain_network`)
+            or the path of a trained network (see
+            :func:`widthsearch.supernet.warmstart.read_state_dict`); ``None``: the recipe's.
+        trust_pickle: Accept an ``init`` file that only unpickling can read (runs its code).
 
     Raises:
-        CheckpointError: Nothing to resume, or a corrupt, foreign or mismatched checkpoint.
+        CheckpointError: Nothing to resume, a corrupt, foreign or mismatched checkpoint, or
+            an init file that does not fit the model.
         TrainingDivergedError: The loss became NaN/inf (the last good checkpoint is kept).
         ValueError: Bad recipe values.
     """
     out = Path(out_dir)
-    path, log_path = out / CHECKPOINT_NAME, out / LOG_NAME
+    init = init if init is not None else getattr(recipe.train, "init", "scratch")
+    init_path = None
+    if init == "pretrain":
+        init_path = out / PRETRAIN_NAME
+        if not resume and not init_path.is_file():
+            raise CheckpointError(
+                f"{init_path} does not exist: run `widthsearch pretrain --out {out}` first, "
+                "or pass --init FILE"
+            )
+    elif init and init != "scratch":
+        init_path = Path(init)
+
+    def setup(sn: Supernet, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Warm start (fresh run) or the stored teacher (resume); the checkpoint's extras."""
+        if payload is not None:
+            stored = payload.get("teacher_state_dict")
+            extras = {k: payload[k] for k in ("init", "teacher_state_dict") if k in payload}
+            where = str(out / CHECKPOINT_NAME)
+            teacher = _teacher(recipe, sn.meta, stored, where) if stored else None
+            return {"teacher": teacher, **extras}
+        if init_path is None:
+            return {"teacher": None, "init": {"from": "scratch"}}
+        from .warmstart import load_weights, read_state_dict, reorder_channels
+
+        state = read_state_dict(init_path, trust_pickle=trust_pickle)
+        load_weights(sn.model, state, where=str(init_path))
+        order = getattr(recipe.train, "channel_order", "ends")
+        reorder_channels(sn, order)
+        teacher_state = {k: v.detach().clone() for k, v in state.items()}
+        return {
+            "teacher": _teacher(recipe, sn.meta, teacher_state, str(init_path)),
+            "init": {"from": str(init_path), "channel_order": order},
+            "teacher_state_dict": teacher_state,
+        }
+
+    return _run_training(
+        recipe,
+        recipe.train,
+        path=out / CHECKPOINT_NAME,
+        log_path=out / LOG_NAME,
+        file_format="widthsearch.supernet",
+        resume=resume,
+        device=device,
+        progress=progress,
+        log=log,
+        stop_after=stop_after,
+        setup=setup,
+    )
+
+
+def pretrain_network(
+    recipe: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train the recipe's model plainly (full width, ``[pretrain]`` settings) into
+    ``out_dir/full.pt``: the start and the teacher of a warm-started supernet.
+
+    Same loop, schedule, checkpointing, exact resume and torchrun support as
+    :func:`train_supernet`; ``full.pt`` holds the model's plain ``state_dict``.
+    """
+    section = SimpleNamespace(
+        **{
+            **dataclasses.asdict(recipe.train),
+            **dataclasses.asdict(recipe.pretrain),
+            "trainer": "plain",
+            "distill": False,
+        }
+    )
+    out = Path(out_dir)
+    return _run_training(
+        recipe,
+        section,
+        path=out / PRETRAIN_NAME,
+        log_path=out / PRETRAIN_LOG_NAME,
+        file_format="widthsearch.full",
+        resume=resume,
+        device=device,
+        progress=progress,
+        log=log,
+        stop_after=stop_after,
+        setup=lambda sn, payload: {"teacher": None},
+    )
+
+
+def _teacher(
+    recipe: Any, meta: Mapping[str, Any], state: Mapping[str, Tensor], where: str
+) -> Teacher:
+    """The frozen trained network, rebuilt from its weights (``meta``: the model's arguments)."""
+    from .models import create_model
+    from .warmstart import load_weights
+
+    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    load_weights(model, state, where=where)
+    return Teacher(
+        model,
+        alpha=getattr(recipe.train, "teacher_alpha", 0.7),
+        temperature=getattr(recipe.train, "teacher_temperature", 4.0),
+    )
+
+
+def _run_training(
+    recipe: Any,
+    section: Any,
+    *,
+    path: Path,
+    log_path: Path,
+    file_format: str,
+    resume: bool,
+    device: str,
+    progress: bool,
+    log: Any,
+    stop_after: int | None,
+    setup: Any,
+) -> TrainResult:
+    """The loop every training stage shares: build, (resume), train epochs, save atomically.
+
+    ``setup(sn, payload)`` returns ``{"teacher": Teacher | None, **checkpoint extras}``;
+    ``payload`` is the checkpoint being resumed, or ``None`` on a fresh run.
+    """
+    out = path.parent
     info = init_distributed(device)
     try:
         payload = None
         if resume:  # fail before any expensive work
             if not path.is_file():
                 raise CheckpointError(f"nothing to resume: {path} does not exist")
-            payload = load_checkpoint(path, kind="widthsearch.supernet")
+            payload = load_checkpoint(path, kind=file_format)
         splits, sn, transform = build_training(recipe, info=info)
+        if payload is not None:
+            _check_resumable(payload, sn, section.trainer, path)
+            try:
+                sn.model.load_state_dict(payload["state_dict"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: cannot resume from it ({exc})") from None
+        extras = setup(sn, payload)
+        teacher = extras.pop("teacher")
+        if teacher is not None:
+            teacher = dataclasses.replace(teacher, model=teacher.model.to(info.device))
         trainer = SupernetTrainer(
             sn,
             splits.train,
             splits.heldout if len(splits.heldout) else None,
-            recipe.train,
+            section,
             batch_size=recipe.data.batch_size,
             workers=recipe.data.workers,
             calib_batches=getattr(getattr(recipe, "search", None), "calib_batches", 4),
             info=info,
             transform=transform,
             progress=progress,
+            teacher=teacher,
         )
         if payload is not None:
-            _check_resumable(payload, sn, recipe.train.trainer, path)
             try:
-                sn.model.load_state_dict(payload["state_dict"])
                 trainer.load_state_dict(payload["train_state"])
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{path}: cannot resume from it ({exc})") from None
@@ -731,16 +969,18 @@ def train_supernet(
                 save_supernet(
                     path,
                     sn,
+                    file_format=file_format,
                     recipe=recipe.to_dict(),
                     loss_records=trainer.records.to_dict(),
                     train_state=trainer.state_dict(),
                     data=spec,
                     history=trainer.history,
+                    **extras,
                 )
                 _write_jsonl(log_path, trainer.history)
 
         if info.is_main:  # temp files of writes killed half-way
-            for name in (CHECKPOINT_NAME, LOG_NAME):
+            for name in (path.name, log_path.name):
                 for stale in out.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
         if payload is None:
@@ -750,8 +990,8 @@ def train_supernet(
         start_epoch = trainer.epoch
         if stop_after is not None and stop_after < 0:
             raise ValueError(f"stop_after must be >= 0, got {stop_after}")
-        last = recipe.train.epochs if stop_after is None else start_epoch + stop_after
-        while trainer.epoch < min(last, recipe.train.epochs):
+        last = section.epochs if stop_after is None else start_epoch + stop_after
+        while trainer.epoch < min(last, section.epochs):
             try:
                 entry = trainer.train_epoch()
             except TrainingDivergedError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from widthsearch.supernet.sampling import (
     FairSampler,
     SandwichSampler,
@@ -104,13 +105,47 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert [a.plan(t).cfg for t in range(0, 60, 3)] != [c.plan(t).cfg for t in range(0, 60, 3)]
 
 
-def test_bins_are_drawn_uniformly():
+def test_independent_bins_are_drawn_uniformly():
     space = _space()
-    sampler = FairSampler(space, seed=5, full_every=0)
+    sampler = FairSampler(space, seed=5, full_every=0, coverage="independent")
     draws = np.array([sampler.plan(2 * p).bins["stem"] for p in range(3500)])
     values, counts = np.unique(draws, return_counts=True)
     assert values.tolist() == [1, 2, 3, 4, 5, 6, 7]
     assert counts.min() > 0.85 * 500 and counts.max() < 1.15 * 500
+
+
+def test_levels_reach_every_bin_and_follow_the_level():
+    space = _space()
+    sampler = FairSampler(space, seed=5, full_every=0, coverage="levels", spread=1)
+    firsts = [sampler.plan(2 * p).bins for p in range(2000)]
+    assert sorted({b["stem"] for b in firsts}) == [1, 2, 3, 4, 5, 6, 7]
+    # groups of one pair move together: their bins never differ by more than 2 * spread + 1
+    for bins in firsts:
+        assert abs(bins["stem"] - bins["odd"]) <= 3, bins
+
+
+def test_levels_spread_trained_macs_over_the_whole_range():
+    """Independent bins put almost every config near a quarter of the MACs; a level per pair
+    (and its complement) covers 50-100 % as well, with the same per-channel fairness."""
+    from widthsearch.supernet import Supernet, create_model
+
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 16, 16), bins=8)
+    full = sn.macs()
+
+    def fractions(coverage: str) -> np.ndarray:
+        sampler = FairSampler(sn.space, seed=3, full_every=0, coverage=coverage)
+        return np.array([sn.macs(sampler.plan(t).cfg) / full for t in range(400)])
+
+    independent, levels = fractions("independent"), fractions("levels")
+    assert np.mean(independent >= 0.5) < 0.05
+    assert np.mean(levels >= 0.5) > 0.2
+    assert np.mean(levels < 0.1) > 0.1  # narrow subnets are still trained
+    usage = _usage(
+        sn.space, (FairSampler(sn.space, seed=3, full_every=0).plan(t) for t in range(400))
+    )
+    for name, counts in usage.items():
+        assert counts.min() == counts.max(), name
 
 
 def test_groups_too_small_for_end_bins_skip_width_zero():
