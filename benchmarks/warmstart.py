@@ -1,0 +1,415 @@
+"""Warm start: do subnets of a supernet started from a trained network beat the baselines?
+
+    .venv/bin/python benchmarks/warmstart.py                      # all of Fashion-MNIST, hours
+    .venv/bin/python benchmarks/warmstart.py --part pipeline      # one process per core:
+    .venv/bin/python benchmarks/warmstart.py --part scratch       #   both write the same --out
+    .venv/bin/python benchmarks/warmstart.py --smoke --out /tmp/warm-smoke   # ~2 min check
+
+Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test), resnet20:
+
+1. ``full``: the recipe's model trained plainly (``widthsearch pretrain``), the start of
+   the supernet, Torch-Pruning's input and everyone's distillation teacher.
+2. ``supernet``: BCNet supernet warm-started from it (importance channel order, levels
+   sampling, distillation from the trained network).
+3. ``search``: bisection, evolution, peel and uniform at every budget.
+4. ``ft-best``: the best searched answer by supernet score at each budget, extracted with
+   adaptive inheritance and fine-tuned (distilled from the trained network).
+5. ``tp``: Torch-Pruning (L1 magnitude) of the same trained network to the same budget, the
+   same fine-tuning and teacher.
+6. ``scratch``: the uniform-width network at the budget (any channel count, not only the
+   supernet's bins), trained from scratch.
+
+Every finished cell is a JSON file under ``--out/cells`` and a rerun skips it; training
+resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 1-5,
+``scratch``: 6) so that two cores work at once. The table goes to stdout and
+``--out/tables.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from headline import (
+    Cells,
+    log,
+    measure,
+    passive_openmp,
+    prune_to_budget,
+    random_init_subnet,
+    train_from_scratch,
+)
+from widthsearch.evaluate import (
+    extract_subnet,
+    finetune_subnet,
+    heldout_data,
+    load_subnet,
+    save_subnet,
+)
+from widthsearch.recipes._cmd_search import search_options
+from widthsearch.recipes.recipe import Recipe, load_recipe
+from widthsearch.search import build_evaluator, resolve_budgets, run_search
+from widthsearch.supernet.checkpoint import (
+    build_supernet,
+    load_supernet,
+    write_json_atomic,
+    write_text_atomic,
+)
+from widthsearch.supernet.train import pretrain_network, train_supernet
+
+STRATEGIES = ["bisection", "evolution", "peel", "uniform"]
+META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "train_limit": 0,
+        "test_limit": 0,
+        "pretrain_epochs": 8,
+        "supernet_epochs": 4,
+        "supernet_lr": 0.02,
+        "finetune_epochs": 2,
+        "scratch_epochs": 10,
+        "trials": 100,
+        "heldout_images": 2000,
+        "calib_batches": 4,
+    },
+    "smoke": {
+        "train_limit": 1000,
+        "test_limit": 500,
+        "pretrain_epochs": 1,
+        "supernet_epochs": 1,
+        "supernet_lr": 0.02,
+        "finetune_epochs": 1,
+        "scratch_epochs": 1,
+        "trials": 8,
+        "heldout_images": 250,
+        "calib_batches": 1,
+    },
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--smoke", action="store_true", help="tiny preset, a couple of minutes")
+    add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
+    add("--part", choices=["all", "pipeline", "scratch"], default="all")
+    add("--seeds", type=int, nargs="+", default=[0, 1])
+    add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    add("--threads", type=int, default=1, help="torch threads")
+    add("--channel-order", default="ends", choices=["ends", "front", "none"])
+    for key, value in PRESETS["default"].items():
+        add(f"--{key.replace('_', '-')}", type=type(value))
+    args = parser.parse_args(argv)
+    for key, value in PRESETS["smoke" if args.smoke else "default"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
+    recipe = load_recipe("resnet20-fashion-mnist")
+    recipe.data.train_limit = args.train_limit
+    recipe.data.test_limit = args.test_limit
+    recipe.pretrain.epochs = args.pretrain_epochs
+    recipe.pretrain.seed = seed
+    recipe.train.init = "pretrain"
+    recipe.train.channel_order = args.channel_order
+    recipe.train.epochs = args.supernet_epochs
+    recipe.train.lr = args.supernet_lr
+    recipe.train.seed = seed
+    recipe.search.strategies = list(STRATEGIES)
+    recipe.search.budgets = list(args.budgets)
+    recipe.search.evolution_trials = args.trials
+    recipe.search.heldout_images = args.heldout_images
+    recipe.search.calib_batches = args.calib_batches
+    recipe.finetune.epochs = args.finetune_epochs
+    return recipe
+
+
+def pct(fraction: float) -> str:
+    return f"{round(100 * fraction)}"
+
+
+class Warmstart:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.cells = Cells(self.out)
+        probe = build_supernet({**META, "bins": 8, "min_bins": 1, "round_to": 1})
+        self.full_macs = int(probe.macs())
+        self.budgets = resolve_budgets(probe, list(args.budgets))
+
+    def work(self, seed: int) -> Path:
+        return self.out / "work" / f"s{seed}"
+
+    def run(self) -> None:
+        for seed in self.args.seeds:
+            if self.args.part in ("all", "pipeline"):
+                self.pipeline(seed)
+            if self.args.part in ("all", "scratch"):
+                for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+                    self.cells.run(
+                        f"scratch-{pct(frac)}-s{seed}",
+                        lambda b=budget, f=frac, s=seed: self.scratch_cell(b, f, s),
+                    )
+
+    def pipeline(self, seed: int) -> None:
+        recipe, cells = build_recipe(self.args, seed), self.cells
+        cells.run(f"full-s{seed}", lambda: self.full_cell(recipe, seed))
+        cells.run(f"supernet-s{seed}", lambda: self.supernet_cell(recipe, seed))
+        if cells.run(f"search-s{seed}", lambda: self.search_cell(recipe, seed)) is None:
+            return
+        for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+            cells.run(
+                f"ft-best-{pct(frac)}-s{seed}",
+                lambda b=budget, f=frac: self.finetune_cell(recipe, seed, b, f),
+            )
+            cells.run(
+                f"tp-{pct(frac)}-s{seed}",
+                lambda b=budget, f=frac: self.pruning_cell(recipe, seed, b, f),
+            )
+
+    # -- cells -----------------------------------------------------------------------------
+    def full_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
+        work = self.work(seed)
+        result = pretrain_network(
+            recipe,
+            out_dir=work,
+            resume=(work / "full.pt").is_file(),
+            progress=False,
+            log=lambda line: log(f"  pretrain s{seed}: {line}"),
+        )
+        # the trained network as a subnet file (full widths), so `measure` can score it
+        meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
+        doc = random_init_subnet(
+            meta, build_supernet(meta).space.max(), recipe, seed=seed, label="full"
+        )
+        state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+        doc["module"].load_state_dict(state["state_dict"])
+        as_subnet = work / "full-subnet.pt"
+        save_subnet(doc, as_subnet)
+        seconds = [float(h["seconds"]) for h in result.history]
+        return {
+            "kind": "full",
+            "seed": seed,
+            "epochs": recipe.pretrain.epochs,
+            "train_seconds": round(sum(seconds), 1),
+            "history": result.history,
+            **measure(as_subnet, latency=False),
+        }
+
+    def supernet_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
+        work = self.work(seed)
+        result = train_supernet(
+            recipe,
+            out_dir=work,
+            resume=(work / "supernet.pt").is_file(),
+            progress=False,
+            log=lambda line: log(f"  supernet s{seed}: {line}"),
+        )
+        hist = [sum(x) for x in zip(*(h["macs_hist"] for h in result.history), strict=True)]
+        return {
+            "kind": "supernet",
+            "seed": seed,
+            "epochs": recipe.train.epochs,
+            "lr": recipe.train.lr,
+            "channel_order": recipe.train.channel_order,
+            "train_seconds": round(sum(float(h["seconds"]) for h in result.history), 1),
+            "macs_hist": hist,
+            "history": result.history,
+        }
+
+    def search_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
+        ckpt = self.work(seed) / "supernet.pt"
+        sn, payload = load_supernet(ckpt)
+        settings = recipe.to_dict()["search"]
+        doc = run_search(
+            sn,
+            build_evaluator(sn, payload),
+            strategies=STRATEGIES,
+            budgets=self.budgets,
+            seed=recipe.search.seed,
+            options=search_options(settings, STRATEGIES, payload.get("loss_records")),
+            supernet_path=str(ckpt),
+        )
+        return {"kind": "search", "seed": seed, "results": doc["results"]}
+
+    def finetune_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
+        search = self.cells.get(f"search-s{seed}")
+        candidates = [
+            r
+            for r in search["results"]
+            if int(r["budget_macs"]) == budget and r["strategy"] != "uniform"
+        ]
+        best = max(candidates, key=lambda r: r["score"])
+        uniform = next(
+            r
+            for r in search["results"]
+            if int(r["budget_macs"]) == budget and r["strategy"] == "uniform"
+        )
+        work = self.work(seed)
+        ckpt = work / "supernet.pt"
+        extracted = work / f"best-{pct(frac)}.pt"
+        tuned = work / f"best-{pct(frac)}-ft.pt"
+        sn, payload = load_supernet(ckpt)
+        if not extracted.is_file():
+            extract_subnet(
+                (sn, payload),
+                widths=best["widths"],
+                strategy=best["strategy"],
+                budget=budget,
+                out=extracted,
+                candidates=recipe.finetune.inheritance,
+                data=heldout_data(payload, sn.meta),
+                supernet_path=str(ckpt),
+                progress=False,
+            )
+        self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
+        return {
+            "kind": "searched",
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            "strategy": best["strategy"],
+            "score": best["score"],
+            "uniform_score": uniform["score"],
+            "widths": best["widths"],
+            "inheritance": load_subnet(tuned).get("inheritance"),
+            **measure(tuned, latency=False),
+        }
+
+    def pruning_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
+        work = self.work(seed)
+        pruned_path, tuned = work / f"tp-{pct(frac)}.pt", work / f"tp-{pct(frac)}-ft.pt"
+        if not pruned_path.is_file():
+            full = load_subnet(work / "full-subnet.pt")
+            pruned = prune_to_budget(full["module"], full["meta"], budget)
+            if not pruned["verified"]:
+                raise RuntimeError("pruned channels do not map onto the supernet's groups")
+            doc = random_init_subnet(
+                pruned["meta"], pruned["widths"], recipe, seed=seed, label="torch-pruning"
+            )
+            doc["module"] = pruned["module"]
+            doc["inheritance"] = {"chosen": "torch-pruning-l1", "ratio": pruned["ratio"]}
+            save_subnet(doc, pruned_path)
+        self.finetune(pruned_path, tuned, recipe, teacher=work / "full.pt", seed=seed)
+        return {
+            "kind": "torch-pruning",
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            **measure(tuned, latency=False),
+        }
+
+    def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
+        """The uniform-width resnet20 closest below the budget, any channel count."""
+        recipe = build_recipe(self.args, seed)
+        meta = {**META, "bins": 64, "min_bins": 1, "round_to": 1}
+        sn = build_supernet(meta)
+        lo, hi = 0.01, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if sn.macs(sn.space.uniform(mid)) <= budget else (lo, mid)
+        widths = sn.space.uniform(lo)
+        work = self.work(seed)
+        init, tuned = work / f"scratch-{pct(frac)}-init.pt", work / f"scratch-{pct(frac)}.pt"
+        if not init.is_file():
+            save_subnet(
+                random_init_subnet(meta, widths, recipe, seed=1000 + seed, label="scratch"), init
+            )
+        train_from_scratch(
+            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
+        )
+        return {
+            "kind": "scratch",
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            "ratio": lo,
+            "epochs": self.args.scratch_epochs,
+            **measure(tuned, latency=False),
+        }
+
+    def finetune(self, subnet: Path, out: Path, recipe: Recipe, *, teacher: Path, seed: int):
+        if out.is_file():
+            return
+        finetune_subnet(
+            subnet,
+            out=out,
+            epochs=recipe.finetune.epochs,
+            lr=recipe.finetune.lr,
+            weight_decay=recipe.finetune.weight_decay,
+            teacher=teacher,
+            seed=seed,
+            eval_images=0,
+            resume=out.with_name(out.stem + ".ckpt.pt").is_file(),
+            progress=False,
+            log=lambda line: log(f"  {out.stem}: {line}"),
+        )
+
+    # -- table -----------------------------------------------------------------------------
+    def table(self) -> str:
+        rows = [
+            ("trained full network", "full"),
+            ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
+            ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
+            ("uniform widths from scratch", "scratch"),
+        ]
+        head = " | ".join(f"{pct(f)} % MACs" for f in self.args.budgets)
+        lines = [f"| method | {head} |", "|---" + "|---:" * len(self.args.budgets) + "|"]
+        for label, prefix in rows:
+            cols = []
+            for frac in self.args.budgets:
+                docs = [
+                    self.cells.get(
+                        f"{prefix}-s{s}" if prefix == "full" else f"{prefix}-{pct(frac)}-s{s}"
+                    )
+                    for s in self.args.seeds
+                ]
+                docs = [d for d in docs if d is not None]
+                if not docs:
+                    cols.append("-")
+                    continue
+                top = [d["top1"] for d in docs]
+                macs = statistics.mean(d["macs"] for d in docs) / self.full_macs
+                spread = f" ± {statistics.stdev(top):.4f}" if len(top) > 1 else ""
+                cols.append(
+                    f"{statistics.mean(top):.4f}{spread} ({100 * macs:.1f} %, n={len(top)})"
+                )
+            lines.append(f"| {label} | " + " | ".join(cols) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    passive_openmp()
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    bench = Warmstart(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads")}
+    path = out / "settings.json"
+    if path.is_file():  # seeds may be added later; anything else would mix settings
+        saved = json.loads(path.read_text())
+        if {**saved, "seeds": None} != {**settings, "seeds": None}:
+            sys.exit(f"{out} holds cells made with other settings; use another --out")
+    write_json_atomic(settings, path)
+    bench.run()
+    table = bench.table()
+    write_text_atomic(table, out / "tables.md")
+    print(table)
+    return 1 if bench.cells.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
