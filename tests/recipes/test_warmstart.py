@@ -98,9 +98,7 @@ def test_ends_puts_the_most_important_channels_at_both_ends():
 
 
 def test_importance_reads_bn_gammas_after_reordering_front():
-    sn = Supernet.from_model(
-        _randomised("resnet20", 1), torch.zeros(1, 1, 16, 16), bins=8
-    ).eval()
+    sn = Supernet.from_model(_randomised("resnet20", 1), torch.zeros(1, 1, 16, 16), bins=8).eval()
     reorder_channels(sn, "front")
     for name, values in channel_importance(sn).items():
         assert np.all(np.diff(values) <= 1e-12), name  # sorted, most important first
@@ -269,7 +267,7 @@ def test_run_with_init_pretrain_end_to_end_and_reuses_full_pt(tmp_path, capsys):
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "pretraining" in first and (out / "full.pt").is_file()
-    sn, payload = load_supernet(out / "supernet.pt")
+    _, payload = load_supernet(out / "supernet.pt")
     assert payload["init"]["from"] == str(out / "full.pt")
     assert "teacher_state_dict" in payload
     report = (out / "report.md").read_text()
