@@ -5,6 +5,7 @@ from .errors import CheckpointError, DataError, UnsupportedModelError, Widthsear
 from .models import create_model, list_models
 from .space import Group, WidthConfig, WidthSpace
 from .supernet import SIDES, Side, Supernet
+from .warmstart import load_weights, read_state_dict, reorder_channels
 
 __all__ = [
     "SIDES",
@@ -22,5 +23,8 @@ __all__ = [
     "create_model",
     "get_data",
     "list_models",
+    "load_weights",
     "make_loader",
+    "read_state_dict",
+    "reorder_channels",
 ]

@@ -1,7 +1,9 @@
 """Model factory: built-in CIFAR-style ResNets, torchvision and timm classifiers by name.
 
-Every model is built with random weights (never a pretrained download): the supernet is
-trained from scratch, and a download on a machine without internet would fail half-way.
+Every model is built with random weights (never a pretrained download: a download on a
+machine without internet would fail half-way). Trained weights come from a file the user
+gives (``widthsearch train --init``, see :mod:`widthsearch.supernet.warmstart`) or from
+``widthsearch pretrain``.
 """
 
 from __future__ import annotations
