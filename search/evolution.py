@@ -1,16 +1,20 @@
 """``evolution`` (BCNet search) with Optuna's NSGA-II: one study answers every budget.
 
 Each searchable group is an integer parameter (its choice index). Objectives: score
-(maximise) and MACs (minimise); constraint: MACs <= the largest budget. Trials over that
-budget are never evaluated (score 0, marked infeasible by a constraint), so
-they cost a cost-model query only. For each budget the answer is the best-scoring
-evaluated trial within ``[window * budget, budget]`` (else the best under it).
+(maximise) and MACs (minimise). Every trial works for one budget (seeds for the budget
+they were made for, the others in turn), and before it is evaluated its config is
+*repaired* into ``[window * budget, budget]`` with the cost model: widened or narrowed one
+group at a time, in a random order drawn from the trial's number (Baldwinian repair: the
+study keeps the sampled genotype, the evaluation and the answer use the repaired config,
+stored in the trial's ``user_attrs``). So every evaluation is a candidate answer for a
+budget; none is spent on configs far under every budget or over all of them. For each
+budget the answer is the best-scoring trial in its window, and its notes say when no
+evolved trial beat the seeds.
 
 The first generation is seeded with ``enqueue_trial``: per budget the bisection answer,
 the widest uniform config and that config topped up to the budget, plus -- when the
-checkpoint carries per-(group, width) training losses -- samples of BCNet's prior
-population. The per-budget seeds put samples in every budget's neighbourhood, so a
-budget costs a few seeds, not a study.
+checkpoint carries per-(group, width) training losses -- ``prior_samples`` samples of
+BCNet's prior population.
 
 ``storage`` (``sqlite:///file.db``, or a path ending in ``.log``/``.journal`` for a journal
 file) plus a stable study name makes the search resumable and shareable: ``trials`` is the
@@ -35,11 +39,11 @@ from widthsearch.supernet import Supernet
 
 from ._macs import MacsPolynomial
 from ._space import IndexSpace
-from .base import CLOSE_ENOUGH, SearchResult, Strategy, Timer, register_strategy, reject_options
+from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
 from .bisection import bisection_configs
 from .evaluator import SubnetEvaluator
 
-__all__ = ["Evolution", "make_storage", "prior_population", "study_name_for"]
+__all__ = ["Evolution", "make_storage", "prior_population", "repair", "study_name_for"]
 
 _HAS_SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")
 _DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -58,15 +62,24 @@ def make_storage(storage: str | None) -> optuna.storages.BaseStorage | str | Non
             f"storage {storage!r}: use sqlite:///FILE.db (or another database URL) or a "
             "journal file path ending in .log or .journal"
         )
-    return storage
+    try:  # open it now: a bad URL is one clear line, not a traceback from inside a search
+        return optuna.storages.RDBStorage(storage)
+    except Exception as exc:  # sqlalchemy and driver errors of many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"storage {storage!r} cannot be opened ({first}); use sqlite:///FILE.db, another "
+            "database URL whose driver is installed, or a .log/.journal file"
+        ) from None
 
 
-def study_name_for(sn: Supernet, evaluator: SubnetEvaluator, *, max_budget: int, seed: int) -> str:
+def study_name_for(
+    sn: Supernet, evaluator: SubnetEvaluator, *, budgets: Sequence[int], seed: int
+) -> str:
     """A name that is the same exactly when the trials' meaning is the same.
 
     It hashes the supernet's weights and width space, the evaluator's settings, the
-    constraint (largest budget) and the seed, so a resumed search never mixes in scores of
-    another supernet or another held-out set.
+    budgets (trials are repaired into them) and the seed, so a resumed search never mixes
+    in scores of another supernet or another held-out set.
     """
     digest = hashlib.sha1()
     for key, value in sorted(sn.model.state_dict().items()):
@@ -75,7 +88,7 @@ def study_name_for(sn: Supernet, evaluator: SubnetEvaluator, *, max_budget: int,
     facts = {
         "groups": [(g.name, list(g.choices)) for g in sn.space.groups],
         "eval": [evaluator.num_images, evaluator.num_calib, evaluator.batch_size],
-        "max_budget": int(max_budget),
+        "budgets": sorted(int(b) for b in budgets),
         "seed": int(seed),
     }
     digest.update(json.dumps(facts, sort_keys=True).encode())
@@ -175,9 +188,9 @@ class Evolution(Strategy):
         storage: Optuna storage URL or journal path (resumable, multi-process).
         study_name: Override the stable default name (:func:`study_name_for`).
         loss_records: ``{group: {width: [loss_sum, count]}}`` for the prior population.
-        prior_samples: Prior-population seeds per budget (default 2).
+        prior_samples: Prior-population seeds per budget (default 8).
         prior_temperature: ``T`` of the prior (default 0.1, loss units).
-        window: A result should use at least this share of its budget (default 0.9).
+        window: Trials are repaired into ``[window * budget, budget]`` (default 0.97).
         progress: Show Optuna's progress bar (default: when stderr is a terminal).
     """
 
@@ -193,23 +206,25 @@ class Evolution(Strategy):
         storage: str | None = None,
         study_name: str | None = None,
         loss_records: Mapping[str, Mapping[Any, Sequence[float]]] | None = None,
-        prior_samples: int = 2,
+        prior_samples: int = 8,
         prior_temperature: float = 0.1,
-        window: float = CLOSE_ENOUGH,
+        window: float = 0.97,
         progress: bool | None = None,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
         if trials < 1:
             raise ValueError(f"evolution: trials must be >= 1, got {trials}")
+        if not 0 < window <= 1:
+            raise ValueError(f"evolution: window must be in (0, 1], got {window}")
         space = IndexSpace(supernet)
-        max_budget = int(max(budgets))
+        budgets = [int(b) for b in budgets]
         before = evaluator.evaluations
         with Timer() as timer:
             study = self._study(
                 supernet,
                 evaluator,
-                max_budget,
+                budgets,
                 seed,
                 population or _population(trials),
                 storage,
@@ -223,19 +238,19 @@ class Evolution(Strategy):
                 for t in existing
             }
             room = trials - len(existing)
-            for idx in self._seeds(
+            for idx, target in self._seeds(
                 space, budgets, seed, loss_records, prior_samples, prior_temperature
             ):
                 key = tuple(int(i) for i in idx)
                 if room <= 0:
                     break
                 if key not in have:
-                    study.enqueue_trial(_params(space, idx))
+                    study.enqueue_trial(_params(space, idx), user_attrs={"target": target})
                     have.add(key)
                     room -= 1
             done = sum(t.state in _DONE for t in study.get_trials(deepcopy=False))
             if done < trials:
-                objective = _Objective(space, evaluator, max_budget)
+                objective = _Objective(space, evaluator, budgets, window, seed)
                 with _quiet_optuna():
                     study.optimize(
                         objective,
@@ -256,6 +271,8 @@ class Evolution(Strategy):
         results = []
         for budget in budgets:
             best = _best_under(finished, budget, window)
+            seeded = [t for t in finished if "fixed_params" in t.system_attrs]
+            best_seed = _best_under(seeded, budget, window)
             if best is None:  # nothing evaluated fits: fall back to the bisection answer
                 idx = bisection_configs(supernet, [budget])[0]
                 results.append(
@@ -270,7 +287,10 @@ class Evolution(Strategy):
                     )
                 )
                 continue
-            idx = np.array([best.params[n] for n in space.names], dtype=np.int64)
+            idx = np.array(best.user_attrs["idx"], dtype=np.int64)
+            notes = [note]
+            if best_seed is not None and best.number == best_seed.number:
+                notes.append("no evolved trial beat the seeds (bisection, uniform, prior)")
             results.append(
                 self.result(
                     space,
@@ -280,20 +300,20 @@ class Evolution(Strategy):
                     evaluations=spent,
                     seconds=timer.seconds,
                     score=float(best.values[0]),
-                    notes=[note],
+                    notes=notes,
                 )
             )
         return results
 
     # -- pieces ----------------------------------------------------------------------------
-    def _study(self, sn, evaluator, max_budget, seed, population, storage, study_name):
+    def _study(self, sn, evaluator, budgets, seed, population, storage, study_name):
         # Optuna >= 5 reads constraints set on the trial (``constraints_func`` is deprecated
         # there); older versions need the callback.
         legacy = {} if _HAS_SET_CONSTRAINT else {"constraints_func": _constraints}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **legacy)
-        name = study_name or study_name_for(sn, evaluator, max_budget=max_budget, seed=seed)
+        name = study_name or study_name_for(sn, evaluator, budgets=budgets, seed=seed)
         with _quiet_optuna():
             study = optuna.create_study(
                 directions=["maximize", "minimize"],
@@ -305,36 +325,45 @@ class Evolution(Strategy):
         return study
 
     def _seeds(self, space, budgets, seed, loss_records, prior_samples, temperature):
-        """Per-budget seeds, most useful first: bisection answers, uniform configs topped up
-        to the budget, BCNet prior samples, then the plain uniform configs."""
-        tiers: list[list[np.ndarray]] = [[], [], [], []]
+        """Per-budget ``(seed, budget)`` pairs, most useful first: bisection answers, uniform
+        configs topped up to the budget, BCNet prior samples, then the plain uniform configs."""
+        tiers: list[list[tuple[np.ndarray, int]]] = [[], [], [], []]
         rng = np.random.default_rng([seed, 7])
         for budget, bis in zip(budgets, bisection_configs(space.sn, budgets), strict=True):
-            tiers[0].append(bis)
+            tiers[0].append((bis, budget))
             uni = space.largest_uniform_under(budget)
             if uni is not None:
-                tiers[1].append(space.grow(uni, budget))
-                tiers[3].append(uni)
+                tiers[1].append((space.grow(uni, budget), budget))
+                tiers[3].append((uni, budget))
             if loss_records and prior_samples > 0:
-                tiers[2].extend(
-                    prior_population(
-                        space,
-                        loss_records,
-                        budget,
-                        count=prior_samples,
-                        rng=rng,
-                        temperature=temperature,
-                    )
+                prior = prior_population(
+                    space,
+                    loss_records,
+                    budget,
+                    count=prior_samples,
+                    rng=rng,
+                    temperature=temperature,
                 )
-        unique: dict[tuple[int, ...], np.ndarray] = {}
-        for idx in (idx for tier in tiers for idx in tier):
-            unique.setdefault(tuple(int(i) for i in idx), idx)
+                tiers[2].extend((idx, budget) for idx in prior)
+        unique: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}
+        for idx, budget in (pair for tier in tiers for pair in tier):
+            unique.setdefault(tuple(int(i) for i in idx), (idx, budget))
         return list(unique.values())
 
 
 class _Objective:
-    def __init__(self, space: IndexSpace, evaluator: SubnetEvaluator, max_budget: int) -> None:
-        self.space, self.evaluator, self.max_budget = space, evaluator, max_budget
+    """Sample, repair into the trial's budget window, evaluate (see the module docstring)."""
+
+    def __init__(
+        self,
+        space: IndexSpace,
+        evaluator: SubnetEvaluator,
+        budgets: Sequence[int],
+        window: float,
+        seed: int,
+    ) -> None:
+        self.space, self.evaluator = space, evaluator
+        self.budgets, self.window, self.seed = list(budgets), window, seed
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         space = self.space
@@ -345,18 +374,36 @@ class _Objective:
             ],
             dtype=np.int64,
         )
+        target = int(trial.user_attrs.get("target", self.budgets[trial.number % len(self.budgets)]))
+        idx = repair(
+            space, idx, target, self.window, rng=np.random.default_rng([self.seed, trial.number])
+        )
         macs = int(space.macs(idx))
+        trial.set_user_attr("target", target)
+        trial.set_user_attr("idx", [int(i) for i in idx])
         trial.set_user_attr("macs", macs)
-        trial.set_user_attr("limit", self.max_budget)
+        trial.set_user_attr("limit", target)
         if _HAS_SET_CONSTRAINT:  # <= 0 is feasible
-            trial.set_constraint("macs_over_budget", float(macs - self.max_budget))
-        if macs > self.max_budget:  # infeasible: no evaluation, the constraint marks it
+            trial.set_constraint("macs_over_budget", float(macs - target))
+        if macs > target:  # the budget is below the space: nothing to evaluate
             trial.set_user_attr("evaluated", False)
             return 0.0, float(macs)
         with torch.no_grad():
             score = self.evaluator.score(space.config(idx))
         trial.set_user_attr("evaluated", True)
         return float(score), float(macs)
+
+
+def repair(
+    space: IndexSpace, idx: np.ndarray, budget: int, window: float, *, rng: np.random.Generator
+) -> np.ndarray:
+    """Move ``idx`` into ``[window * budget, budget]`` MACs where the space allows: narrow
+    random groups until it fits, then widen random groups while it still fits."""
+    if int(space.macs(idx)) > budget:
+        idx = space.shrink(idx, budget, cost=lambda _i, groups, _saved: rng.random(len(groups)))
+    if int(space.macs(idx)) < window * budget:
+        idx = space.grow(idx, budget, priority=lambda _i, groups, _added: rng.random(len(groups)))
+    return idx
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -373,7 +420,7 @@ def _population(trials: int) -> int:
 
 
 def _best_under(trials: list[optuna.trial.FrozenTrial], budget: int, window: float):
-    under = [t for t in trials if t.user_attrs["macs"] <= budget]
+    under = [t for t in trials if "idx" in t.user_attrs and t.user_attrs["macs"] <= budget]
     near = [t for t in under if t.user_attrs["macs"] >= window * budget]
     pool = near or under
     if not pool:

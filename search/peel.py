@@ -9,8 +9,13 @@
    step or as far as the pool still allows.
 5. Leftovers: widen the most informative group that still fits, one choice at a time
    (cost model only), until nothing fits.
+6. Reallocation (``moves`` > 0): take one choice from the least informative group that can
+   give one and spend what it frees on the most informative groups (cost model); keep the
+   move when the supernet scores it higher, else try the next pair; stop when no pair of
+   the ``pairs`` tried improves, or after ``moves`` accepted moves. Width thus flows from
+   less to more informative layers in both directions, not only onto a uniform backbone.
 
-Each answer is then evaluated once.
+Each answer is then evaluated once (plus one evaluation per reallocation trial).
 """
 
 from __future__ import annotations
@@ -64,9 +69,79 @@ def allocate(
     return space.grow(idx, budget, priority=lambda _i, groups, _added: rank[groups])
 
 
+def reallocate(
+    space: IndexSpace,
+    evaluator: SubnetEvaluator,
+    idx: np.ndarray,
+    budget: int,
+    info: np.ndarray,
+    *,
+    moves: int,
+    pairs: int,
+) -> tuple[np.ndarray, int]:
+    """Step 6: ``(config, accepted moves)``; every trial stays within ``budget``.
+
+    A move narrows a donor (least informative first) until what it frees widens a receiver
+    (most informative first) by one choice, then spends any rest by informativeness. Each
+    round evaluates at most ``pairs`` such moves and keeps the first that scores higher.
+    """
+    rank = np.where(np.isfinite(info), info, -1e30)
+    order = np.argsort(rank, kind="stable")
+    best = np.array(idx, dtype=np.int64)
+    best_score = evaluator.score(space.config(best))
+    accepted = 0
+    while accepted < moves:
+        improved, tried = False, 0
+        for donor, receiver in _move_pairs(order, best, space.sizes):
+            trial = _fund(space, best, donor, receiver, budget)
+            if trial is None:
+                continue
+            allowed = np.arange(len(space)) != donor  # the freed MACs go elsewhere
+            trial = space.grow(
+                trial, budget, priority=lambda _i, groups, _added: rank[groups], allowed=allowed
+            )
+            tried += 1
+            score = evaluator.score(space.config(trial))
+            if score > best_score:
+                best, best_score, improved = trial, score, True
+                accepted += 1
+                break
+            if tried >= pairs:
+                break
+        if not improved:
+            break
+    return best, accepted
+
+
+def _move_pairs(order: np.ndarray, idx: np.ndarray, sizes: np.ndarray):
+    """(donor, receiver) pairs: donors least informative first, receivers most first."""
+    donors = [int(g) for g in order if idx[g] > 0]
+    receivers = [int(g) for g in order[::-1] if idx[g] < sizes[g] - 1]
+    for receiver in receivers:
+        for donor in donors:
+            if donor != receiver:
+                yield donor, receiver
+
+
+def _fund(
+    space: IndexSpace, idx: np.ndarray, donor: int, receiver: int, budget: int
+) -> np.ndarray | None:
+    """Narrow ``donor`` until ``receiver`` widened by one choice fits, or ``None``."""
+    trial = idx.copy()
+    while trial[donor] > 0:
+        trial[donor] -= 1
+        wider = trial.copy()
+        wider[receiver] += 1
+        if space.macs(wider) <= budget:
+            return wider
+    return None
+
+
 @register_strategy("peel")
 class Peel(Strategy):
-    """PEEL. Options: ``backbone_ratio`` (default 0.75), ``step`` (choices, default 2)."""
+    """PEEL. Options: ``backbone_ratio`` (default 0.75), ``step`` (choices, default 2),
+    ``moves`` (accepted reallocation moves, default 6; 0: none) and ``pairs`` (donors tried
+    per move, default 3)."""
 
     def search(
         self,
@@ -77,11 +152,15 @@ class Peel(Strategy):
         seed: int,
         backbone_ratio: float = 0.75,
         step: int = 2,
+        moves: int = 6,
+        pairs: int = 3,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
-        if not 0 < backbone_ratio < 1 or step < 1:
-            raise ValueError("peel: need 0 < backbone_ratio < 1 and step >= 1")
+        if not 0 < backbone_ratio < 1 or step < 1 or moves < 0 or pairs < 1:
+            raise ValueError(
+                "peel: need 0 < backbone_ratio < 1, step >= 1, moves >= 0 and pairs >= 1"
+            )
         space = IndexSpace(supernet)
         measured: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, int, float, list[int]]] = {}
         results = []
@@ -97,18 +176,23 @@ class Peel(Strategy):
                 measured[key] = (info, steps, evaluator.evaluations - before, t.seconds, [])
             info, steps, spent, seconds, users = measured[key]
             users.append(budget)
+            before = evaluator.evaluations
             with Timer() as t:
                 idx = allocate(space, backbone, budget, info, steps)
+                idx, accepted = reallocate(
+                    space, evaluator, idx, budget, info, moves=moves, pairs=pairs
+                )
             note = (
                 f"backbone {int(space.macs(backbone))} MACs; its measurement "
-                f"({spent} evaluations) is shared by every budget with this backbone"
+                f"({spent} evaluations) is shared by every budget with this backbone; "
+                f"{accepted} reallocation move(s) kept"
             )
             res = self.result(
                 space,
                 evaluator,
                 idx,
                 budget,
-                evaluations=spent,
+                evaluations=spent + evaluator.evaluations - before,
                 seconds=seconds + t.seconds,
                 notes=[note],
             )

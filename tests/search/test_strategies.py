@@ -97,19 +97,31 @@ def test_evolution_many_budgets_cost_about_one(loaded):
     assert 0 < spent["five"] < 2 * spent["one"], spent
 
 
-def test_evolution_skips_trials_over_the_largest_budget(loaded, tmp_path):
+def test_evolution_repairs_every_trial_into_its_budget_window(loaded, tmp_path):
+    """Every trial (sampled or seeded) is moved into [0.97, 1] x its budget before it is
+    evaluated, budgets take turns, and the evaluator runs once per distinct repaired config."""
     sn, payload = loaded
     evaluator = build_evaluator(sn, payload)
-    budget = resolve_budgets(sn, [0.3])
+    budgets = resolve_budgets(sn, [0.3, 0.6])
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    get_strategy("evolution").search(
-        sn, evaluator, budgets=budget, seed=2, trials=20, storage=storage, study_name="s"
+    results = get_strategy("evolution").search(
+        sn, evaluator, budgets=budgets, seed=2, trials=20, storage=storage, study_name="s"
     )
     trials = optuna.load_study(study_name="s", storage=storage).trials
-    over = [t for t in trials if t.user_attrs["macs"] > budget[0]]
-    evaluated = {tuple(sorted(t.params.items())) for t in trials if t.user_attrs["evaluated"]}
-    assert over and all(not t.user_attrs["evaluated"] and t.values[0] == 0.0 for t in over)
-    assert evaluator.evaluations == len(evaluated)
+    assert len(trials) == 20
+    targets = [t.user_attrs["target"] for t in trials]
+    assert set(targets) == set(budgets)
+    for t in trials:
+        assert t.user_attrs["evaluated"]
+        assert 0.97 * t.user_attrs["target"] <= t.user_attrs["macs"] <= t.user_attrs["target"]
+    repaired = {tuple(t.user_attrs["idx"]) for t in trials}
+    assert evaluator.evaluations == len(repaired)
+    sampled = [t for t in trials if "fixed_params" not in t.system_attrs]
+    assert any(
+        tuple(t.user_attrs["idx"]) != tuple(t.params[n] for n in sorted(t.params)) for t in sampled
+    )
+    for res, budget in zip(results, budgets, strict=True):
+        assert 0.97 * budget <= res.macs <= budget
 
 
 def _journal(path):
@@ -155,9 +167,43 @@ def test_peel_shares_measurements_between_budgets(loaded):
     space = IndexSpace(sn)
     backbones = {tuple(space.largest_uniform_under(int(0.75 * b))) for b in budgets}
     assert len(backbones) == 1  # same backbone for both budgets
-    results = get_strategy("peel").search(sn, evaluator, budgets=budgets, seed=0)
+    results = get_strategy("peel").search(sn, evaluator, budgets=budgets, seed=0, moves=0)
     assert evaluator.evaluations <= 1 + len(space) + len(budgets)
     assert all("shared" in r.notes for r in results)
+
+
+class _WidthLover:
+    """A stand-in evaluator: the score is the width of one group (counts its calls)."""
+
+    def __init__(self, space: IndexSpace, group: int) -> None:
+        self.space, self.group, self.evaluations = space, space.names[group], 0
+
+    def score(self, cfg) -> float:
+        self.evaluations += 1
+        return float(cfg[self.group])
+
+
+def test_peel_reallocation_moves_width_from_uninformative_to_informative_groups(loaded):
+    from widthsearch.search.peel import reallocate
+
+    sn, _ = loaded
+    space = IndexSpace(sn)
+    budget = resolve_budgets(sn, [0.5])[0]
+    start = space.grow(space.largest_uniform_under(int(0.75 * budget)), budget)
+    target = int(np.argmin(start - (space.sizes - 1)))  # a group that can still widen
+    info = np.arange(len(space), dtype=np.float64)
+    info[target] = 1e9  # the most informative group
+    evaluator = _WidthLover(space, target)
+    moved, accepted = reallocate(space, evaluator, start, budget, info, moves=4, pairs=3)
+    assert accepted >= 1 and space.macs(moved) <= budget
+    assert moved[target] > start[target]  # width went into the informative group ...
+    assert (moved < start).any()  # ... out of others
+    assert evaluator.evaluations <= 1 + 4 * 3
+    # nothing to gain: the score ignores widths -> no move is kept
+    flat = _WidthLover(space, target)
+    flat.score = lambda cfg: 0.5
+    same, none = reallocate(space, flat, start, budget, info, moves=4, pairs=3)
+    assert none == 0 and np.array_equal(same, start)
 
 
 def test_prior_population_follows_recorded_losses(loaded):
