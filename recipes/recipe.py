@@ -99,6 +99,7 @@ class SearchSection:
         default_factory=lambda: ["bisection", "evolution", "peel", "relax", "uniform", "random"]
     )  # strategy names from the registry
     budgets: list[float | str] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # MACs budgets
+    score: str = "top1"  # subnet score: top1 | ce (cross-entropy) | kd (vs the trained network)
     heldout_images: int = 1000  # held-out images per subnet score
     calib_batches: int = 4  # BN recalibration batches per subnet score
     eval_batch_size: int = 250  # batch size for scoring and calibration
@@ -245,5 +246,7 @@ def check_train(recipe: Recipe) -> None:
         raise ValueError(f"[train].coverage must be 'levels' or 'independent', got {t.coverage!r}")
     if not 0.0 <= t.teacher_alpha <= 1.0 or t.teacher_temperature <= 0:
         raise ValueError("[train] needs 0 <= teacher_alpha <= 1 and teacher_temperature > 0")
+    if recipe.search.score not in ("top1", "ce", "kd"):
+        raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
     if t.level_spread < 0 or recipe.pretrain.epochs < 0:
         raise ValueError("[train].level_spread and [pretrain].epochs must be >= 0")

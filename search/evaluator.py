@@ -1,9 +1,13 @@
 """The subnet evaluator: how good is a width config, measured on the supernet itself.
 
-Score = mean of the left and right subnets' top-1 on a held-out split of the *training*
-data (never the test set), each after BN recalibration (AutoSlim, BCNet). Held-out and
-calibration images are loaded once as tensors in fixed batches, so scoring is a pure
-function of the config: deterministic, and cached per config.
+Score = mean over the left and right subnets of a held-out metric on a split of the
+*training* data (never the test set), each after BN recalibration (AutoSlim, BCNet).
+Held-out and calibration images are loaded once as tensors in fixed batches, so scoring is
+a pure function of the config: deterministic, and cached per config. Metrics (higher is
+better): ``top1``; ``ce``, minus the mean cross-entropy; ``kd``, minus the mean
+``KL(teacher || subnet)`` against a trained network's predictions on the same images. The
+losses use every image's full prediction, not only its arg-max, so they are less noisy than
+top-1 on the same images.
 
 Recalibration overwrites the running stats of the active channels in the supernet itself.
 The evaluator snapshots every BN buffer when it is built and puts them back after each
@@ -18,11 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from widthsearch.supernet import SIDES, Supernet
 from widthsearch.supernet.bn import bn_layers, recalibrate_bn
 
-__all__ = ["SubnetEvaluator", "load_split_images"]
+__all__ = ["METRICS", "SubnetEvaluator", "load_split_images"]
+
+METRICS = ("top1", "ce", "kd")
 
 
 class SubnetEvaluator:
@@ -36,6 +43,8 @@ class SubnetEvaluator:
         batch_size: Batch size for scoring and calibration.
         sides: The BCNet sides averaged into a score. Both for a BCNet supernet; only
             ``("left",)`` for a sandwich-rule one, whose right-aligned slices never trained.
+        metric: ``"top1"``, ``"ce"`` or ``"kd"`` (see the module docstring).
+        teacher_logits: The trained network's logits on ``images`` (``metric="kd"``).
 
     Attributes:
         evaluations: Configs actually evaluated (cache misses).
@@ -53,7 +62,13 @@ class SubnetEvaluator:
         *,
         batch_size: int = 250,
         sides: Sequence[str] = SIDES,
+        metric: str = "top1",
+        teacher_logits: torch.Tensor | None = None,
     ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if metric == "kd" and (teacher_logits is None or len(teacher_logits) != len(images)):
+            raise ValueError("metric 'kd' needs the teacher's logits, one row per held-out image")
         if not sides or any(side not in SIDES for side in sides):
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sides!r}")
         if len(images) == 0 or len(images) != len(labels):
@@ -71,6 +86,12 @@ class SubnetEvaluator:
             for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
         ]
         self._calib = [x.to(device) for x in calib_images.split(batch_size)]
+        self.metric = metric
+        self._teacher = (
+            [t.to(device) for t in teacher_logits.split(batch_size)]
+            if teacher_logits is not None
+            else None
+        )
         self.num_images = len(images)
         self.num_calib = len(calib_images)
         self._cache: dict[tuple[int, ...], tuple[float, float]] = {}
@@ -93,11 +114,14 @@ class SubnetEvaluator:
         batch_size: int = 250,
         seed: int = 0,
         sides: Sequence[str] = SIDES,
+        metric: str = "top1",
+        teacher: torch.nn.Module | None = None,
     ) -> SubnetEvaluator:
         """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
 
         ``calib`` defaults to ``heldout``; pass the un-augmented training split to keep
-        calibration and scoring images disjoint.
+        calibration and scoring images disjoint. ``teacher`` (for ``metric="kd"``) is run
+        once on the scoring images.
         """
         if heldout_images < 1 or calib_batches < 1:
             raise ValueError("heldout_images and calib_batches must be >= 1")
@@ -105,7 +129,24 @@ class SubnetEvaluator:
         calib_x, _ = load_split_images(
             calib if calib is not None else heldout, calib_batches * batch_size, seed=seed + 1
         )
-        return cls(supernet, images, labels, calib_x, batch_size=batch_size, sides=sides)
+        teacher_logits = None
+        if teacher is not None:
+            teacher.eval()
+            device = next(supernet.parameters()).device
+            with torch.no_grad():
+                teacher_logits = torch.cat(
+                    [teacher(x.to(device)).cpu() for x in images.split(batch_size)]
+                )
+        return cls(
+            supernet,
+            images,
+            labels,
+            calib_x,
+            batch_size=batch_size,
+            sides=sides,
+            metric=metric,
+            teacher_logits=teacher_logits,
+        )
 
     # -- BN buffers --------------------------------------------------------------------------
     def _bn_buffers_copy(self) -> list[list[torch.Tensor]]:
@@ -136,7 +177,7 @@ class SubnetEvaluator:
         return self.key(cfg) in self._cache
 
     def sides(self, cfg: Mapping[str, int]) -> tuple[float, ...]:
-        """Held-out top-1 of ``cfg`` per side in ``side_names``, each after BN recalibration."""
+        """Held-out metric of ``cfg`` per side in ``side_names``, each after BN recalibration."""
         key = self.key(cfg)
         self.calls += 1
         hit = self._cache.get(key)
@@ -157,20 +198,29 @@ class SubnetEvaluator:
         return result  # type: ignore[return-value]
 
     def score(self, cfg: Mapping[str, int]) -> float:
-        """Mean held-out top-1 over the scored sides (cached)."""
+        """Mean held-out metric over the scored sides (cached)."""
         per_side = self.sides(cfg)
         return sum(per_side) / len(per_side)
 
     @torch.no_grad()
     def _side_top1(self, cfg: Mapping[str, int], side: str) -> float:
+        """This side's metric (higher is better), after BN recalibration."""
         sn = self.supernet
         recalibrate_bn(sn, self._calib, cfg=cfg, side=side)
-        correct = 0
+        total = 0.0
         with sn.active(cfg, side):
-            for x, y in self._batches:
-                correct += int((sn(x).argmax(1) == y).sum())
+            for i, (x, y) in enumerate(self._batches):
+                logits = sn(x)
+                if self.metric == "top1":
+                    total += float((logits.argmax(1) == y).sum())
+                elif self.metric == "ce":
+                    total -= float(F.cross_entropy(logits, y, reduction="sum"))
+                else:
+                    teacher = F.log_softmax(self._teacher[i], dim=1)
+                    student = F.log_softmax(logits, dim=1)
+                    total -= float((teacher.exp() * (teacher - student)).sum())
         self.images_seen += self.num_calib + self.num_images
-        return correct / self.num_images
+        return total / self.num_images
 
     # -- reporting ---------------------------------------------------------------------------
     @property
@@ -186,6 +236,7 @@ class SubnetEvaluator:
             "calib_images": self.num_calib,
             "batch_size": self.batch_size,
             "sides": list(self.side_names),
+            "metric": self.metric,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
         }

@@ -28,13 +28,16 @@ def build_evaluator(
     calib_batches: int | None = None,
     batch_size: int | None = None,
     seed: int | None = None,
+    metric: str | None = None,
 ) -> SubnetEvaluator:
     """The evaluator for a loaded checkpoint: its held-out split, settings from its recipe.
 
     Dataset, held-out size and split seed come from ``payload["recipe"]["data"]`` so the
     held-out images are exactly those training never saw; scoring sizes come from
-    ``payload["recipe"]["search"]`` unless given. Calibration batches are drawn from the
-    (un-augmented) training split, so they never overlap the scored images.
+    ``payload["recipe"]["search"]`` unless given (``metric``: its ``score``). Calibration
+    batches are drawn from the (un-augmented) training split, so they never overlap the
+    scored images. ``metric="kd"`` scores against the trained network a warm-started
+    supernet carries.
 
     Raises:
         CheckpointError: the checkpoint carries no recipe data settings, or they do not fit
@@ -75,6 +78,22 @@ def build_evaluator(
 
     train = recipe.get("train") if isinstance(recipe.get("train"), Mapping) else {}
     trainer = train.get("trainer", "bcnet")
+    metric = metric or search.get("score", "top1")
+    teacher = None
+    if metric == "kd":
+        state = payload.get("teacher_state_dict")
+        if state is None:
+            raise CheckpointError(
+                "score 'kd' needs the trained network a warm-started supernet carries; this "
+                "supernet was trained from scratch: use score 'top1' or 'ce'"
+            )
+        from widthsearch.supernet import create_model, load_weights
+
+        teacher = create_model(
+            meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"])
+        )
+        load_weights(teacher, state, where="the supernet's teacher")
+        teacher.to(next(supernet.parameters()).device)
 
     def pick(value: int | None, key: str, default: int) -> int:
         return int(value if value is not None else search.get(key, default))
@@ -89,6 +108,8 @@ def build_evaluator(
         seed=pick(seed, "seed", 0),
         # the sandwich rule trains left-aligned subnets only: its right side is no subnet
         sides=("left",) if trainer == "sandwich" else SIDES,
+        metric=metric,
+        teacher=teacher,
     )
 
 
