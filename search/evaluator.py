@@ -45,6 +45,8 @@ class SubnetEvaluator:
             ``("left",)`` for a sandwich-rule one, whose right-aligned slices never trained.
         metric: ``"top1"``, ``"ce"`` or ``"kd"`` (see the module docstring).
         teacher_logits: The trained network's logits on ``images`` (``metric="kd"``).
+        fit: Held-out ``(images, labels)`` disjoint from ``images``, for strategies that fit
+            parameters on data (relax): scores stay measured on images nothing fitted.
 
     Attributes:
         evaluations: Configs actually evaluated (cache misses).
@@ -64,6 +66,7 @@ class SubnetEvaluator:
         sides: Sequence[str] = SIDES,
         metric: str = "top1",
         teacher_logits: torch.Tensor | None = None,
+        fit: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -87,6 +90,14 @@ class SubnetEvaluator:
         ]
         self._calib = [x.to(device) for x in calib_images.split(batch_size)]
         self.metric = metric
+        self._fit = (
+            [
+                (x.to(device), y.to(device))
+                for x, y in zip(fit[0].split(batch_size), fit[1].split(batch_size), strict=True)
+            ]
+            if fit is not None
+            else None
+        )
         self._teacher = (
             [t.to(device) for t in teacher_logits.split(batch_size)]
             if teacher_logits is not None
@@ -116,16 +127,21 @@ class SubnetEvaluator:
         sides: Sequence[str] = SIDES,
         metric: str = "top1",
         teacher: torch.nn.Module | None = None,
+        fit_images: int = 0,
     ) -> SubnetEvaluator:
         """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
 
         ``calib`` defaults to ``heldout``; pass the un-augmented training split to keep
         calibration and scoring images disjoint. ``teacher`` (for ``metric="kd"``) is run
-        once on the scoring images.
+        once on the scoring images. ``fit_images`` more held-out images, disjoint from the
+        scored ones, are kept for strategies that fit parameters (:attr:`fit_batches`).
         """
         if heldout_images < 1 or calib_batches < 1:
             raise ValueError("heldout_images and calib_batches must be >= 1")
         images, labels = load_split_images(heldout, heldout_images, seed=seed)
+        fit = None
+        if fit_images > 0 and len(heldout) > heldout_images:  # type: ignore[arg-type]
+            fit = load_split_images(heldout, fit_images, seed=seed, skip=heldout_images)
         calib_x, _ = load_split_images(
             calib if calib is not None else heldout, calib_batches * batch_size, seed=seed + 1
         )
@@ -146,6 +162,7 @@ class SubnetEvaluator:
             sides=sides,
             metric=metric,
             teacher_logits=teacher_logits,
+            fit=fit,
         )
 
     # -- BN buffers --------------------------------------------------------------------------
@@ -263,19 +280,30 @@ class SubnetEvaluator:
         return self._batches
 
     @property
+    def fit_batches(self) -> Sequence[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Held-out (images, labels) batches disjoint from the scored ones (``None``: none)."""
+        return self._fit
+
+    @property
     def calib_batches(self) -> Sequence[torch.Tensor]:
         """The fixed BN calibration batches."""
         return self._calib
 
 
 def load_split_images(
-    dataset: Dataset, count: int, *, seed: int = 0
+    dataset: Dataset, count: int, *, seed: int = 0, skip: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of ``count`` items (all if fewer) stacked as tensors."""
+    """A seeded random subset of ``count`` items (all if fewer) stacked as tensors.
+
+    ``skip`` leaves out the first ``skip`` items of the same seeded order: calls with the
+    same seed and ``skip`` = the other's ``count`` give disjoint subsets.
+    """
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("dataset split is empty")
-    order = np.random.default_rng(seed).permutation(n)[: min(count, n)]
+    order = np.random.default_rng(seed).permutation(n)[skip : skip + count]
+    if not len(order):
+        raise ValueError(f"dataset split has only {n} items, none left after {skip}")
     items = [dataset[int(i)] for i in np.sort(order)]
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)

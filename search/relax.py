@@ -13,7 +13,8 @@ dropped at extraction). Its block's contribution to the residual stream is then 
 ``P(w_g > 0)``, so a one-hot distribution on 0 makes the block exactly the identity, as the
 supernet does at width 0.
 
-Loss per step on held-out batches: cross-entropy + ``penalty * (E[MACs] / budget - 1)^2``,
+Loss per step on held-out batches disjoint from the scored ones (the evaluator's
+``fit_batches``): cross-entropy + ``penalty * (E[MACs] / budget - 1)^2``,
 where ``E[MACs]`` is exact for independent group widths: the cost model written as gated
 quadratic forms (recovered by finite differences from ``sn.cost.macs``, see :mod:`._macs`)
 applied to each width's first two moments and its probability of 0.
@@ -217,8 +218,10 @@ class _LogitTrainer:
         self.sn, self.space, self.evaluator = sn, space, evaluator
         self.lr, self.penalty = lr, penalty
         self.poly = MacsPolynomial(sn)
-        self.images = torch.cat([x for x, _ in evaluator.batches])
-        self.labels = torch.cat([y for _, y in evaluator.batches])
+        # fit on held-out images the scores never see (the scored ones only if none)
+        batches = evaluator.fit_batches or evaluator.batches
+        self.images = torch.cat([x for x, _ in batches])
+        self.labels = torch.cat([y for _, y in batches])
         self.batch_size = min(batch_size, len(self.images))
         self.generator = torch.Generator().manual_seed(seed)
         self.full = torch.as_tensor(sn.widths_vector(sn.space.max()), dtype=torch.float64)

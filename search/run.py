@@ -1,6 +1,6 @@
 """Running several strategies over many budgets, and building the evaluator from a checkpoint.
 
-:func:`run_search` returns the JSON document ``widthsearch search`` writes (DESIGN.md);
+:func:`run_search` returns the JSON document ``widthsearch search`` writes (see the README);
 :func:`build_evaluator` rebuilds the held-out split the supernet's training held out, from
 the recipe stored in its checkpoint -- never the test split.
 """
@@ -110,6 +110,8 @@ def build_evaluator(
         sides=("left",) if trainer == "sandwich" else SIDES,
         metric=metric,
         teacher=teacher,
+        # relax fits its width logits on data: its own images, never the scored ones
+        fit_images=pick(heldout_images, "heldout_images", 1000),
     )
 
 

@@ -109,7 +109,7 @@ def config_of():
 
 @pytest.fixture(scope="session")
 def search_path(supernet_path, tmp_path_factory) -> Path:
-    """A search JSON of DESIGN.md, written by hand: uniform and random at 50 % and 75 %."""
+    """A search JSON as `widthsearch search` writes it, by hand: uniform, random at 50/75 %."""
     sn, _ = load_supernet(supernet_path)
     full = sn.macs()
     results = []

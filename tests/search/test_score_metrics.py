@@ -71,3 +71,28 @@ def test_unknown_metric_is_rejected(loaded):
     sn, payload = loaded
     with pytest.raises(ValueError, match="metric"):
         build_evaluator(sn, payload, metric="auc")
+
+
+def test_relax_fits_on_images_disjoint_from_the_scored_ones(loaded, monkeypatch):
+    from widthsearch.search import relax as relax_module
+
+    sn, payload = loaded
+    evaluator = build_evaluator(sn, payload, heldout_images=120)
+    scored = torch.cat([x for x, _ in evaluator.batches]).flatten(1)
+    fit = torch.cat([x for x, _ in evaluator.fit_batches]).flatten(1)
+    assert len(scored) == 120 and len(fit) == 80  # the rest of the 200 held-out images
+    # no fitting image is a scored image
+    assert not (torch.cdist(fit, scored).min(dim=1).values < 1e-6).any()
+    seen = {}
+    original = relax_module._LogitTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen["images"] = self.images.flatten(1)
+
+    monkeypatch.setattr(relax_module._LogitTrainer, "__init__", spy)
+    from widthsearch.search import get_strategy, resolve_budgets
+
+    budgets = resolve_budgets(sn, [0.5])
+    get_strategy("relax").search(sn, evaluator, budgets=budgets, seed=0, steps=2)
+    assert torch.equal(seen["images"], fit)
