@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from collections import defaultdict
@@ -37,7 +36,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,7 +51,7 @@ from ._distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from .checkpoint import load_checkpoint, save_supernet
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_supernet
 from .errors import CheckpointError, WidthsearchError
 from .sampling import FairSampler, SandwichSampler, step_rng
 from .space import WidthConfig
@@ -421,13 +419,6 @@ class SupernetTrainer:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -438,7 +429,7 @@ class SupernetTrainer:
             "steps_per_epoch": self.steps_per_epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
+            "rng": capture_rng_state(),  # tensors and plain data: weights-only loadable
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -446,15 +437,7 @@ class SupernetTrainer:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "numpy" in rng:
-            np.random.set_state(rng["numpy"])
-        if "python" in rng:
-            random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng_state(state.get("rng") or {})
 
     # -- one epoch -----------------------------------------------------------------------
     def _prep(self, x: Tensor) -> Tensor:
@@ -666,6 +649,7 @@ def train_supernet(
     progress: bool = True,
     log: Any = print,
     stop_after: int | None = None,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """Train the supernet of ``recipe``, writing ``out_dir/supernet.pt`` and ``train.jsonl``.
 
@@ -685,6 +669,8 @@ def train_supernet(
         log: Called with one summary line per epoch (rank 0).
         stop_after: Train at most this many epochs in this call (time-limited jobs); the
             schedule still spans ``[train].epochs``, and ``resume=True`` picks up from there.
+        trust_pickle: Resume from a checkpoint that needs unpickling (an older file); it is
+            refused otherwise (see :func:`~widthsearch.supernet.checkpoint.load_checkpoint`).
 
     Raises:
         CheckpointError: Nothing to resume, or a corrupt, foreign or mismatched checkpoint.
@@ -699,7 +685,7 @@ def train_supernet(
         if resume:  # fail before any expensive work
             if not path.is_file():
                 raise CheckpointError(f"nothing to resume: {path} does not exist")
-            payload = load_checkpoint(path, kind="widthsearch.supernet")
+            payload = load_checkpoint(path, kind="widthsearch.supernet", trust_pickle=trust_pickle)
         splits, sn, transform = build_training(recipe, info=info)
         trainer = SupernetTrainer(
             sn,
