@@ -35,8 +35,8 @@ from widthsearch.supernet.errors import CheckpointError, WidthsearchError
 
 from ._common import (
     load_splits,
-    load_subnet,
     output_path,
+    read_subnet,
     save_subnet,
     subset_tensors,
     top1,
@@ -46,6 +46,7 @@ from ._common import (
 __all__ = ["STATE_FORMAT", "distill_loss", "finetune_paths", "finetune_subnet"]
 
 STATE_FORMAT = "widthsearch.finetune-state"
+STATE_VERSION = 2  # 2: weights-only (no pickled module: the subnet file gives the architecture)
 _META_KEYS = ("model", "num_classes", "in_chans", "input_size")
 
 
@@ -94,6 +95,7 @@ def finetune_subnet(
     export_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     log: Callable[[str], Any] | None = print,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a subnet file and write the result (same format, plus ``"finetune"``).
 
@@ -117,19 +119,25 @@ def finetune_subnet(
         export_dir: Also export the result there (:func:`export_subnet`).
         progress: tqdm bars (``None``: only on a terminal).
         log: Called with one summary line per epoch.
+        trust_pickle: Accept subnet, teacher and state files that need unpickling (older
+            files); refused otherwise.
 
     Returns:
         The output payload (``"finetune"``: settings and per-epoch history). When
         ``stop_after`` ends the call early, the payload of the unfinished run (not written).
 
     Raises:
-        CheckpointError: missing/corrupt subnet or teacher, teacher of another model, nothing
-            (or a mismatched run) to resume.
+        CheckpointError: missing/corrupt/pickled subnet or teacher, teacher of another
+            model, nothing (or a mismatched run) to resume.
         WidthsearchError: the loss became NaN/inf.
         ValueError: bad options.
     """
     source = None if isinstance(subnet, Mapping) else str(subnet)
-    payload = dict(subnet) if isinstance(subnet, Mapping) else load_subnet(subnet)
+    payload = (
+        dict(subnet)
+        if isinstance(subnet, Mapping)
+        else read_subnet(subnet, trust_pickle=trust_pickle)
+    )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
     section = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
@@ -166,7 +174,7 @@ def finetune_subnet(
     if resume:  # fail before any expensive work
         if not ckpt_path.is_file():
             raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
-        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT)
+        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT, trust_pickle=trust_pickle)
         theirs = state.get("settings", {})
         for key, value in settings.items():
             if key != "source" and theirs.get(key) != value:
@@ -176,7 +184,7 @@ def finetune_subnet(
                 )
     teacher_model = None
     if teacher:
-        sn, _ = load_supernet(teacher)
+        sn, _ = load_supernet(teacher, trust_pickle=trust_pickle)
         for key in _META_KEYS:
             if sn.meta.get(key) != meta.get(key):
                 raise CheckpointError(
@@ -218,9 +226,11 @@ def finetune_subnet(
         heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
 
     student = payload["module"]
-    if state is not None:
-        student = state["module"]
-        student.load_state_dict(state["state_dict"])
+    if state is not None:  # same architecture as the subnet: only the weights differ
+        try:
+            student.load_state_dict(state["state_dict"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: weights do not fit the subnet ({exc})") from None
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=lr,
@@ -305,8 +315,7 @@ def finetune_subnet(
         atomic_save(
             {
                 "format": STATE_FORMAT,
-                "version": 1,
-                "module": student,
+                "version": STATE_VERSION,
                 "state_dict": student.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

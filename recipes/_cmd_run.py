@@ -41,11 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, trainer=None, seed=None)
 
 
-def _training_done(path: Path, recipe: Recipe) -> bool:
+def _training_done(path: Path, recipe: Recipe, *, trust_pickle: bool = False) -> bool:
     """True when ``path`` holds a finished training of this very recipe."""
     if not path.is_file():
         return False
-    payload = load_checkpoint(path, kind="widthsearch.supernet")
+    payload = load_checkpoint(path, kind="widthsearch.supernet", trust_pickle=trust_pickle)
     saved = payload.get("recipe") or {}
     same = all(
         saved.get(k) == v
@@ -67,15 +67,20 @@ def _finished_search(path: Path, settings: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _same_widths(path: Path, widths: dict[str, int]) -> bool:
-    """True when ``path`` is a subnet file of exactly these widths (a reusable result)."""
-    from widthsearch.evaluate import load_subnet
+    """True when ``path`` is a subnet file of exactly these widths (a reusable result).
+
+    Read weights-only; a file that is not (an older or foreign one) is redone and replaced.
+    """
+    from widthsearch.evaluate import SUBNET_FORMAT
     from widthsearch.supernet.errors import CheckpointError
 
     if not path.is_file():
         return False
     try:
-        saved = load_subnet(path)["widths"]
-    except CheckpointError:
+        saved = load_checkpoint(path, kind=SUBNET_FORMAT)["widths"]
+    except (CheckpointError, KeyError):
+        return False
+    if not isinstance(saved, dict):
         return False
     return {k: int(v) for k, v in saved.items()} == {k: int(v) for k, v in widths.items()}
 
@@ -108,15 +113,16 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     # 1. supernet: reuse a finished one, continue an unfinished one, or train from scratch
-    reused = _training_done(checkpoint, recipe)
+    trust = args.trust_pickle
+    reused = _training_done(checkpoint, recipe, trust_pickle=trust)
     if reused:
         print(f"[1/4] supernet: reusing {checkpoint}")
     else:
         print(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
-        train_supernet(recipe, out_dir=out, resume=checkpoint.is_file())
+        train_supernet(recipe, out_dir=out, resume=checkpoint.is_file(), trust_pickle=trust)
 
     # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
-    sn, payload = load_supernet(checkpoint)
+    sn, payload = load_supernet(checkpoint, trust_pickle=trust)
     search_settings = recipe.to_dict()["search"]
     search_path = out / "search.json"
     doc = _finished_search(search_path, search_settings) if reused else None
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                 teacher=teacher,
                 seed=recipe.search.seed,
                 log=None,
+                trust_pickle=trust,
             )
         figures = evaluate_model(
             tuned,
@@ -182,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             latency_seconds=recipe.eval.latency_seconds,
             full=full is None,
             supernet=checkpoint,
+            trust_pickle=trust,
         )
         full = full or figures.get("full")
         rows.append(

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         stop_after=args.stop_after,
+        trust_pickle=args.trust_pickle,
         log=lambda line: print(line, flush=True),
     )
     if not result.is_main:

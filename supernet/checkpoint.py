@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import random
 import sys
 import tempfile
+import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePath
@@ -152,8 +155,40 @@ def warn_pickle(path: str | os.PathLike[str]) -> None:
     )
 
 
-def _is_weights_only_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower()
+def _is_pickle(path: Path) -> bool:
+    """True when ``path`` holds a well-formed pickle (torch's zip layout or the legacy one).
+
+    The opcodes are only parsed (``pickletools.genops``), never run: this tells a file that
+    weights-only loading refused for its objects from one that is no checkpoint at all.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                with archive.open(name) as f:
+                    ops = [op.name for op, _, _ in pickletools.genops(f)]
+        else:
+            with open(path, "rb") as f:
+                ops = [op.name for op, _, _ in pickletools.genops(f)]
+    except Exception:  # any parse error: not a pickle
+        return False
+    return bool(ops) and ops[-1] == "STOP"
+
+
+def _is_weights_only_refusal(exc: BaseException, path: Path) -> bool:
+    return (
+        isinstance(exc, pickle.UnpicklingError)
+        and "weights only" in str(exc).lower()
+        and _is_pickle(path)
+    )
+
+
+def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise around a one-line error
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 def load_checkpoint(
@@ -183,9 +218,9 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = _torch_load(path, weights_only=True)
     except Exception as exc:  # pickle/zip errors of many types all mean "unreadable"
-        if not _is_weights_only_refusal(exc):
+        if not _is_weights_only_refusal(exc, path):
             raise CheckpointError(
                 f"{path}: not a readable checkpoint ({type(exc).__name__})"
             ) from None
@@ -193,7 +228,7 @@ def load_checkpoint(
             raise CheckpointError(refused_pickle_message(path)) from None
         warn_pickle(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+            payload = _torch_load(path, weights_only=False)
         except Exception as exc2:
             raise CheckpointError(
                 f"{path}: not a readable checkpoint ({type(exc2).__name__})"
