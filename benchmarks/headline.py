@@ -55,8 +55,8 @@ from widthsearch.evaluate import (
     extract_subnet,
     finetune_subnet,
     heldout_data,
-    load_subnet,
     plot_pareto,
+    read_subnet,
     save_subnet,
 )
 from widthsearch.evaluate._common import human
@@ -326,7 +326,7 @@ def measure(path: Path, *, latency: bool = True) -> dict[str, Any]:
     The full model is rebuilt untrained (``supernet`` dropped from the payload): its latency,
     MACs and params do not depend on the weights, and its top-1 comes from its own cell.
     """
-    payload = load_subnet(path)
+    payload = read_subnet(path)
     payload["supernet"] = None
     figures = evaluate_model(payload, latency=latency, full=latency, progress=False)
     keep = ("top1", "macs", "macs_counted", "params", "latency_ms", "test_images", "ratios")
@@ -604,7 +604,7 @@ class Headline:
         tuned = subnets / f"{name}-{pct(frac)}-s{seed}-ft.pt"
         if not tuned.is_file():
             finetune(extracted, tuned, self.recipe, teacher=self.bcnet_ckpt, seed=seed)
-        ft = load_subnet(tuned)
+        ft = read_subnet(tuned)
         return {
             "kind": "strategy",
             "method": name,
@@ -642,7 +642,7 @@ class Headline:
                 seed=0,
                 eval_images=0,
             )
-        payload = load_subnet(trained)
+        payload = read_subnet(trained)
         teacher = build_supernet(meta)  # a supernet checkpoint: what finetune_subnet distils from
         teacher.model.load_state_dict(payload["module"].state_dict())
         save_supernet(self.full_teacher, teacher, recipe=self.recipe.to_dict())
@@ -664,7 +664,7 @@ class Headline:
         pruned_path = folder / f"pruned-{pct(frac)}.pt"
         start = time.perf_counter()
         if not pruned_path.is_file():
-            full = load_subnet(self.work / "full" / "full.pt")
+            full = read_subnet(self.work / "full" / "full.pt")
             pruned = prune_to_budget(full["module"], full["meta"], budget)
             if not pruned["verified"]:
                 raise RuntimeError(
@@ -693,7 +693,7 @@ class Headline:
         tuned = folder / f"pruned-{pct(frac)}-s{seed}-ft.pt"
         if not tuned.is_file():
             finetune(pruned_path, tuned, self.recipe, teacher=self.full_teacher, seed=seed)
-        ft = load_subnet(tuned)
+        ft = read_subnet(tuned)
         return {
             "kind": "baseline",
             "method": PRUNING,
@@ -724,7 +724,7 @@ class Headline:
             payload["budget_macs"] = budget
             save_subnet(payload, init)
             train_from_scratch(init, trained, epochs=epochs, lr=args.scratch_lr, seed=seed)
-        payload = load_subnet(trained)
+        payload = read_subnet(trained)
         return {
             "kind": "baseline",
             "method": SCRATCH,
@@ -784,7 +784,7 @@ class Headline:
             train_from_scratch(
                 init, trained, epochs=args.ranking_epochs, lr=args.scratch_lr, seed=0
             )
-        payload = load_subnet(trained)
+        payload = read_subnet(trained)
         figures = measure(trained, latency=False)
         return {
             "index": i,

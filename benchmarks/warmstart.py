@@ -52,7 +52,7 @@ from widthsearch.evaluate import (
     extract_subnet,
     finetune_subnet,
     heldout_data,
-    load_subnet,
+    read_subnet,
     save_subnet,
 )
 from widthsearch.recipes._cmd_search import search_options
@@ -284,7 +284,7 @@ class Warmstart:
             "score": best["score"],
             "uniform_score": uniform["score"],
             "widths": best["widths"],
-            "inheritance": load_subnet(tuned).get("inheritance"),
+            "inheritance": read_subnet(tuned).get("inheritance"),
             **measure(tuned, latency=False),
         }
 
@@ -292,7 +292,7 @@ class Warmstart:
         work = self.work(seed)
         pruned_path, tuned = work / f"tp-{pct(frac)}.pt", work / f"tp-{pct(frac)}-ft.pt"
         if not pruned_path.is_file():
-            full = load_subnet(work / "full-subnet.pt")
+            full = read_subnet(work / "full-subnet.pt")
             pruned = prune_to_budget(full["module"], full["meta"], budget)
             if not pruned["verified"]:
                 raise RuntimeError("pruned channels do not map onto the supernet's groups")

@@ -6,10 +6,12 @@ The ``run`` pipeline calls, per (strategy, budget) of a search::
     sub = extract_subnet(supernet_path, search=search_json, strategy=s, budget=b, out=p)
     ft = finetune_subnet(p, out=q, teacher=supernet_path)
     figures = evaluate_model(q)
+    module = load_subnet(q)  # the plain module, rebuilt from the file (weights-only)
     write_report(rows, out_dir=run_dir, full=figures["full"])
 """
 
-from ._common import SUBNET_FORMAT, load_subnet, save_subnet
+from ._common import SUBNET_FORMAT, build_subnet, load_subnet, read_subnet, save_subnet
+from .convert import convert_file
 from .export import (
     EXPORT_FORMATS,
     export_onnx,
@@ -45,9 +47,11 @@ __all__ = [
     "INHERITANCE",
     "SUBNET_FORMAT",
     "HeldoutData",
+    "build_subnet",
     "candidate_indices",
     "channel_importance",
     "choose_inheritance",
+    "convert_file",
     "counted_macs",
     "dataset_top1",
     "distill_loss",
@@ -68,6 +72,7 @@ __all__ = [
     "measure_latency",
     "plot_pareto",
     "read_search",
+    "read_subnet",
     "read_widths",
     "save_subnet",
     "timm_model_from_string",

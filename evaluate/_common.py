@@ -15,14 +15,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from widthsearch.supernet.checkpoint import (
     atomic_save,
+    build_supernet,
     load_checkpoint,
     write_text_atomic,
 )
-from widthsearch.supernet.errors import CheckpointError, DataError
+from widthsearch.supernet.errors import CheckpointError, DataError, WidthsearchError
 
 SUBNET_FORMAT = "widthsearch.subnet"
-SUBNET_VERSION = 1
-SUBNET_KEYS = ("module", "state_dict", "widths", "meta")
+# 2: no pickled module; the module is rebuilt from meta (model, arguments, space) + widths
+SUBNET_VERSION = 2
+SUBNET_KEYS = ("state_dict", "widths", "meta")
+_NOT_SAVED = ("module", "exports")  # in-memory only: the module is rebuilt on loading
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -41,35 +44,90 @@ def output_path(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
 
 
 def save_subnet(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a subnet payload atomically (``state_dict`` refreshed from ``module``)."""
-    doc = dict(payload)
+    """Write a subnet payload atomically, weights-only loadable.
+
+    The module itself is not saved: its ``state_dict`` (refreshed from ``module`` when the
+    payload has one), ``widths`` and ``meta`` (model name, arguments, width-space settings)
+    rebuild it (:func:`build_subnet`).
+    """
+    doc = {k: v for k, v in payload.items() if k not in _NOT_SAVED}
     doc.update(format=SUBNET_FORMAT, version=SUBNET_VERSION)
-    doc["state_dict"] = doc["module"].state_dict()
+    if payload.get("module") is not None:
+        doc["state_dict"] = payload["module"].state_dict()
+    missing = [k for k in SUBNET_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"subnet payload lacks {', '.join(missing)}")
+    doc["widths"] = plain_widths(doc["widths"])
     atomic_save(doc, path)
     return Path(path)
 
 
-def load_subnet(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a subnet file (``extract`` or ``finetune`` output): the payload, module in eval mode.
+def build_subnet(meta: Mapping[str, Any], widths: Mapping[str, Any]) -> nn.Module:
+    """The architecture of a subnet, untrained: the model of ``meta`` (its registered name,
+    arguments and the supernet's space settings) extracted at ``widths``.
+
+    The global RNG is left as it was (building initialises weights).
 
     Raises:
-        CheckpointError: missing, corrupt or foreign file, or one whose weights do not fit
-            its module.
+        KeyError, ValueError, WidthsearchError: ``meta`` or ``widths`` do not describe a model.
     """
-    payload = load_checkpoint(path, kind=SUBNET_FORMAT)
+    with torch.random.fork_rng(devices=[]):
+        sn = build_supernet(dict(meta))
+        return sn.extract(sn.space.validate(dict(widths)), side="left")
+
+
+def read_subnet(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> dict[str, Any]:
+    """Load a subnet file (``extract`` or ``finetune`` output): its payload, with ``"module"``
+    rebuilt from the description (:func:`build_subnet`) and loaded with the saved weights, in
+    eval mode.
+
+    Weights-only: nothing in the file runs. ``trust_pickle`` accepts a file that needs
+    unpickling (an older widthsearch file, whose pickled module is then used as it is).
+
+    Raises:
+        CheckpointError: missing, corrupt, foreign or (without ``trust_pickle``) pickled
+            file, a model that cannot be rebuilt, or weights that do not fit it.
+    """
+    payload = load_checkpoint(path, kind=SUBNET_FORMAT, trust_pickle=trust_pickle)
     missing = [k for k in SUBNET_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: subnet file lacks {', '.join(missing)}")
-    module = payload["module"]
-    if not isinstance(module, nn.Module):
+    module = payload.get("module")
+    if module is not None and not isinstance(module, nn.Module):  # only from a trusted pickle
         raise CheckpointError(f"{path}: 'module' is not a torch module")
+    if module is None:
+        meta = payload["meta"] if isinstance(payload["meta"], Mapping) else {}
+        try:
+            module = build_subnet(meta, payload["widths"])
+        except (KeyError, TypeError, ValueError, WidthsearchError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CheckpointError(
+                f"{path}: cannot rebuild its model {meta.get('model')!r} from the file's "
+                f"description ({detail})"
+            ) from None
     try:
         module.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the saved module ({first})") from None
-    module.eval()
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: weights do not fit its model ({first})") from None
+    payload["module"] = module.eval()
     return payload
+
+
+def load_subnet(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> nn.Module:
+    """Open a subnet file safely: the plain module of the original class, weights loaded, in
+    eval mode. Nothing in the file runs: it holds weights, widths and the model's registered
+    name and arguments, and the module is rebuilt from them.
+
+    Args:
+        path: ``extract`` or ``finetune`` output.
+        trust_pickle: Also accept a file that needs unpickling (older widthsearch files);
+            prints one warning line naming it. Only for files you trust.
+
+    Raises:
+        CheckpointError: see :func:`read_subnet`.
+    """
+    return read_subnet(path, trust_pickle=trust_pickle)["module"]
 
 
 # ---- data -------------------------------------------------------------------------------

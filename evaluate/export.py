@@ -147,18 +147,20 @@ def export_subnet(
     *,
     stem: str | None = None,
     formats: Sequence[str] = EXPORT_FORMATS,
+    trust_pickle: bool = False,
 ) -> dict[str, str]:
     """Export a subnet (file or payload) in every applicable format into ``out_dir``.
 
     Writes ``<stem>.ts.pt`` (TorchScript), ``<stem>.timm.txt`` (timm models only),
     ``<stem>.onnx`` (when ``onnx`` is importable) and ``<stem>.widths.json``. Formats that
-    do not apply are skipped; asking for an unknown one is an error.
+    do not apply are skipped; asking for an unknown one is an error. ``trust_pickle``
+    accepts a subnet file that needs unpickling (an older file).
 
     Returns:
         Format -> written path; ``"timm_skipped"`` -> the reason when a timm subnet has no
         shape string (e.g. a removed residual block).
     """
-    from ._common import load_subnet
+    from ._common import read_subnet
 
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
@@ -167,7 +169,7 @@ def export_subnet(
         payload = subnet
         stem = stem or "subnet"
     else:
-        payload = load_subnet(subnet)
+        payload = read_subnet(subnet, trust_pickle=trust_pickle)
         stem = stem or Path(subnet).stem
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

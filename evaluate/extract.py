@@ -1,9 +1,10 @@
 """Extraction: a searched width config becomes a plain dense model with inherited weights.
 
-The output file (``SUBNET.pt``) is self-contained: the module itself (its own class, no
-widthsearch hooks), its ``state_dict``, the widths, how the weights were inherited, and
-where they came from (supernet, strategy, budget, recipe). ``torch.load(path,
-weights_only=False)["module"]`` is all a user needs to run it.
+The output file (``SUBNET.pt``) is self-contained and weights-only loadable: the module's
+``state_dict``, the widths, the model's registered name and arguments (``meta``), how the
+weights were inherited, and where they came from (supernet, strategy, budget, recipe).
+``widthsearch.evaluate.load_subnet(path)`` rebuilds the plain module (its own class, no
+widthsearch hooks) from them; TorchScript/ONNX exports run without widthsearch.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def extract_subnet(
     export_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     log: Callable[[str], Any] | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Extract the subnet of a search result (or of explicit ``widths``) with the best
     weight inheritance, and optionally write it.
@@ -218,13 +220,15 @@ def extract_subnet(
             are added to the returned dict as ``"exports"`` (not to the file).
         progress: tqdm bars (``None``: only on a terminal).
         log: Called with one line per candidate.
+        trust_pickle: Accept a supernet file that needs unpickling (an older file).
 
     Returns:
-        The subnet payload (as written): ``format``, ``module``, ``widths``,
+        The subnet payload (as written, plus the in-memory ``module``): ``format``,
+        ``state_dict``, ``widths``,
         ``inheritance`` ``{"chosen", "scores"}``, ``meta``, ``macs``, ``params``, ...
 
     Raises:
-        CheckpointError: missing/corrupt/foreign supernet.
+        CheckpointError: missing/corrupt/foreign/pickled supernet.
         ValueError: strategy/budget not in the search file, widths that do not fit the
             supernet, bad options. All raised before any data is loaded.
     """
@@ -233,7 +237,7 @@ def extract_subnet(
         path = str(supernet_path or payload.get("path", ""))
     else:
         path = str(supernet)
-        sn, payload = load_supernet(supernet)
+        sn, payload = load_supernet(supernet, trust_pickle=trust_pickle)
     meta = dict(sn.meta)
     source_result: dict[str, Any] | None = None
     if widths is None:

@@ -36,8 +36,8 @@ from widthsearch.supernet.train import distill_loss
 
 from ._common import (
     load_splits,
-    load_subnet,
     output_path,
+    read_subnet,
     save_subnet,
     subset_tensors,
     top1,
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 STATE_FORMAT = "widthsearch.finetune-state"
+STATE_VERSION = 2  # 2: weights-only (no pickled module: the subnet file gives the architecture)
 _META_KEYS = ("model", "num_classes", "in_chans", "input_size")
 
 
@@ -66,7 +67,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0xF1E]).integers(2**62))
 
 
-def load_teacher(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> tuple[Any, bool]:
+def load_teacher(
+    path: str | os.PathLike[str], meta: Mapping[str, Any], *, trust_pickle: bool = False
+) -> tuple[Any, bool]:
     """The network to distil from: ``(frozen module, whether its BN needs recalibrating)``.
 
     A ``full.pt`` (``widthsearch pretrain``) gives that trained network; a supernet
@@ -78,12 +81,12 @@ def load_teacher(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> tuple
     from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
 
     try:
-        payload = load_checkpoint(path, kind=FULL_FORMAT)
+        payload = load_checkpoint(path, kind=FULL_FORMAT, trust_pickle=trust_pickle)
         state = payload.get("state_dict")
     except CheckpointError as full_error:
         if "expected" not in str(full_error):
             raise
-        payload = load_checkpoint(path, kind="widthsearch.supernet")
+        payload = load_checkpoint(path, kind="widthsearch.supernet", trust_pickle=trust_pickle)
         state = payload.get("teacher_state_dict")
     theirs = payload.get("meta") or {}
     for key in _META_KEYS:
@@ -98,7 +101,7 @@ def load_teacher(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> tuple
         load_weights(model, state, where=f"teacher {path}")
         recalibrate = False
     else:
-        sn, _ = load_supernet(path)
+        sn, _ = load_supernet(path, trust_pickle=trust_pickle)
         model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
         recalibrate = True
     model.eval()
@@ -127,6 +130,7 @@ def finetune_subnet(
     export_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     log: Callable[[str], Any] | None = print,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a subnet file and write the result (same format, plus ``"finetune"``).
 
@@ -151,19 +155,25 @@ def finetune_subnet(
         export_dir: Also export the result there (:func:`export_subnet`).
         progress: tqdm bars (``None``: only on a terminal).
         log: Called with one summary line per epoch.
+        trust_pickle: Accept subnet, teacher and state files that need unpickling (older
+            files); refused otherwise.
 
     Returns:
         The output payload (``"finetune"``: settings and per-epoch history). When
         ``stop_after`` ends the call early, the payload of the unfinished run (not written).
 
     Raises:
-        CheckpointError: missing/corrupt subnet or teacher, teacher of another model, nothing
-            (or a mismatched run) to resume.
+        CheckpointError: missing/corrupt/pickled subnet or teacher, teacher of another
+            model, nothing (or a mismatched run) to resume.
         WidthsearchError: the loss became NaN/inf.
         ValueError: bad options.
     """
     source = None if isinstance(subnet, Mapping) else str(subnet)
-    payload = dict(subnet) if isinstance(subnet, Mapping) else load_subnet(subnet)
+    payload = (
+        dict(subnet)
+        if isinstance(subnet, Mapping)
+        else read_subnet(subnet, trust_pickle=trust_pickle)
+    )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
     section = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
@@ -200,7 +210,7 @@ def finetune_subnet(
     if resume:  # fail before any expensive work
         if not ckpt_path.is_file():
             raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
-        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT)
+        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT, trust_pickle=trust_pickle)
         theirs = state.get("settings", {})
         for key, value in settings.items():
             if key != "source" and theirs.get(key) != value:
@@ -210,7 +220,7 @@ def finetune_subnet(
                 )
     teacher_model, recalibrate_teacher = None, False
     if teacher:
-        teacher_model, recalibrate_teacher = load_teacher(teacher, meta)
+        teacher_model, recalibrate_teacher = load_teacher(teacher, meta, trust_pickle=trust_pickle)
 
     if epochs == 0:  # nothing to train: no data needed
         return _finish(
@@ -243,9 +253,11 @@ def finetune_subnet(
         heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
 
     student = payload["module"]
-    if state is not None:
-        student = state["module"]
-        student.load_state_dict(state["state_dict"])
+    if state is not None:  # same architecture as the subnet: only the weights differ
+        try:
+            student.load_state_dict(state["state_dict"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: weights do not fit the subnet ({exc})") from None
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=lr,
@@ -330,8 +342,7 @@ def finetune_subnet(
         atomic_save(
             {
                 "format": STATE_FORMAT,
-                "version": 1,
-                "module": student,
+                "version": STATE_VERSION,
                 "state_dict": student.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

@@ -21,7 +21,7 @@ from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError
 
-from ._common import count_params, load_splits, load_subnet, model_input, subset_tensors
+from ._common import count_params, load_splits, model_input, read_subnet, subset_tensors
 
 __all__ = ["LATENCY_BATCHES", "counted_macs", "dataset_top1", "evaluate_model", "measure_latency"]
 
@@ -138,6 +138,7 @@ def evaluate_model(
     full: bool = True,
     supernet: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Measure a subnet file (``extract`` or ``finetune`` output) and the full model.
 
@@ -155,6 +156,7 @@ def evaluate_model(
             recorded supernet file when it exists, else untrained: top-1 then ``None``).
         supernet: Supernet file for the full model (default: the one recorded).
         progress: tqdm bars (``None``: only on a terminal).
+        trust_pickle: Accept subnet and supernet files that need unpickling (older files).
 
     Returns:
         ``{"top1", "macs", "macs_counted", "params", "latency_ms": {"batch1", "batch64"},
@@ -167,7 +169,9 @@ def evaluate_model(
         ValueError: the saved widths do not fit the model's supernet.
     """
     path = None if isinstance(model, Mapping) else str(model)
-    payload = dict(model) if isinstance(model, Mapping) else load_subnet(model)
+    payload = (
+        dict(model) if isinstance(model, Mapping) else read_subnet(model, trust_pickle=trust_pickle)
+    )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
     section = recipe.get("eval") if isinstance(recipe.get("eval"), Mapping) else {}
@@ -184,7 +188,7 @@ def evaluate_model(
     sn, trained = None, False
     sn_path = supernet or payload.get("supernet")
     if sn_path and Path(sn_path).is_file():
-        sn, _ = load_supernet(sn_path)
+        sn, _ = load_supernet(sn_path, trust_pickle=trust_pickle)
         if any(sn.meta.get(k) != meta.get(k) for k in _META_KEYS):
             if supernet is not None:
                 raise CheckpointError(

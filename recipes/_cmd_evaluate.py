@@ -137,6 +137,7 @@ def run_extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         export_dir=args.export,
         log=_log,
+        trust_pickle=args.trust_pickle,
     )
     inh = result["inheritance"]
     scores = ", ".join(f"{k} {v:.4f}" for k, v in inh["scores"].items())
@@ -174,6 +175,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         export_dir=args.export,
         log=_log,
+        trust_pickle=args.trust_pickle,
     )
     history = result["finetune"]["history"]
     if len(history) < result["finetune"]["epochs"]:
@@ -200,6 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         full=not args.no_full,
         supernet=args.supernet,
+        trust_pickle=args.trust_pickle,
     )
     print(json.dumps(result))
     return 0

@@ -43,12 +43,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _training_done(
-    path: Path, recipe: Recipe, *, kind: str = "widthsearch.supernet", epochs: int | None = None
+    path: Path,
+    recipe: Recipe,
+    *,
+    kind: str = "widthsearch.supernet",
+    epochs: int | None = None,
+    trust_pickle: bool = False,
 ) -> bool:
     """True when ``path`` holds a finished training of this very recipe."""
     if not path.is_file():
         return False
-    payload = load_checkpoint(path, kind=kind)
+    payload = load_checkpoint(path, kind=kind, trust_pickle=trust_pickle)
     saved = payload.get("recipe") or {}
     sections = ("model", "data", "space", "train")
     if kind == "widthsearch.full" or recipe.train.init == "pretrain":
@@ -70,15 +75,20 @@ def _finished_search(path: Path, settings: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _same_widths(path: Path, widths: dict[str, int]) -> bool:
-    """True when ``path`` is a subnet file of exactly these widths (a reusable result)."""
-    from widthsearch.evaluate import load_subnet
+    """True when ``path`` is a subnet file of exactly these widths (a reusable result).
+
+    Read weights-only; a file that is not (an older or foreign one) is redone and replaced.
+    """
+    from widthsearch.evaluate import SUBNET_FORMAT
     from widthsearch.supernet.errors import CheckpointError
 
     if not path.is_file():
         return False
     try:
-        saved = load_subnet(path)["widths"]
-    except CheckpointError:
+        saved = load_checkpoint(path, kind=SUBNET_FORMAT)["widths"]
+    except (CheckpointError, KeyError):
+        return False
+    if not isinstance(saved, dict):
         return False
     return {k: int(v) for k, v in saved.items()} == {k: int(v) for k, v in widths.items()}
 
@@ -112,25 +122,34 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. trained network (init = "pretrain") and supernet: reuse finished ones, continue
     #    unfinished ones, or train them
+    trust = args.trust_pickle
     reused = pretrain_unchanged = True
     if recipe.train.init == "pretrain":
         full_path = out / PRETRAIN_NAME
         epochs = recipe.pretrain.epochs
-        if _training_done(full_path, recipe, kind="widthsearch.full", epochs=epochs):
+        done = _training_done(
+            full_path, recipe, kind="widthsearch.full", epochs=epochs, trust_pickle=trust
+        )
+        if done:
             print(f"[0/4] trained network: reusing {full_path}")
         else:
             reused = pretrain_unchanged = False  # then a supernet of the old one is stale
             print(f"[0/4] trained network: pretraining {recipe.model.name} -> {full_path}")
-            pretrain_network(recipe, out_dir=out, resume=full_path.is_file())
-    reused = reused and _training_done(checkpoint, recipe)
+            pretrain_network(recipe, out_dir=out, resume=full_path.is_file(), trust_pickle=trust)
+    reused = reused and _training_done(checkpoint, recipe, trust_pickle=trust)
     if reused:
         print(f"[1/4] supernet: reusing {checkpoint}")
     else:
         print(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
-        train_supernet(recipe, out_dir=out, resume=checkpoint.is_file() and pretrain_unchanged)
+        train_supernet(
+            recipe,
+            out_dir=out,
+            resume=checkpoint.is_file() and pretrain_unchanged,
+            trust_pickle=trust,
+        )
 
     # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
-    sn, payload = load_supernet(checkpoint)
+    sn, payload = load_supernet(checkpoint, trust_pickle=trust)
     search_settings = recipe.to_dict()["search"]
     search_path = out / "search.json"
     doc = _finished_search(search_path, search_settings) if reused else None
@@ -189,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
                 teacher=teacher,
                 seed=recipe.search.seed,
                 log=None,
+                trust_pickle=trust,
             )
         figures = evaluate_model(
             tuned,
@@ -196,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             latency_seconds=recipe.eval.latency_seconds,
             full=full is None,
             supernet=checkpoint,
+            trust_pickle=trust,
         )
         full = full or figures.get("full")
         rows.append(

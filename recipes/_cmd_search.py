@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.relax_steps is not None and args.relax_steps < 0:
         raise ValueError(f"--relax-steps must be >= 0, got {args.relax_steps}")
     # cheap checks first: checkpoint, strategies, budgets -- before any data is loaded
-    sn, payload = load_supernet(args.supernet)
+    sn, payload = load_supernet(args.supernet, trust_pickle=args.trust_pickle)
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
     search = recipe.get("search") if isinstance(recipe.get("search"), dict) else {}
     strategies = args.strategy or list(search.get("strategies") or ["bisection", "uniform"])

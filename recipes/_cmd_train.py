@@ -79,12 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "`pretrain`, a state_dict (.pt/.pth/.bin), a .safetensors file, 'pretrain' "
         "(OUT/full.pt) or 'scratch'",
     )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="accept an --init file that only unpickling reads (a pickled nn.Module): "
-        "this runs code from the file, so only for files you trust",
-    )
     p.set_defaults(func=run)
 
 
@@ -130,6 +124,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         device=args.device,
         stop_after=args.stop_after,
         log=lambda line: print(line, flush=True),
+        trust_pickle=args.trust_pickle,
     )
     if result.is_main:
         print(f"trained network: {result.checkpoint}  log: {result.log}")

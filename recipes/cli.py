@@ -30,7 +30,16 @@ _COMMANDS = {
     "finetune": "_cmd_evaluate",
     "eval": "_cmd_evaluate",
     "run": "_cmd_run",
+    "convert": "_cmd_convert",
 }
+
+# subcommands that open files someone else may have written: each gets --trust-pickle
+# (args.trust_pickle), without which a file needing unpickling is refused with one line
+TRUST_PICKLE_COMMANDS = ("pretrain", "train", "search", "extract", "finetune", "eval", "run")
+TRUST_PICKLE_HELP = (
+    "also open files that need unpickling (older widthsearch files, pickled modules): "
+    "unpickling runs any code a file carries, so only for files you trust"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    for name in TRUST_PICKLE_COMMANDS:
+        if name in subparsers.choices:
+            subparsers.choices[name].add_argument(
+                "--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP
+            )
     return parser
 
 

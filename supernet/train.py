@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from collections import defaultdict
@@ -54,7 +53,7 @@ from ._distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from .checkpoint import load_checkpoint, save_supernet
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_supernet
 from .errors import CheckpointError, WidthsearchError
 from .sampling import FairSampler, SandwichSampler, step_rng
 from .space import WidthConfig
@@ -490,14 +489,6 @@ class SupernetTrainer:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        rng = {  # tensors, ints and tuples only: the checkpoint loads weights-only
-            "torch": torch.get_rng_state(),
-            "numpy": (name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), gauss),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -508,7 +499,7 @@ class SupernetTrainer:
             "steps_per_epoch": self.steps_per_epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
+            "rng": capture_rng_state(),  # tensors and plain data: weights-only loadable
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -516,17 +507,7 @@ class SupernetTrainer:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "numpy" in rng:
-            name, keys, *rest = rng["numpy"]
-            keys = keys.numpy() if isinstance(keys, Tensor) else keys
-            np.random.set_state((name, keys, *rest))
-        if "python" in rng:
-            random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng_state(state.get("rng") or {})
 
     # -- one epoch -----------------------------------------------------------------------
     def _prep(self, x: Tensor) -> Tensor:
@@ -787,7 +768,9 @@ def train_supernet(
         init: ``"scratch"``, ``"pretrain"`` (``out_dir/full.pt`` from :func:`pretrain_network`)
             or the path of a trained network (see
             :func:`widthsearch.supernet.warmstart.read_state_dict`); ``None``: the recipe's.
-        trust_pickle: Accept an ``init`` file that only unpickling can read (runs its code).
+        trust_pickle: Accept files that only unpickling reads (runs their code): an ``init``
+            file, or an older checkpoint to resume from; refused otherwise (see
+            :func:`~widthsearch.supernet.checkpoint.load_checkpoint`).
 
     Raises:
         CheckpointError: Nothing to resume, a corrupt, foreign or mismatched checkpoint, or
@@ -843,6 +826,7 @@ def train_supernet(
         log=log,
         stop_after=stop_after,
         setup=setup,
+        trust_pickle=trust_pickle,
     )
 
 
@@ -855,12 +839,14 @@ def pretrain_network(
     progress: bool = True,
     log: Any = print,
     stop_after: int | None = None,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """Train the recipe's model plainly (full width, ``[pretrain]`` settings) into
     ``out_dir/full.pt``: the start and the teacher of a warm-started supernet.
 
     Same loop, schedule, checkpointing, exact resume and torchrun support as
     :func:`train_supernet`; ``full.pt`` holds the model's plain ``state_dict``.
+    ``trust_pickle`` lets it resume from an older, pickled checkpoint.
     """
     section = SimpleNamespace(
         **{
@@ -883,6 +869,7 @@ def pretrain_network(
         log=log,
         stop_after=stop_after,
         setup=lambda sn, payload: {"teacher": None},
+        trust_pickle=trust_pickle,
     )
 
 
@@ -915,6 +902,7 @@ def _run_training(
     log: Any,
     stop_after: int | None,
     setup: Any,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """The loop every training stage shares: build, (resume), train epochs, save atomically.
 
@@ -928,7 +916,7 @@ def _run_training(
         if resume:  # fail before any expensive work
             if not path.is_file():
                 raise CheckpointError(f"nothing to resume: {path} does not exist")
-            payload = load_checkpoint(path, kind=file_format)
+            payload = load_checkpoint(path, kind=file_format, trust_pickle=trust_pickle)
         splits, sn, transform = build_training(recipe, info=info)
         if payload is not None:
             _check_resumable(payload, sn, section.trainer, path)

@@ -15,6 +15,7 @@ from widthsearch.evaluate import (
     export_timm_string,
     export_torchscript,
     load_subnet,
+    read_subnet,
     timm_model_from_string,
     timm_shape_string,
 )
@@ -28,7 +29,7 @@ def _jit_load(path):
 
 
 def test_torchscript_export_matches_the_module(subnet_path, tmp_path):
-    payload = load_subnet(subnet_path)
+    payload = read_subnet(subnet_path)
     module, size = payload["module"], payload["meta"]["input_size"]
     path = export_torchscript(module, tmp_path / "m.ts.pt", example=torch.zeros(1, 1, size, size))
     scripted = _jit_load(path)
@@ -41,7 +42,7 @@ def test_timm_shape_string_round_trip(timm_subnet_path):
     import timm
     from timm.models import adapt_model_from_string
 
-    payload = load_subnet(timm_subnet_path)
+    payload = read_subnet(timm_subnet_path)
     module = payload["module"]
     text = timm_shape_string(module)
     assert text.split("***")[0] == f"conv1.weight:{list(module.conv1.weight.shape)}"
@@ -65,7 +66,7 @@ def test_timm_shape_string_round_trip(timm_subnet_path):
 
 
 def test_timm_string_needs_a_timm_model(subnet_path):
-    payload = load_subnet(subnet_path)
+    payload = read_subnet(subnet_path)
     with pytest.raises(ValueError, match="needs a timm: model"):
         export_timm_string(payload["module"], payload["meta"])
 
@@ -78,7 +79,7 @@ def test_export_subnet_writes_every_applicable_format(timm_subnet_path, tmp_path
     assert set(written) == expected
     assert written["torchscript"].endswith("subnet.ts.pt")
     widths = json.loads(Path(written["widths"]).read_text())
-    payload = load_subnet(timm_subnet_path)
+    payload = read_subnet(timm_subnet_path)
     assert widths["widths"] == payload["widths"] and widths["macs"] == payload["macs"]
     assert Path(written["timm"]).read_text().strip() == timm_shape_string(payload["module"])
     assert not [p for p in (tmp_path / "exp").iterdir() if p.name.endswith(".tmp")]
@@ -93,7 +94,7 @@ def test_extract_cli_export_option(supernet_path, search_path, tmp_path, capsys)
     assert main([*argv, "--inheritance", "left"]) == 0
     assert (folder / "sub.ts.pt").is_file() and (folder / "sub.widths.json").is_file()
     assert not (folder / "sub.timm.txt").exists()  # resnet20 is not a timm model
-    module = load_subnet(out)["module"]
+    module = load_subnet(out)
     x = torch.randn(2, 1, 12, 12)
     with torch.no_grad():
         assert torch.allclose(_jit_load(folder / "sub.ts.pt")(x), module(x), atol=1e-5)

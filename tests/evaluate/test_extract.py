@@ -10,13 +10,12 @@ import sys
 
 import pytest
 import torch
-from widthsearch.evaluate import find_search_result, read_search
+from widthsearch.evaluate import export_subnet, find_search_result, load_subnet, read_search
 from widthsearch.recipes.cli import main
 
 SUBNET_KEYS = {
     "format",
     "version",
-    "module",
     "state_dict",
     "widths",
     "inheritance",
@@ -43,9 +42,9 @@ def test_extract_cli_writes_the_searched_subnet(loaded, supernet_path, search_pa
     out = tmp_path / "sub.pt"
     argv = ["extract", str(supernet_path), "--from", str(search_path), "--strategy", "random"]
     assert main([*argv, "--budget", "0.5", "--out", str(out)]) == 0
-    payload = torch.load(out, weights_only=False)
-    assert set(payload) >= SUBNET_KEYS
-    assert payload["format"] == "widthsearch.subnet" and payload["version"] == 1
+    payload = torch.load(out, weights_only=True)  # plain data: nothing in it runs
+    assert set(payload) >= SUBNET_KEYS and "module" not in payload
+    assert payload["format"] == "widthsearch.subnet" and payload["version"] == 2
     result = _result(search_path, "random", 0.5)
     assert payload["widths"] == sn.space.validate(result["widths"])
     assert payload["strategy"] == "random" and payload["budget_macs"] == result["budget_macs"]
@@ -54,8 +53,8 @@ def test_extract_cli_writes_the_searched_subnet(loaded, supernet_path, search_pa
     assert payload["recipe"]["data"]["name"] == "synthetic"
     inh = payload["inheritance"]
     assert inh["chosen"] in inh["scores"] and len(inh["scores"]) == 4
-    module = payload["module"]
-    assert type(module) is type(sn.model)
+    module = load_subnet(out)  # rebuilt from the model's name, arguments and widths
+    assert type(module) is type(sn.model) and not module.training
     assert sum(p.numel() for p in module.parameters()) == payload["params"]
     for key, value in module.state_dict().items():
         assert torch.equal(value, payload["state_dict"][key])
@@ -70,7 +69,7 @@ def test_extract_cli_from_a_widths_file(loaded, supernet_path, tmp_path, config_
     out = tmp_path / "sub.pt"
     argv = ["extract", str(supernet_path), "--widths", str(widths), "--out", str(out)]
     assert main([*argv, "--inheritance", "left", "--inheritance", "bn"]) == 0
-    payload = torch.load(out, weights_only=False)
+    payload = torch.load(out, weights_only=True)
     assert payload["widths"] == sn.space.validate(cfg) and payload["budget_macs"] is None
     assert set(payload["inheritance"]["scores"]) == {"left", "bn"}
     assert payload["macs"] == sn.macs(cfg)
@@ -166,17 +165,21 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
     assert list(out_dir.iterdir()) == []
 
 
-def test_subnet_file_loads_and_runs_without_importing_widthsearch(timm_subnet_path, tmp_path):
+def test_subnet_file_and_export_load_without_importing_widthsearch(timm_subnet_path, tmp_path):
+    """The subnet file is plain data (weights-only, no widthsearch needed to read it) and its
+    TorchScript export runs without widthsearch, with the outputs of ``load_subnet``."""
+    export_subnet(timm_subnet_path, tmp_path / "exp", formats=["torchscript"])
     code = (
         "import json, sys, torch\n"
-        "p = torch.load(sys.argv[1], weights_only=False)\n"
-        "y = p['module'].eval()(torch.ones(2, 1, 16, 16))\n"
+        "p = torch.load(sys.argv[1], weights_only=True)\n"
+        "y = torch.jit.load(sys.argv[2]).eval()(torch.ones(2, 1, 16, 16))\n"
         "bad = [n for n in sys.modules if n == 'widthsearch' or n.startswith('widthsearch.')]\n"
-        "print(json.dumps({'bad': bad, 'format': p['format'], 'y': y.tolist()}))\n"
+        "print(json.dumps({'bad': bad, 'format': p['format'], 'model': p['meta']['model'],\n"
+        "                  'widths': p['widths'], 'y': y.tolist()}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(timm_subnet_path)],
+        [sys.executable, "-c", code, str(timm_subnet_path), str(tmp_path / "exp/subnet.ts.pt")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -186,7 +189,9 @@ def test_subnet_file_loads_and_runs_without_importing_widthsearch(timm_subnet_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["bad"] == [] and report["format"] == "widthsearch.subnet"
-    module = torch.load(timm_subnet_path, weights_only=False)["module"].eval()
+    assert report["model"] == "timm:resnet18" and report["widths"]
+    module = load_subnet(timm_subnet_path)
+    assert type(module).__module__.startswith("timm.")
     with torch.no_grad():
         expected = module(torch.ones(2, 1, 16, 16))
     assert torch.allclose(torch.tensor(report["y"]), expected, atol=1e-5)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from widthsearch.evaluate import distill_loss, finetune_paths, finetune_subnet, load_subnet
+from widthsearch.evaluate import distill_loss, finetune_paths, finetune_subnet, read_subnet
 from widthsearch.recipes.cli import main
 
 
@@ -16,7 +16,7 @@ def test_finetune_cli_with_teacher_writes_subnet_format_plus_history(
     out = tmp_path / "ft.pt"
     argv = ["finetune", str(subnet_path), "--out", str(out), "--teacher", str(supernet_path)]
     assert main([*argv, "--epochs", "1", "--train-limit", "256", "--lr", "0.01"]) == 0
-    before, after = load_subnet(subnet_path), load_subnet(out)
+    before, after = read_subnet(subnet_path), read_subnet(out)
     for key in ("widths", "inheritance", "meta", "macs", "params", "supernet", "strategy"):
         assert after[key] == before[key], key
     assert after["format"] == "widthsearch.subnet"
@@ -110,7 +110,7 @@ def test_zero_epochs_writes_the_subnet_unchanged(subnet_path, tmp_path):
     out = tmp_path / "zero.pt"
     result = finetune_subnet(subnet_path, out=out, epochs=0, log=None)
     assert result["finetune"]["history"] == [] and out.is_file()
-    before, after = load_subnet(subnet_path), load_subnet(out)
+    before, after = read_subnet(subnet_path), read_subnet(out)
     for key, value in before["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key])
 

@@ -57,7 +57,7 @@ def test_saved_side_subnet_equals_the_recalibrated_supernet_subnet(
         supernet_path=str(supernet_path),
     )
     assert result["inheritance"]["chosen"] == "right"
-    saved = load_subnet(out)["module"]
+    saved = load_subnet(out)
     recalibrate_bn(sn, data.calib, cfg=cfg, side="right")
     x = data.heldout[0][0][:8]
     with torch.no_grad(), sn.active(cfg, "right"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, load_subnet
+from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, read_subnet
 from widthsearch.evaluate._common import load_splits
 from widthsearch.recipes.cli import main
 from widthsearch.supernet.checkpoint import load_supernet
@@ -23,7 +23,7 @@ def test_eval_cli_prints_one_json_object_with_consistent_figures(
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     result = json.loads(out[0])
-    payload = load_subnet(subnet_path)
+    payload = read_subnet(subnet_path)
     sn, _ = load_supernet(supernet_path)
     # MACs: the analytic cost model equals FlopCounterMode on the module, for both models
     assert result["macs"] == result["macs_counted"] == sn.macs(payload["widths"])

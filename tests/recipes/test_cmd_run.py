@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from widthsearch.supernet.checkpoint import load_supernet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +60,11 @@ def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert str(out / "report.md") in proc.stdout
+    # every file the run wrote is plain data: readable weights-only, nothing in it runs
+    artefacts = [out / "supernet.pt", *out.glob("subnets/*.pt")]
+    assert len(artefacts) == 1 + 2 * len(rows)  # extracted and fine-tuned subnets
+    for path in artefacts:
+        assert torch.load(path, weights_only=True)["format"].startswith("widthsearch."), path
 
     # a rerun reuses the trained supernet, the search and every fine-tuned subnet
     kept = [out / "supernet.pt", out / "search.json", *out.glob("subnets/*.pt")]

@@ -58,6 +58,8 @@ def test_console_script_trains_a_tiny_supernet_end_to_end(tmp_path):
     assert lines[-1]["top1_max"] > 0.2  # 10 classes: chance is 0.1 (256 images: sd 0.02)
     sn, payload = load_supernet(out / "supernet.pt")
     assert sn.meta["model"] == "resnet20" and sn.meta["input_size"] == 16
+    plain = torch.load(out / "supernet.pt", weights_only=True)  # optimiser and RNG state too
+    assert set(plain["train_state"]) >= {"optimizer", "scheduler", "rng"}
     assert (sn.meta["num_classes"], sn.meta["in_chans"]) == (10, 1)
     assert payload["recipe"]["name"] == "train-tiny" and payload["data"]["name"] == "synthetic"
     assert payload["history"] == lines
