@@ -79,6 +79,10 @@ def test_long_choice_lists_are_shortened_in_messages():
     with pytest.raises(ValueError) as info:
         space.validate({"w": 5})
     assert str(info.value).endswith("(choices: 4, 8, 12, 16, 20, ..., 56, 60, 64)")
+    thirteen = WidthSpace([make_group("t", 13, fixed=False, bins=13, min_bins=1, round_to=1)])
+    with pytest.raises(ValueError) as info:
+        thirteen.validate({"t": 0})
+    assert str(info.value).endswith("(choices: 1, 2, 3, 4, 5, ..., 11, 12, 13)")
     twelve = WidthSpace([make_group("v", 12, fixed=False, bins=12, min_bins=1, round_to=1)])
     with pytest.raises(ValueError) as info:
         twelve.validate({"v": 0})
