@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint data headline clean
+.PHONY: demo test lint data headline mutants clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ demo: $(VENV)/.installed data
 	$(BIN)/widthsearch run --out runs/demo
 	@echo "Report: runs/demo/report.md (plot: runs/demo/pareto.png)"
 
-test: $(VENV)/.installed
+# Lint, then the suite with the real data in place (`data`, as for `make demo`); in CI
+# (CI set) a missing dataset fails its tests instead of skipping them. Under 10 minutes.
+test: $(VENV)/.installed data
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Mutation testing of the cost model, samplers, width space, budgets and inheritance
+# (not part of `make test`; about an hour on one core). Results: build/mutants/*/.
+mutants: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[test,mutation]"
+	.ci/mutants
 
 # The README's headline figures (about an hour on 2 CPU cores; reruns skip finished cells).
 headline: $(VENV)/.installed data

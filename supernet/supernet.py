@@ -353,7 +353,7 @@ class Supernet(nn.Module):
         gates: dict[str, int] = {}
         for gi, block in blocks.items():
             for name, _ in self.model.named_modules():
-                if name.startswith(block + "."):
+                if name == block or name.startswith(block + "."):  # the block's own params too
                     gates[name] = gi
         return gates
 

@@ -83,6 +83,23 @@ def test_export_subnet_writes_every_applicable_format(timm_subnet_path, tmp_path
     assert widths["widths"] == payload["widths"] and widths["macs"] == payload["macs"]
     assert Path(written["timm"]).read_text().strip() == timm_shape_string(payload["module"])
     assert not [p for p in (tmp_path / "exp").iterdir() if p.name.endswith(".tmp")]
+    # the written files are the module: TorchScript computes the same outputs, ONNX holds the
+    # same weights
+    module = payload["module"].eval()
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(_jit_load(written["torchscript"])(x), module(x), atol=1e-5)
+    if "onnx" in written:
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(written["onnx"]).graph
+        onnx.checker.check_model(onnx.load(written["onnx"]))
+        weights = sorted(tuple(numpy_helper.to_array(t).shape) for t in graph.initializer)
+        convs = sorted(
+            tuple(m.weight.shape) for m in module.modules() if isinstance(m, torch.nn.Conv2d)
+        )
+        assert all(shape in weights for shape in convs)
     with pytest.raises(ValueError, match="unknown export format"):
         export_subnet(timm_subnet_path, tmp_path / "exp", formats=["tflite"])
 

@@ -80,6 +80,45 @@ def test_chosen_inheritance_has_the_best_recorded_and_rescored_score(loaded, con
         assert top1(model, data.heldout) == pytest.approx(recorded, abs=1e-12), name
     assert top1(result["module"], data.heldout) == pytest.approx(inh["scores"][inh["chosen"]])
     assert result["macs"] == sn.macs(cfg) and result["params"] == sn.params(cfg)
+    # the choice means something: candidates score differently and the best beats chance
+    assert len(set(inh["scores"].values())) > 1
+    assert inh["scores"][inh["chosen"]] > 0.15  # chance 0.1 (sd 0.027 on 128 images)
+    # top-1 by hand: the chosen module's argmax against the labels
+    hits = total = 0
+    with torch.no_grad():
+        for images, labels in data.heldout:
+            hits += int((result["module"](images).argmax(1) == labels).sum())
+            total += len(labels)
+    assert hits / total == pytest.approx(inh["scores"][inh["chosen"]], abs=1e-12)
+
+
+def test_ties_keep_the_earlier_candidate_and_the_best_is_returned(loaded, config_of, monkeypatch):
+    from widthsearch.evaluate import inheritance
+
+    sn, payload = loaded
+    cfg = config_of(sn, seed=7)
+    data = heldout_data(payload, sn.meta)
+    fixed = {"left": 0.5, "right": 0.5, "l1": 0.25, "bn": 0.5}
+    order = iter(["right", "left", "bn", "l1"])
+    monkeypatch.setattr(inheritance, "top1", lambda model, batches: fixed[next(order)])
+    model, info = inheritance.choose_inheritance(
+        sn, cfg, calib=data.calib, heldout=data.heldout, candidates=["right", "left", "bn", "l1"]
+    )
+    assert info == {"chosen": "right", "scores": {"right": 0.5, "left": 0.5, "bn": 0.5, "l1": 0.25}}
+    x = data.heldout[0][0][:4]
+    expected = inheritance.inherit(sn, cfg, "right")
+    recalibrate_bn(expected, data.calib)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected.eval()(x), atol=1e-5)
+    assert not model.training
+    with pytest.raises(ValueError, match="no weight-inheritance candidate"):
+        inheritance.choose_inheritance(
+            sn, cfg, calib=data.calib, heldout=data.heldout, candidates=[]
+        )
+    with pytest.raises(ValueError, match="unknown weight inheritance 'mid'; valid: left, right"):
+        inheritance.choose_inheritance(
+            sn, cfg, calib=data.calib, heldout=data.heldout, candidates=["left", "mid"]
+        )
 
 
 def test_l1_and_bn_topk_keep_the_highest_importance_channels(loaded, config_of):

@@ -24,6 +24,13 @@ def test_inspect_lists_groups_and_exact_totals(capsys):
     model = create_model("resnet20", num_classes=10, in_chans=1)
     sn = Supernet.from_model(model, torch.zeros(1, 1, 28, 28))
     assert f"MACs   {sn.macs()}" in out
+    # ... and what torch counts on the model itself
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 1, 28, 28))
+    assert f"MACs   {counter.get_total_flops() // 2}" in out
     assert f"params {sum(p.numel() for p in model.parameters())}" in out
 
 

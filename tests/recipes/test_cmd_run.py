@@ -100,5 +100,7 @@ def test_run_rejects_an_unknown_strategy_before_training(tmp_path):
 def test_run_rejects_a_missing_recipe(tmp_path):
     proc = _run(str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert proc.returncode == 2
-    assert "nope.toml" in proc.stderr and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("widthsearch run: error:"), lines
+    assert "nope.toml" in lines[0]
     assert not (tmp_path / "runs").exists()

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from widthsearch.recipes.cli import main
+from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
+from widthsearch.supernet.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
@@ -72,14 +74,22 @@ def test_console_script_trains_a_tiny_supernet_end_to_end(tmp_path):
 
 def test_overrides_reach_the_checkpoint(tmp_path):
     out = tmp_path / "o"
-    argv = ["train", str(TINY), "--out", str(out), "--epochs", "0", "--trainer", "sandwich"]
+    argv = ["train", str(TINY), "--out", str(out), "--epochs", "1", "--trainer", "sandwich"]
     assert main([*argv, "--seed", "4", "--model", "resnet32"]) == 0
     payload = load_checkpoint(out / "supernet.pt", kind="widthsearch.supernet")
     assert payload["recipe"]["train"]["trainer"] == "sandwich"
-    assert payload["recipe"]["train"]["seed"] == 4 and payload["recipe"]["train"]["epochs"] == 0
+    assert payload["recipe"]["train"]["seed"] == 4 and payload["recipe"]["train"]["epochs"] == 1
     assert payload["meta"]["model"] == "resnet32"
-    assert payload["train_state"]["epoch"] == 0 and payload["history"] == []
-    assert (out / "train.jsonl").read_text() == ""
+    # the overrides were trained with, not only recorded: one sandwich epoch of a resnet32
+    assert payload["train_state"]["epoch"] == 1
+    (entry,) = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert entry["trainer"] == "sandwich" and payload["history"] == [entry]
+    sn, _ = load_supernet(out / "supernet.pt")
+    assert [len(getattr(sn.model, f"layer{s}")) for s in (1, 2, 3)] == [5, 5, 5]
+    untrained = Supernet.from_model(
+        create_model("resnet32", num_classes=10, in_chans=1), torch.zeros(1, 1, 16, 16)
+    )
+    assert sn.params() == untrained.params()
 
 
 def test_default_out_dir_is_runs_recipe_name(tmp_path, monkeypatch):
@@ -169,3 +179,22 @@ def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     assert payload["train_state"]["epoch"] == epoch + 1
     assert len((out / "train.jsonl").read_text().splitlines()) == epoch + 1
     assert not list(out.glob(".*.tmp"))  # temp files of the killed write are cleaned up
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_missing_dataset_and_unknown_model_are_one_line_and_exit_2(
+    command, tmp_path, capsys, monkeypatch
+):
+    recipe = TINY if command == "train" else REPO / "tests" / "recipes" / "run_tiny.toml"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("WIDTHSEARCH_DATA", str(empty))  # the only place looked in: no download
+    out = tmp_path / "out"
+    assert main([command, str(recipe), "--out", str(out), "--data", "fashion-mnist"]) == 2
+    (line,) = _err_lines(capsys)
+    assert line.startswith(f"widthsearch {command}: error:") and str(empty) in line, line
+    assert not (out / "supernet.pt").exists()
+    assert main([command, str(recipe), "--out", str(out), "--model", "resnet21"]) == 2
+    (line,) = _err_lines(capsys)
+    assert line.startswith(f"widthsearch {command}: error:") and "resnet21" in line, line
+    assert not (out / "supernet.pt").exists()

@@ -57,3 +57,40 @@ def test_format_macs():
     assert format_macs(31_021_952) == "31.02M"
     assert format_macs(1_500_000_000) == "1.50G"
     assert format_macs(999) == "999"
+    # each unit starts exactly at its scale
+    assert format_macs(1_000_000_000) == "1.00G"
+    assert format_macs(1_000_000) == "1.00M"
+    assert format_macs(1_000) == "1.00k" and format_macs(12_345) == "12.35k"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (True, ["bad budget True"]),
+        ("abc", ["bad budget 'abc'", "(0.5, 50%)", "(20M, 1.5G, 300k, 123456)"]),
+        ("1.5", ["budget '1.5' read as a fraction", "with a k/M/G suffix"]),
+        ("150%", ["budget '150%' read as a fraction", "must be in (0, 1]"]),
+        (1.5, ["budget '1.5' read as a fraction"]),
+    ],
+)
+def test_parse_budget_messages_quote_the_input(text, words):
+    with pytest.raises(ValueError) as info:
+        parse_budget(text, FULL)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_resolve_budgets_boundaries_and_messages(sn):
+    full, smallest = sn.macs(), sn.macs(sn.space.min())
+    # both ends are reachable: the smallest subnet and the full model
+    assert resolve_budgets(sn, [smallest, full]) == [smallest, full]
+    with pytest.raises(ValueError) as below:
+        resolve_budgets(sn, [smallest - 1])
+    text = str(below.value)
+    assert text.startswith(f"budget {smallest - 1} = {smallest - 1} MACs is below")
+    assert f"{smallest / full:.1%} of full" in text and format_macs(smallest) in text
+    with pytest.raises(ValueError) as above:
+        resolve_budgets(sn, [full + 1])
+    assert f"above the full model's {full} MACs ({format_macs(full)})" in str(above.value)
+    with pytest.raises(ValueError) as none:
+        resolve_budgets(sn, [])
+    assert str(none.value) == "no budget given"

@@ -162,9 +162,27 @@ def test_storage_flag_makes_evolution_resumable(tiny_checkpoint, tmp_path, capsy
 
 
 @pytest.mark.parametrize("flag", ["--relax-steps", "--samples"])
-def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, flag):
+def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, flag, monkeypatch):
     out = tmp_path / "s.json"
     strategy = "relax" if flag == "--relax-steps" else "random"
+    from widthsearch.search import relax
+    from widthsearch.search.base import get_strategy
+
+    cls = type(get_strategy(strategy))
+    received: list[dict] = []
+    steps: list[int] = []
+    original_search, original_train = cls.search, relax._LogitTrainer.train
+
+    def spy_search(self, *args, **kwargs):
+        received.append(kwargs)
+        return original_search(self, *args, **kwargs)
+
+    def spy_train(self, budget, n, start):
+        steps.append(n)
+        return original_train(self, budget, n, start)
+
+    monkeypatch.setattr(cls, "search", spy_search)
+    monkeypatch.setattr(relax._LogitTrainer, "train", spy_train)
     assert (
         main(
             [
@@ -187,5 +205,10 @@ def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, 
     capsys.readouterr()
     doc = json.loads(out.read_text())
     _validate(doc, tiny_checkpoint, [strategy], 1)
+    (options,) = received
     if strategy == "random":
+        assert options["samples"] == 2 and "steps" not in options
         assert doc["results"][0]["evaluations"] <= 2
+    else:
+        assert options["steps"] == 2 and "samples" not in options
+        assert steps == [2]  # the one budget's logits were trained for exactly 2 steps

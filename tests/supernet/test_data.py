@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import re
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -19,10 +23,26 @@ from widthsearch.supernet.data import (
 )
 from widthsearch.supernet.errors import DataError
 
-needs_fmnist = pytest.mark.skipif(
-    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST not in {DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist)",
-)
+_HAVE_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
+_NO_FMNIST = f"Fashion-MNIST not in {DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist)"
+# In CI (`make test` installs the data first) a missing dataset is a failure, not a skip.
+needs_fmnist = pytest.mark.skipif(not _HAVE_FMNIST and not os.environ.get("CI"), reason=_NO_FMNIST)
+
+
+@pytest.fixture(autouse=True)
+def _fmnist_in_ci(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("skipif") and not _HAVE_FMNIST:
+        pytest.fail(f"CI is set but {_NO_FMNIST}")
+
+
+def _raw_idx(name: str) -> np.ndarray:
+    """An official IDX file read here, independently of the loader: big-endian header
+    (magic, dims), then uint8 data."""
+    with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz", "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _indices(dataset: InMemoryImages) -> set[int]:
@@ -82,8 +102,17 @@ def test_fashion_mnist_seeding() -> None:
     assert torch.equal(a.train.indices, b.train.indices)
     assert not torch.equal(a.heldout.indices, c.heldout.indices)
     assert not _indices(c.train) & _indices(c.heldout)
-    # the held-out images really are those official training images
     torch.testing.assert_close(a.heldout.images, b.heldout.images, rtol=0, atol=0)
+    # the held-out images and labels really are those official training images and labels
+    images = _raw_idx("train-images-idx3-ubyte")
+    labels = _raw_idx("train-labels-idx1-ubyte")
+    assert images.shape == (60000, 28, 28) and labels.shape == (60000,)
+    for split in (a.heldout, c.heldout, a.train):
+        idx = split.indices.numpy()
+        assert np.array_equal(split.images[:, 0].numpy(), images[idx])
+        assert np.array_equal(split.labels.numpy(), labels[idx])
+    test_images = _raw_idx("t10k-images-idx3-ubyte")
+    assert np.array_equal(a.test.images[:, 0].numpy(), test_images[a.test.indices.numpy()])
 
 
 @needs_fmnist

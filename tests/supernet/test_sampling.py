@@ -184,3 +184,51 @@ def test_bad_arguments():
         SandwichSampler(_space(), n_random=-1)
     with pytest.raises(ValueError, match="step"):
         FairSampler(_space()).plan(-1)
+
+
+def test_plans_carry_their_step_and_the_default_seed_is_zero():
+    space = _space()
+    sampler = FairSampler(space)
+    assert [sampler.plan(t).step for t in range(6)] == list(range(6))
+    assert [sampler.plan(t) for t in range(9)] == [
+        FairSampler(space, seed=0).plan(t) for t in range(9)
+    ]
+    assert SandwichSampler(space).plan(4) == SandwichSampler(space, seed=0).plan(4)
+
+
+def test_groups_without_a_complementable_bin_stay_at_full_width():
+    space = WidthSpace(
+        [*_space().groups, make_group("one", 1, fixed=False, bins=8, min_bins=1, round_to=1)]
+    )
+    assert space["one"].choices == (1,) and 0 in space["one"].bin_to_width
+    sampler = FairSampler(space, seed=0, full_every=0)
+    for t in range(40):
+        plan = sampler.plan(t)
+        assert plan.cfg["one"] == 1 and "one" not in plan.bins
+        assert plan.cfg["input"] == 3 and plan.cfg["fc"] == 10 and "fc" not in plan.bins
+
+
+def test_pairs_start_only_from_bins_between_min_bins_and_its_mirror():
+    # rounding to 8 gives bins 2 and 6 the same width as bins 3..5: still below min_bins
+    coarse = make_group("coarse", 16, fixed=False, bins=8, min_bins=3, round_to=8)
+    assert coarse.bin_to_width == (0, 0, 8, 8, 8, 8, 8, 16, 16)
+    sampler = FairSampler(WidthSpace([coarse]), seed=0, full_every=0)
+    drawn = {sampler.plan(t).bins["coarse"] for t in range(200)}
+    assert drawn == {3, 4, 5}
+
+
+def test_sandwich_edges_seed_and_message():
+    space = _space()
+    assert SandwichSampler(space, n_random=0).plan(0) == [space.max(), space.min()]
+    a = [cfg for t in range(5) for cfg in SandwichSampler(space, seed=1).plan(t)[2:]]
+    b = [cfg for t in range(5) for cfg in SandwichSampler(space, seed=2).plan(t)[2:]]
+    assert a != b
+    with pytest.raises(ValueError, match=r"step must be >= 0, got -1"):
+        SandwichSampler(space).plan(-1)
+
+
+def test_channel_usage_adds_sides_in_any_order():
+    space = WidthSpace([make_group("g", 8, fixed=False, bins=4, min_bins=1, round_to=1)])
+    usage = channel_usage(space, {"g": 6}, sides=("right", "left"))["g"]
+    assert usage.tolist() == [1, 1, 2, 2, 2, 2, 1, 1]
+    assert channel_usage(space, {"g": 2}, sides=("left", "left"))["g"].tolist() == [2, 2] + [0] * 6

@@ -132,12 +132,21 @@ def test_no_slimmable_state_left_in_extracted(built):
 
 
 def test_vectorised_cost_equals_scalar():
+    """8,300 rows cross the cost model's 8,192-row chunk; each row is checked against the
+    single-row path, and a few (either side of the boundary) against the extracted subnet."""
     sn = Supernet.from_model(_tv("resnet18"), torch.randn(1, 3, 32, 32))
     rng = np.random.default_rng(0)
-    cfgs = [sn.space.sample(rng) for _ in range(50)]
+    cfgs = [sn.space.sample(rng) for _ in range(8300)]
     widths = sn.space.encode(cfgs)
-    assert sn.cost.macs(widths).tolist() == [sn.macs(c) for c in cfgs]
-    assert sn.cost.params(widths).tolist() == [sn.params(c) for c in cfgs]
+    macs, params = sn.cost.macs(widths), sn.cost.params(widths)
+    assert len(set(macs.tolist())) > 8000  # distinct rows: a shifted chunk would show
+    assert macs.tolist() == [sn.cost.macs(row) for row in widths]
+    assert params.tolist() == [sn.cost.params(row) for row in widths]
+    x = torch.randn(1, 3, 32, 32)
+    for i in (0, 8191, 8192, 8299):
+        sub = sn.extract(cfgs[i]).eval()
+        assert macs[i] == _counted_macs(sub, x), i
+        assert params[i] == sum(p.numel() for p in sub.parameters()), i
 
 
 def test_groups_found_by_tracing_resnet20():
@@ -165,10 +174,20 @@ def test_depthwise_and_se_couplings_mobilenet_v3():
 
 def test_grouped_conv_widths_keep_whole_groups():
     sn = Supernet.from_model(_tv("regnet_x_400mf"), torch.randn(1, 3, 32, 32))
-    for layer, _, out_g in sn._layers:
-        if layer.kind == "conv" and layer.group_width > 1:
-            group = sn.space.groups[out_g]
-            assert all(w % layer.group_width == 0 for w in group.choices)
+    grouped = [
+        (layer, out_g)
+        for layer, _, out_g in sn._layers
+        if layer.kind == "conv" and layer.group_width > 1
+    ]
+    # regnet_x_400mf: one 3x3 grouped conv (group width 16) per block, 22 blocks
+    assert len(grouped) == 22
+    assert {layer.group_width for layer, _ in grouped} == {16}
+    assert grouped[0][0].module.groups == grouped[0][0].module.in_channels // 16
+    for layer, out_g in grouped:
+        group = sn.space.groups[out_g]
+        assert group.round_to % layer.group_width == 0
+        assert all(w % layer.group_width == 0 for w in group.choices)
+        assert len(group.choices) > 1  # still searchable
 
 
 def test_round_to_and_bins():
@@ -258,11 +277,16 @@ def test_active_restores_on_error_and_nests():
         assert torch.equal(sn(x), full)
         assert all(isinstance(p, nn.Parameter) for p in sn.model.parameters())
         with sn.active(sn.space.min()):
-            with sn.active(sn.space.uniform(0.5)):
-                pass
             small = sn(x)
+        with sn.active(sn.space.uniform(0.5)):
+            half = sn(x)
+        with sn.active(sn.space.min()):
+            with sn.active(sn.space.uniform(0.5)):
+                assert torch.equal(sn(x), half)  # the inner config rules inside
+            assert torch.equal(sn(x), small)  # the outer one is back after it
+        assert torch.equal(sn(x), full)
         assert sn.macs(sn.space.min()) < sn.macs()
-        assert not torch.equal(small, full)
+        assert not torch.equal(small, full) and not torch.equal(small, half)
 
 
 def test_gradients_reach_only_active_channels():

@@ -1,0 +1,131 @@
+"""Interrupted writes leave the previous file whole: a failing rename, a failing writer, and a
+process killed in the middle of writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from widthsearch.evaluate import export as export_module
+from widthsearch.evaluate import report as report_module
+from widthsearch.supernet import checkpoint, train
+
+
+def _save(path: Path, value: int) -> None:
+    checkpoint.atomic_save({"value": value, "weights": torch.arange(1000) * value}, path)
+
+
+def _load(path: Path):
+    return torch.load(path, weights_only=True)["value"]
+
+
+def _writers():
+    """(name, write(path, version), read(path) -> version) for every atomic writer."""
+
+    def text(path, v):
+        checkpoint.write_text_atomic(f"version {v}\n", path)
+
+    def jsonl(path, v):
+        train._write_jsonl(path, [{"version": v}, {"version": v}])
+
+    def export(path, v):
+        with export_module._temp_path(path) as tmp:
+            tmp.write_text(f"version {v}\n")
+
+    def plot(path, v):
+        report_module.plot_pareto([{"strategy": "s", "macs": 10 * v, "score": 0.5}], path)
+
+    return [
+        ("torch", _save, _load),
+        ("text", text, lambda p: int(p.read_text().split()[1])),
+        (
+            "json",
+            lambda p, v: checkpoint.write_json_atomic({"v": v}, p),
+            lambda p: json.load(open(p))["v"],
+        ),
+        ("jsonl", jsonl, lambda p: json.loads(p.read_text().splitlines()[1])["version"]),
+        ("export", export, lambda p: int(p.read_text().split()[1])),
+        ("plot", plot, lambda p: p.read_bytes()),
+    ]
+
+
+def _leftovers(folder: Path, keep: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != keep)
+
+
+@pytest.mark.parametrize(("name", "write", "read"), _writers(), ids=[w[0] for w in _writers()])
+def test_a_failing_rename_keeps_the_old_file_and_no_temp(name, write, read, tmp_path, monkeypatch):
+    path = tmp_path / f"out.{name}"
+    write(path, 1)
+    before, old_bytes = read(path), path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        write(path, 2)
+    assert path.read_bytes() == old_bytes and read(path) == before
+    assert _leftovers(tmp_path, path.name) == []
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("writer failed half-way")
+
+
+def test_a_writer_failing_half_way_keeps_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _save(path, 1)
+    old = path.read_bytes()
+    with pytest.raises(RuntimeError, match="half-way"):
+        # the tensor is written before the object that fails
+        checkpoint.atomic_save({"weights": torch.zeros(100_000), "bad": _Unpicklable()}, path)
+    assert path.read_bytes() == old and _load(path) == 1
+    assert _leftovers(tmp_path, path.name) == []
+
+
+def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
+    """The child writes half of the new file, says so, and is killed there: the destination
+    still holds the previous version; only a hidden temp file remains (the trainer removes
+    those of its own files when it next runs)."""
+    path = tmp_path / "ckpt.pt"
+    _save(path, 1)
+    old = path.read_bytes()
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from widthsearch.supernet import checkpoint
+
+        def write(f):
+            f.write(b"x" * 100_000)
+            f.flush()
+            print("half", flush=True)
+            time.sleep(60)
+
+        checkpoint._atomic_write({str(path)!r}, write, "wb")
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert proc.stdout.readline().strip() == "half"
+        (temp,) = [p for p in tmp_path.iterdir() if p.name != path.name]
+        assert temp.stat().st_size == 100_000  # the new bytes really were being written
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == old and _load(path) == 1
+    (left,) = _leftovers(tmp_path, path.name)
+    assert left.startswith(".ckpt.pt.") and left.endswith(".tmp")
