@@ -103,6 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--smoke", action="store_true", help="tiny preset, a couple of minutes")
     add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
     add("--part", choices=["all", "pipeline", "scratch"], default="all")
+    add("--report", action="store_true", help="only print the table of the finished cells")
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     add("--threads", type=int, default=1, help="torch threads")
@@ -397,14 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = Warmstart(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads", "report")}
     path = out / "settings.json"
     if path.is_file():  # seeds may be added later; anything else would mix settings
         saved = json.loads(path.read_text())
         if {**saved, "seeds": None} != {**settings, "seeds": None}:
             sys.exit(f"{out} holds cells made with other settings; use another --out")
     write_json_atomic(settings, path)
-    bench.run()
+    if not args.report:
+        bench.run()
     table = bench.table()
     write_text_atomic(table, out / "tables.md")
     print(table)
