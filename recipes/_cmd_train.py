@@ -82,8 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
-    """Write the command-line overrides into ``recipe`` (validated like recipe values)."""
+def apply_overrides(recipe: Recipe, args: argparse.Namespace, *, stage: str = "train") -> Recipe:
+    """Write the command-line overrides into ``recipe`` (validated like recipe values).
+
+    ``--epochs`` and ``--seed`` go to the ``stage`` section (``train`` or ``pretrain``).
+    """
+    section = getattr(recipe, stage)
     if args.model is not None:
         recipe.model.name = args.model
     if args.data is not None:
@@ -91,11 +95,11 @@ def apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
     if args.epochs is not None:
         if args.epochs < 0:
             raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
-        recipe.train.epochs = args.epochs
+        section.epochs = args.epochs
+    if args.seed is not None:
+        section.seed = args.seed
     if args.trainer is not None:
         recipe.train.trainer = args.trainer
-    if args.seed is not None:
-        recipe.train.seed = args.seed
     if getattr(args, "init", None) is not None:
         recipe.train.init = args.init
     check_train(recipe)
@@ -105,17 +109,7 @@ def apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
 def run_pretrain(args: argparse.Namespace) -> int:
     from widthsearch.supernet.train import pretrain_network
 
-    recipe = load_recipe(args.recipe)
-    if args.model is not None:
-        recipe.model.name = args.model
-    if args.data is not None:
-        recipe.data.name = args.data
-    if args.epochs is not None:
-        if args.epochs < 0:
-            raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
-        recipe.pretrain.epochs = args.epochs
-    if args.seed is not None:
-        recipe.pretrain.seed = args.seed
+    recipe = apply_overrides(load_recipe(args.recipe), args, stage="pretrain")
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     result = pretrain_network(
         recipe,

@@ -58,39 +58,37 @@ class SpaceSection:
 
 
 @dataclass
-class PretrainSection:
-    epochs: int = 8  # plain full-width training epochs (`widthsearch pretrain`)
+class _TrainingSchedule:
+    """What every training stage has: SGD + cosine schedule, seed, per-epoch evaluation."""
+
+    epochs: int = 3  # training epochs
     lr: float = 0.1  # peak SGD learning rate (cosine schedule)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # SGD weight decay
     nesterov: bool = True  # Nesterov momentum
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     warmup_epochs: float = 0.0  # linear warm-up before the cosine schedule
-    seed: int = 0  # seeds initialisation and data order
+    seed: int = 0  # seeds initialisation, data order (and width sampling)
     eval_batches: int = 10  # held-out batches for the per-epoch top-1
 
 
 @dataclass
-class TrainSection:
+class PretrainSection(_TrainingSchedule):
+    epochs: int = 8  # plain full-width training epochs (`widthsearch pretrain`)
+
+
+@dataclass
+class TrainSection(_TrainingSchedule):
     init: str = "scratch"  # scratch | pretrain (OUT/full.pt) | path of a trained network
     channel_order: str = "ends"  # warm start: ends | front | none (importance arrangement)
     teacher_alpha: float = 0.7  # warm start: weight of distillation from the trained network
     teacher_temperature: float = 4.0  # warm start: distillation temperature
     trainer: str = "bcnet"  # bcnet | sandwich
-    epochs: int = 3  # supernet training epochs
-    lr: float = 0.1  # peak SGD learning rate (cosine schedule)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # SGD weight decay
-    nesterov: bool = True  # Nesterov momentum
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    warmup_epochs: float = 0.0  # linear warm-up before the cosine schedule
     distill: bool = False  # in-place distillation from the full width (AutoSlim)
     full_every: int = 2  # BCNet: one full-width step after every this many sampled steps
     coverage: str = "levels"  # BCNet: levels (pairs spread over all MACs) | independent
     level_spread: int = 1  # BCNet levels: bins a group may stray from the pair's level
     sandwich_random: int = 2  # sandwich rule: random widths per step besides max and min
-    seed: int = 0  # seeds width sampling and initialisation
-    eval_batches: int = 10  # held-out batches for the per-epoch max/min top-1
 
 
 @dataclass

@@ -25,12 +25,7 @@ TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 RUN_WARM = REPO / "tests" / "recipes" / "run_tiny_warm.toml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _tiny_supernet(dtype=torch.float64, size=8) -> Supernet:
