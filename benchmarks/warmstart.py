@@ -58,6 +58,7 @@ from widthsearch.evaluate import (
 from widthsearch.recipes._cmd_search import search_options
 from widthsearch.recipes.recipe import Recipe, load_recipe
 from widthsearch.search import build_evaluator, resolve_budgets, run_search
+from widthsearch.supernet import create_model, load_weights, read_state_dict
 from widthsearch.supernet.checkpoint import (
     build_supernet,
     load_supernet,
@@ -293,8 +294,10 @@ class Warmstart:
         work = self.work(seed)
         pruned_path, tuned = work / f"tp-{pct(frac)}.pt", work / f"tp-{pct(frac)}-ft.pt"
         if not pruned_path.is_file():
-            full = read_subnet(work / "full-subnet.pt")
-            pruned = prune_to_budget(full["module"], full["meta"], budget)
+            meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
+            trained = create_model(META["model"], num_classes=10, in_chans=1)
+            load_weights(trained, read_state_dict(work / "full.pt"), where=str(work / "full.pt"))
+            pruned = prune_to_budget(trained, meta, budget)
             if not pruned["verified"]:
                 raise RuntimeError("pruned channels do not map onto the supernet's groups")
             doc = random_init_subnet(
