@@ -107,30 +107,21 @@ def apply_overrides(recipe: Recipe, args: argparse.Namespace, *, stage: str = "t
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from widthsearch.supernet.train import pretrain_network
-
-    recipe = apply_overrides(load_recipe(args.recipe), args, stage="pretrain")
-    out = Path(args.out) if args.out else Path("runs") / recipe.name
-    result = pretrain_network(
-        recipe,
-        out_dir=out,
-        resume=args.resume,
-        device=args.device,
-        stop_after=args.stop_after,
-        log=lambda line: print(line, flush=True),
-        trust_pickle=args.trust_pickle,
-    )
-    if result.is_main:
-        print(f"trained network: {result.checkpoint}  log: {result.log}")
-    return 0
+    return _run_stage(args, "pretrain")
 
 
 def run(args: argparse.Namespace) -> int:
-    from widthsearch.supernet.train import train_supernet
+    return _run_stage(args, "train")
 
-    recipe = apply_overrides(load_recipe(args.recipe), args)
+
+def _run_stage(args: argparse.Namespace, stage: str) -> int:
+    """``pretrain`` (-> OUT/full.pt) or ``train`` (-> OUT/supernet.pt) with the overrides."""
+    from widthsearch.supernet.train import pretrain_network, train_supernet
+
+    recipe = apply_overrides(load_recipe(args.recipe), args, stage=stage)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    result = train_supernet(
+    job = pretrain_network if stage == "pretrain" else train_supernet
+    result = job(
         recipe,
         out_dir=out,
         resume=args.resume,
@@ -141,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if not result.is_main:
         return 0
+    epochs = getattr(recipe, stage).epochs
     if result.epochs_run == 0 and args.resume:
-        print(f"nothing to do: {result.checkpoint} already has {recipe.train.epochs} epochs")
+        print(f"nothing to do: {result.checkpoint} already has {epochs} epochs")
     else:
-        print(f"supernet: {result.checkpoint}  log: {result.log}", file=sys.stdout)
+        what = "trained network" if stage == "pretrain" else "supernet"
+        print(f"{what}: {result.checkpoint}  log: {result.log}", file=sys.stdout)
     return 0
