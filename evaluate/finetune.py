@@ -80,14 +80,11 @@ def load_teacher(
     from widthsearch.supernet.models import create_model
     from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
 
-    try:
-        payload = load_checkpoint(path, kind=FULL_FORMAT, trust_pickle=trust_pickle)
-        state = payload.get("state_dict")
-    except CheckpointError as full_error:
-        if "expected" not in str(full_error):
-            raise
-        payload = load_checkpoint(path, kind="widthsearch.supernet", trust_pickle=trust_pickle)
-        state = payload.get("teacher_state_dict")
+    payload = load_checkpoint(
+        path, kind=(FULL_FORMAT, "widthsearch.supernet"), trust_pickle=trust_pickle
+    )
+    key = "state_dict" if payload["format"] == FULL_FORMAT else "teacher_state_dict"
+    state = payload.get(key)
     theirs = payload.get("meta") or {}
     for key in _META_KEYS:
         if theirs.get(key) != meta.get(key):

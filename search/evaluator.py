@@ -205,7 +205,7 @@ class SubnetEvaluator:
         was_training = sn.training
         full = sn.space.decode(key)
         try:
-            result = tuple(self._side_top1(full, side) for side in self.side_names)
+            result = tuple(self._side_score(full, side) for side in self.side_names)
         finally:
             self.restore_bn()
             sn.train(was_training)
@@ -220,7 +220,7 @@ class SubnetEvaluator:
         return sum(per_side) / len(per_side)
 
     @torch.no_grad()
-    def _side_top1(self, cfg: Mapping[str, int], side: str) -> float:
+    def _side_score(self, cfg: Mapping[str, int], side: str) -> float:
         """This side's metric (higher is better), after BN recalibration."""
         sn = self.supernet
         recalibrate_bn(sn, self._calib, cfg=cfg, side=side)

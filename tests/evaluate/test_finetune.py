@@ -81,7 +81,7 @@ def test_finetune_bad_inputs(subnet_path, supernet_path, tmp_path, capsys):
                 "--teacher",
                 str(other),
             ],
-            "expected 'widthsearch.supernet'",
+            "expected 'widthsearch.full' or 'widthsearch.supernet'",
         ),
         (
             ["finetune", str(subnet_path), "--out", str(tmp_path / "x.pt"), "--epochs", "-1"],
