@@ -48,7 +48,7 @@ def plain_epoch(model: nn.Module, dataset, train, *, batch_size: int) -> float:
     criterion = nn.CrossEntropyLoss()
     model.train()
     loader = epoch_loader(
-        dataset, epoch=1, seed=train.seed, batch_size=batch_size, workers=0, info=_single()
+        dataset, epoch=1, seed=train.seed, batch_size=batch_size, workers=0, runtime=_single()
     )
     start = time.perf_counter()
     for x, y in loader:
@@ -76,9 +76,9 @@ def fresh_supernet(like):
 
 
 def _single():
-    from widthsearch.supernet._distributed import DistInfo
+    from widthsearch.supernet.runtime import Runtime
 
-    return DistInfo()
+    return Runtime()
 
 
 def macs_per_step(sn, mode: str, steps: int, train) -> float:

@@ -20,6 +20,7 @@ from widthsearch.supernet.checkpoint import (
     write_text_atomic,
 )
 from widthsearch.supernet.errors import CheckpointError, DataError, WidthsearchError
+from widthsearch.supernet.runtime import Runtime
 
 SUBNET_FORMAT = "widthsearch.subnet"
 # 2: no pickled module; the module is rebuilt from meta (model, arguments, space) + widths
@@ -237,14 +238,27 @@ def subset_tensors(dataset: Dataset, count: int, *, seed: int = 0) -> tuple[Tens
 
 
 @torch.no_grad()
-def top1(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) over ``(images, labels)`` batches."""
+def top1(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    runtime: Runtime | None = None,
+) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) over ``(images, labels)`` batches.
+
+    Batches go to the model's device; the count stays there until the end (one
+    synchronisation, not one per batch). ``runtime`` adds its mixed precision and layout.
+    """
     model.eval()
-    correct = total = 0
+    runtime = runtime or Runtime(device=next(model.parameters()).device)
+    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    total = 0
     for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
+        with runtime.autocast():
+            logits = model(runtime.batch(x))
+        correct += (logits.argmax(1) == y.to(runtime.device, non_blocking=True)).sum()
         total += len(y)
-    return correct / total if total else 0.0
+    return int(correct) / total if total else 0.0
 
 
 def model_input(meta: Mapping[str, Any], batch: int = 1) -> Tensor:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.runtime import local_runtime
 
 from ._common import (
     SUBNET_FORMAT,
@@ -198,6 +200,9 @@ def extract_subnet(
     progress: bool | None = None,
     log: Callable[[str], Any] | None = None,
     trust_pickle: bool = False,
+    device: str = "auto",
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Extract the subnet of a search result (or of explicit ``widths``) with the best
     weight inheritance, and optionally write it.
@@ -221,6 +226,8 @@ def extract_subnet(
         progress: tqdm bars (``None``: only on a terminal).
         log: Called with one line per candidate.
         trust_pickle: Accept a supernet file that needs unpickling (an older file).
+        device, amp, channels_last: Where and how the candidates are scored; the supernet
+            goes back to its device afterwards and the subnet is returned on the CPU.
 
     Returns:
         The subnet payload (as written, plus the in-memory ``module``): ``format``,
@@ -273,6 +280,7 @@ def extract_subnet(
             raise ValueError(
                 f"unknown weight inheritance {name!r}; valid: {', '.join(INHERITANCE)}"
             )
+    runtime = local_runtime(device, amp=amp, channels_last=channels_last)
     if out is not None:
         out = output_path(out)
     if data is None:
@@ -284,16 +292,22 @@ def extract_subnet(
             batch_size=batch_size,
             seed=seed,
         )
+    home = next(sn.parameters()).device
     sn.eval()
-    module, inheritance = choose_inheritance(
-        sn,
-        cfg,
-        calib=data.calib,
-        heldout=data.heldout,
-        candidates=candidates,
-        progress=progress,
-        log=log,
-    )
+    try:
+        module, inheritance = choose_inheritance(
+            runtime.module(sn),
+            cfg,
+            calib=data.calib,
+            heldout=data.heldout,
+            candidates=candidates,
+            progress=progress,
+            log=log,
+            runtime=runtime,
+        )
+    finally:
+        sn.to(home, memory_format=torch.contiguous_format)
+    module = module.to("cpu", memory_format=torch.contiguous_format)
     result: dict[str, Any] = {
         "format": SUBNET_FORMAT,
         "version": SUBNET_VERSION,

@@ -7,6 +7,11 @@ temperature ``T`` (Hinton et al.). The teacher is the trained network the supern
 from, when there is one; else the supernet's full width, whose BN statistics are
 recalibrated first (its running stats are a mix over all the widths it trained).
 
+Runs on the runtime's device with its mixed precision and layout, and data-parallel under
+``torchrun`` like supernet training (each rank trains its shard of every epoch, gradients
+averaged explicitly, replicas bit-identical; rank 0 writes). The per-epoch state resumes
+at another world size.
+
 Resumable like supernet training: after every epoch the whole state (weights, optimiser,
 schedule, history) goes atomically to ``<out stem>.ckpt.pt``; ``resume=True`` continues
 from it with the same data order and augmentation, so an interrupted run ends with the same
@@ -32,6 +37,17 @@ from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
+from widthsearch.supernet.runtime import (
+    Runtime,
+    allreduce_grads,
+    average_buffers,
+    barrier,
+    broadcast_state,
+    dump_rank_state,
+    init_runtime,
+    local_runtime,
+    shutdown_runtime,
+)
 from widthsearch.supernet.train import distill_loss
 
 from ._common import (
@@ -128,6 +144,10 @@ def finetune_subnet(
     progress: bool | None = None,
     log: Callable[[str], Any] | None = print,
     trust_pickle: bool = False,
+    device: str = "auto",
+    amp: str = "off",
+    channels_last: bool = False,
+    data_parallel: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune a subnet file and write the result (same format, plus ``"finetune"``).
 
@@ -154,6 +174,11 @@ def finetune_subnet(
         log: Called with one summary line per epoch.
         trust_pickle: Accept subnet, teacher and state files that need unpickling (older
             files); refused otherwise.
+        device, amp, channels_last: Where and in which precision and layout to train (see
+            :func:`widthsearch.supernet.runtime.init_runtime`); the output is stored on
+            the CPU, loadable anywhere.
+        data_parallel: Join the ``torchrun`` job in the environment (if any); ``False``
+            fine-tunes in this process alone (rank 0 of a job whose other ranks are done).
 
     Returns:
         The output payload (``"finetune"``: settings and per-epoch history). When
@@ -215,9 +240,63 @@ def finetune_subnet(
                     f"{ckpt_path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
                     "resume with the same options or start afresh without --resume"
                 )
+    if data_parallel:
+        runtime = init_runtime(device, amp=amp, channels_last=channels_last)
+    else:
+        runtime = local_runtime(device, amp=amp, channels_last=channels_last)
+    try:
+        return _train(
+            payload,
+            recipe,
+            settings,
+            state,
+            runtime=runtime,
+            teacher=teacher,
+            meta=meta,
+            source=source,
+            out=out,
+            ckpt_path=ckpt_path,
+            log_path=log_path,
+            stop_after=stop_after,
+            eval_images=eval_images,
+            export_dir=export_dir,
+            progress=progress,
+            log=log,
+            trust_pickle=trust_pickle,
+        )
+    finally:
+        shutdown_runtime(runtime)
+
+
+def _train(
+    payload: dict[str, Any],
+    recipe: Any,
+    settings: Mapping[str, Any],
+    state: Mapping[str, Any] | None,
+    *,
+    runtime: Runtime,
+    teacher: str | os.PathLike[str] | None,
+    meta: Mapping[str, Any],
+    source: str | None,
+    out: Path,
+    ckpt_path: Path,
+    log_path: Path,
+    stop_after: int | None,
+    eval_images: int,
+    export_dir: str | os.PathLike[str] | None,
+    progress: bool | None,
+    log: Callable[[str], Any] | None,
+    trust_pickle: bool,
+) -> dict[str, Any]:
+    """The epochs of :func:`finetune_subnet` on ``runtime`` (settings already checked)."""
+    epochs, lr, seed = settings["epochs"], settings["lr"], settings["seed"]
+    batch_size, momentum = settings["batch_size"], settings["momentum"]
+    alpha, temperature = settings["alpha"], settings["temperature"]
+    train_limit = settings["train_limit"]
     teacher_model, recalibrate_teacher = None, False
     if teacher:
         teacher_model, recalibrate_teacher = load_teacher(teacher, meta, trust_pickle=trust_pickle)
+        runtime.module(teacher_model)
 
     if epochs == 0:  # nothing to train: no data needed
         return _finish(
@@ -228,11 +307,17 @@ def finetune_subnet(
             out=out,
             ckpt_path=ckpt_path,
             export_dir=export_dir,
+            runtime=runtime,
         )
     if train_limit is not None:
         recipe = copy.deepcopy(dict(recipe))
         recipe["data"] = {**recipe.get("data", {}), "train_limit": int(train_limit)}
     splits, resize = load_splits(recipe, meta, augment=True, where=source or "subnet")
+    if len(splits.train) < batch_size * runtime.world_size and runtime.distributed:
+        raise WidthsearchError(
+            f"the training split ({len(splits.train)} images) is smaller than one batch of "
+            f"{batch_size} per process ({runtime.world_size} processes)"
+        )
     if len(splits.train) == 0:
         raise WidthsearchError("the training split is empty: nothing to fine-tune on")
     if recalibrate_teacher:
@@ -249,21 +334,26 @@ def finetune_subnet(
         hx, hy = subset_tensors(splits.heldout, eval_images, seed=seed)
         heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
 
-    student = payload["module"]
+    student = runtime.module(payload["module"])
     if state is not None:  # same architecture as the subnet: only the weights differ
         try:
             student.load_state_dict(state["state_dict"])
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt_path}: weights do not fit the subnet ({exc})") from None
+    else:
+        broadcast_state(student, runtime)
+    params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
-        student.parameters(),
+        params,
         lr=lr,
         momentum=momentum,
         nesterov=momentum > 0,
-        weight_decay=weight_decay,
+        weight_decay=settings["weight_decay"],
     )
-    drop_last = len(splits.train) > batch_size
-    steps_per_epoch = len(splits.train) // batch_size if drop_last else 1
+    scaler = runtime.grad_scaler()  # passes values through unless fp16
+    per_rank = len(splits.train) // runtime.world_size
+    drop_last = per_rank > batch_size
+    steps_per_epoch = per_rank // batch_size if drop_last else 1
     total = max(epochs * steps_per_epoch, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
@@ -272,85 +362,103 @@ def finetune_subnet(
     start_epoch = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
+            scheduler.load_state_dict(state["scheduler"])
+        else:  # another world size: the same point of the schedule, in this run's steps
+            for _ in range(int(state["epoch"]) * steps_per_epoch):
+                scheduler.step()
+        if state.get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["grad_scaler"])
         history = list(state.get("history", []))
         start_epoch = int(state["epoch"])
-    for stale in out.parent.glob(f".{ckpt_path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)  # temp files of writes killed half-way
+    if runtime.is_main:
+        for stale in out.parent.glob(f".{ckpt_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # temp files of writes killed half-way
 
     last = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, last):
         start = time.perf_counter()
         eseed = _epoch_seed(seed, epoch)
-        torch.manual_seed(eseed)
+        torch.manual_seed(eseed + runtime.rank)
         reseed = getattr(splits.train, "reseed", None)
         if callable(reseed):
-            reseed(eseed)  # the augmentation stream restarts every epoch: exact resume
-        loader = make_loader(
-            splits.train, batch_size=batch_size, shuffle=True, seed=eseed, drop_last=drop_last
+            reseed(eseed + runtime.rank)  # the augmentation stream restarts: exact resume
+        loader = _epoch_loader(
+            splits.train, batch_size=batch_size, seed=eseed, drop_last=drop_last, runtime=runtime
         )
         student.train()
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        correct = seen = 0
+        sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, ce, kd
+        correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+        seen = 0
         bar = tqdm(
             loader,
             desc=f"finetune {epoch + 1}/{epochs}",
             unit="batch",
-            disable=None if progress is None else not progress,
+            disable=(None if progress is None else not progress) if runtime.is_main else True,
         )
         for x, y in bar:
-            x = resize(x)
-            logits = student(x)
-            ce = F.cross_entropy(logits, y)
-            loss, kd = ce, None
-            if teacher_model is not None:
-                with torch.no_grad():
-                    t_logits = teacher_model(x)
-                kd = distill_loss(logits, t_logits, temperature=temperature)
-                loss = (1 - alpha) * ce + alpha * kd
-            if not torch.isfinite(loss):
+            x = resize(runtime.batch(x))
+            y = y.to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits = student(x)
+                ce = F.cross_entropy(logits, y)
+                loss, kd = ce, torch.zeros((), device=runtime.device)
+                if teacher_model is not None:
+                    with torch.no_grad():
+                        t_logits = teacher_model(x)
+                    kd = distill_loss(logits, t_logits, temperature=temperature)
+                    loss = (1 - alpha) * ce + alpha * kd
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            losses = allreduce_grads(
+                params, torch.stack([loss.float(), ce.float(), kd.float()]).detach(), runtime
+            )
+            if not torch.isfinite(losses[0]):
                 raise WidthsearchError(
-                    f"fine-tuning diverged (loss {float(loss)}) in epoch {epoch + 1}; "
+                    f"fine-tuning diverged (loss {float(losses[0])}) in epoch {epoch + 1}; "
                     "try a smaller --lr"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.step(optimizer)  # skipped on inf/NaN fp16 gradients
+            scaler.update()
             scheduler.step()
             n = len(y)
-            sums["loss"] += float(loss.detach()) * n
-            sums["ce"] += float(ce.detach()) * n
-            sums["kd"] += float(kd.detach()) * n if kd is not None else 0.0
-            correct += int((logits.detach().argmax(1) == y).sum())
+            sums += losses.double() * n
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += n
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+            if runtime.is_main and bar.disable is False:
+                bar.set_postfix(loss=f"{float(sums[0]) / seen:.3f}", refresh=False)
+        average_buffers(student, runtime)
+        loss_sum, ce_sum, kd_sum = sums.tolist()
         entry = {
             "epoch": epoch + 1,
-            "loss": sums["loss"] / max(seen, 1),
-            "ce": sums["ce"] / max(seen, 1),
-            "kd": sums["kd"] / max(seen, 1) if teacher_model is not None else None,
-            "train_top1": correct / max(seen, 1),
-            "heldout_top1": top1(student, heldout) if heldout else None,
+            "loss": loss_sum / max(seen, 1),
+            "ce": ce_sum / max(seen, 1),
+            "kd": kd_sum / max(seen, 1) if teacher_model is not None else None,
+            "train_top1": int(correct) / max(seen, 1),
+            "heldout_top1": top1(student, heldout, runtime=runtime) if heldout else None,
             "lr": optimizer.param_groups[0]["lr"],
-            "images": seen,
+            "images": seen * runtime.world_size,
             "seconds": round(time.perf_counter() - start, 3),
         }
         history.append(entry)
-        atomic_save(
-            {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
-                "state_dict": student.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "settings": settings,
-            },
-            ckpt_path,
-        )
-        write_jsonl_atomic(history, log_path)
-        if log is not None:
+        if runtime.is_main:
+            atomic_save(
+                {
+                    "format": STATE_FORMAT,
+                    "version": STATE_VERSION,
+                    "state_dict": _cpu(student.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "grad_scaler": scaler.state_dict(),
+                    "steps_per_epoch": steps_per_epoch,
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "settings": dict(settings),
+                },
+                ckpt_path,
+            )
+            write_jsonl_atomic(history, log_path)
+        if log is not None and runtime.is_main:
             held = entry["heldout_top1"]
             log(
                 f"finetune epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f} "
@@ -358,10 +466,50 @@ def finetune_subnet(
                 + (f" held-out top-1 {held:.4f}" if held is not None else "")
                 + f" ({entry['seconds']:.1f}s)"
             )
-
+    barrier(runtime)
+    dump_rank_state(student, runtime)
     return _finish(
-        payload, student, settings, history, out=out, ckpt_path=ckpt_path, export_dir=export_dir
+        payload,
+        student,
+        settings,
+        history,
+        out=out,
+        ckpt_path=ckpt_path,
+        export_dir=export_dir,
+        runtime=runtime,
     )
+
+
+def _epoch_loader(
+    dataset: Any, *, batch_size: int, seed: int, drop_last: bool, runtime: Runtime
+) -> Any:
+    """One epoch's batches for this rank: alone, the seeded shuffle of :func:`make_loader`;
+    under ``torchrun``, this rank's share of one seeded permutation (equal sizes, so ranks
+    step together)."""
+    if not runtime.distributed:
+        return make_loader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=seed,
+            drop_last=drop_last,
+            pin_memory=runtime.pin_memory,
+        )
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    per_rank = len(dataset) // runtime.world_size
+    indices = order[runtime.rank :: runtime.world_size][:per_rank].tolist()
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        drop_last=drop_last,
+        pin_memory=runtime.pin_memory,
+    )
+
+
+def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state_dict with every tensor on the CPU (files load on any machine)."""
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 def _finish(
@@ -373,16 +521,20 @@ def _finish(
     out: Path,
     ckpt_path: Path,
     export_dir: str | os.PathLike[str] | None,
+    runtime: Runtime,
 ) -> dict[str, Any]:
-    """The output payload; written (and the per-epoch state removed) once all epochs ran."""
-    student.eval()
+    """The output payload (on the CPU); written by rank 0 (and the per-epoch state removed)
+    once all epochs ran."""
+    student = student.cpu().eval()
+    if runtime.channels_last:
+        student.to(memory_format=torch.contiguous_format)
     result = dict(payload)
     result["module"] = student
     result["state_dict"] = student.state_dict()
     result["finetune"] = {**settings, "history": history}
     result.pop("exports", None)
-    if len(history) < settings["epochs"]:
-        return result  # stopped early: resume later
+    if len(history) < settings["epochs"] or not runtime.is_main:
+        return result  # stopped early (resume later), or another rank's copy
     save_subnet(result, out)
     ckpt_path.unlink(missing_ok=True)
     if export_dir is not None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.bn import recalibrate_bn
+from widthsearch.supernet.runtime import Runtime
 
 from ._common import top1
 
@@ -156,6 +157,7 @@ def choose_inheritance(
     candidates: Sequence[str] = INHERITANCE,
     progress: bool | None = None,
     log: Callable[[str], Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Extract every candidate, recalibrate its BN on ``calib``, score it on ``heldout``.
 
@@ -167,6 +169,7 @@ def choose_inheritance(
         candidates: Names from :data:`INHERITANCE`, tried in this order; ties keep the
             earlier one.
         progress: tqdm bar over candidates (``None``: only on a terminal).
+        runtime: Precision and layout of the scoring (the supernet's device either way).
 
     Returns:
         ``(best model in eval mode with recalibrated BN, {"chosen": name, "scores": {...}})``.
@@ -187,7 +190,7 @@ def choose_inheritance(
     for name in bar:
         model = inherit(sn, cfg, name)
         recalibrate_bn(model, calib, num_batches=len(calib))
-        scores[name] = top1(model, heldout)
+        scores[name] = top1(model, heldout, runtime=runtime)
         if log is not None:
             log(f"inheritance {name}: held-out top-1 {scores[name]:.4f}")
         if best is None or scores[name] > scores[best[0]]:

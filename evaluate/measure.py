@@ -20,8 +20,16 @@ from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError
+from widthsearch.supernet.runtime import Runtime, local_runtime
 
-from ._common import count_params, load_splits, model_input, read_subnet, subset_tensors
+from ._common import (
+    count_params,
+    load_splits,
+    model_input,
+    read_subnet,
+    subset_tensors,
+    top1,
+)
 
 __all__ = ["LATENCY_BATCHES", "counted_macs", "dataset_top1", "evaluate_model", "measure_latency"]
 
@@ -43,12 +51,20 @@ def counted_macs(module: nn.Module, example: torch.Tensor) -> int:
 
 
 def measure_latency(
-    module: nn.Module, example: torch.Tensor, *, min_run_time: float = 0.5, threads: int = 1
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    min_run_time: float = 0.5,
+    threads: int = 1,
+    runtime: Runtime | None = None,
 ) -> float:
-    """Median CPU latency in milliseconds (``torch.utils.benchmark``, no autograd).
+    """Median latency in milliseconds (``torch.utils.benchmark``, no autograd), on the
+    device of ``module`` and ``example`` (the timer synchronises a GPU).
 
-    ``threads`` is fixed (default 1) so figures compare across models and machines' loads.
+    ``threads`` is fixed (default 1) so CPU figures compare across models and machines'
+    loads; ``runtime`` adds its mixed precision.
     """
+    runtime = runtime or Runtime()
     # torch.utils.benchmark pulls in cpp_extension, whose import warns "No CUDA runtime is
     # found" on CPU machines with a CUDA_HOME: irrelevant to CPU timing, so kept off stderr
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -62,7 +78,7 @@ def measure_latency(
     module = module.eval()
 
     def call() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), runtime.autocast():
             module(example)
 
     call()  # warm-up outside the measurement
@@ -70,7 +86,6 @@ def measure_latency(
     return float(timer.blocked_autorange(min_run_time=min_run_time).median) * 1e3
 
 
-@torch.no_grad()
 def dataset_top1(
     module: nn.Module,
     dataset: torch.utils.data.Dataset,
@@ -79,19 +94,14 @@ def dataset_top1(
     resize: Any = None,
     progress: bool | None = None,
     desc: str = "test",
+    runtime: Runtime | None = None,
 ) -> float:
-    """Top-1 of ``module`` on a whole split."""
-    module.eval()
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
-    correct = total = 0
-    for x, y in tqdm(
-        loader, desc=desc, unit="batch", disable=None if progress is None else not progress
-    ):
-        if resize is not None:
-            x = resize(x)
-        correct += int((module(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / total if total else 0.0
+    """Top-1 of ``module`` on a whole split (on ``runtime``'s device and precision)."""
+    runtime = runtime or Runtime(device=next(module.parameters()).device)
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=runtime.is_cuda)
+    bar = tqdm(loader, desc=desc, unit="batch", disable=None if progress is None else not progress)
+    batches = ((resize(runtime.batch(x)) if resize else x, y) for x, y in bar)
+    return top1(module, batches, runtime=runtime)
 
 
 def _figures(
@@ -102,10 +112,11 @@ def _figures(
     latency: bool,
     latency_seconds: float,
     threads: int,
+    runtime: Runtime,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "macs": int(macs),
-        "macs_counted": counted_macs(module, model_input(meta, 1)),
+        "macs_counted": counted_macs(module, runtime.batch(model_input(meta, 1))),
         "params": count_params(module),
         "latency_ms": None,
     }
@@ -113,7 +124,11 @@ def _figures(
         out["latency_ms"] = {
             f"batch{b}": round(
                 measure_latency(
-                    module, model_input(meta, b), min_run_time=latency_seconds, threads=threads
+                    module,
+                    runtime.batch(model_input(meta, b)),
+                    min_run_time=latency_seconds,
+                    threads=threads,
+                    runtime=runtime,
                 ),
                 4,
             )
@@ -139,6 +154,9 @@ def evaluate_model(
     supernet: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     trust_pickle: bool = False,
+    device: str = "auto",
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Measure a subnet file (``extract`` or ``finetune`` output) and the full model.
 
@@ -157,6 +175,8 @@ def evaluate_model(
         supernet: Supernet file for the full model (default: the one recorded).
         progress: tqdm bars (``None``: only on a terminal).
         trust_pickle: Accept subnet and supernet files that need unpickling (older files).
+        device, amp, channels_last: Where and how the test passes and latency run
+            (``latency_device`` in the result says where latency was measured).
 
     Returns:
         ``{"top1", "macs", "macs_counted", "params", "latency_ms": {"batch1", "batch64"},
@@ -183,6 +203,7 @@ def evaluate_model(
         raise ValueError(f"latency_seconds must be > 0, got {latency_seconds}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    runtime = local_runtime(device, amp=amp, channels_last=channels_last)
 
     # the cost model: the supernet with trained weights when we have it, else untrained
     sn, trained = None, False
@@ -206,7 +227,7 @@ def evaluate_model(
     except ValueError as exc:
         raise ValueError(f"saved widths do not fit the model's supernet: {exc}") from None
 
-    module = payload["module"].eval()
+    module = runtime.module(payload["module"]).eval()
     splits, resize = load_splits(
         recipe, meta, data=data, test_limit=test_limit, where=path or "subnet"
     )
@@ -220,7 +241,12 @@ def evaluate_model(
         "dataset": splits.spec.name,
         "test_images": len(splits.test),
         "top1": dataset_top1(
-            module, splits.test, batch_size=batch_size, resize=resize, progress=progress
+            module,
+            splits.test,
+            batch_size=batch_size,
+            resize=resize,
+            progress=progress,
+            runtime=runtime,
         ),
     }
     result.update(
@@ -231,11 +257,13 @@ def evaluate_model(
             latency=latency,
             latency_seconds=latency_seconds,
             threads=threads,
+            runtime=runtime,
         )
     )
     result["latency_threads"] = threads if latency else None
+    result["latency_device"] = str(runtime.device) if latency else None
     if full:
-        full_module = sn.extract(sn.space.max(), side="left").eval()
+        full_module = runtime.module(sn.extract(sn.space.max(), side="left")).eval()
         if trained and len(splits.train):
             # like the subnet at extraction: BN statistics of this width, not the supernet's
             # running mix of every width it trained
@@ -252,6 +280,7 @@ def evaluate_model(
                 resize=resize,
                 progress=progress,
                 desc="test (full)",
+                runtime=runtime,
             )
             if trained
             else None,
@@ -266,6 +295,7 @@ def evaluate_model(
                 latency=latency,
                 latency_seconds=latency_seconds,
                 threads=threads,
+                runtime=runtime,
             )
         )
         result["full"] = ref

@@ -17,6 +17,7 @@ import json
 import sys
 
 from widthsearch.evaluate.inheritance import INHERITANCE
+from widthsearch.recipes._runtime_flags import runtime_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -124,6 +125,7 @@ def run_extract(args: argparse.Namespace) -> int:
     if args.search and (args.strategy is None or args.budget is None):
         raise ValueError("--from needs --strategy and --budget")
     widths = read_widths(args.widths) if args.widths else None
+    where = runtime_options(args)
     result = extract_subnet(
         args.supernet,
         widths=widths,
@@ -138,6 +140,7 @@ def run_extract(args: argparse.Namespace) -> int:
         export_dir=args.export,
         log=_log,
         trust_pickle=args.trust_pickle,
+        **where,
     )
     inh = result["inheritance"]
     scores = ", ".join(f"{k} {v:.4f}" for k, v in inh["scores"].items())
@@ -159,6 +162,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
     if args.stop_after is not None and args.stop_after < 0:
         raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
+    where = runtime_options(args)
     result = finetune_subnet(
         args.subnet,
         out=args.out,
@@ -176,6 +180,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         export_dir=args.export,
         log=_log,
         trust_pickle=args.trust_pickle,
+        **where,
     )
     history = result["finetune"]["history"]
     if len(history) < result["finetune"]["epochs"]:
@@ -193,6 +198,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _positive(args, "batch_size")
     if args.test_limit is not None and args.test_limit < 0:
         raise ValueError(f"--test-limit must be >= 0, got {args.test_limit}")
+    where = runtime_options(args)
     result = evaluate_model(
         args.model,
         data=args.data,
@@ -203,6 +209,7 @@ def run_eval(args: argparse.Namespace) -> int:
         full=not args.no_full,
         supernet=args.supernet,
         trust_pickle=args.trust_pickle,
+        **where,
     )
     print(json.dumps(result))
     return 0

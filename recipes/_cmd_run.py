@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from widthsearch.recipes._cmd_search import search_options
 from widthsearch.recipes._cmd_train import apply_overrides
+from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
+from widthsearch.supernet.runtime import local_runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         recipe.search.budgets = list(args.budget)
     for name in recipe.search.strategies:
         get_strategy(name)  # unknown names fail before hours of training
+    where = runtime_options(args, recipe.run)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     checkpoint = out / "supernet.pt"
     started = time.perf_counter()
@@ -135,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             reused = pretrain_unchanged = False  # then a supernet of the old one is stale
             print(f"[0/4] trained network: pretraining {recipe.model.name} -> {full_path}")
-            pretrain_network(recipe, out_dir=out, resume=full_path.is_file(), trust_pickle=trust)
+            pretrain_network(
+                recipe, out_dir=out, resume=full_path.is_file(), trust_pickle=trust, **where
+            )
     reused = reused and _training_done(checkpoint, recipe, trust_pickle=trust)
     if reused:
         print(f"[1/4] supernet: reusing {checkpoint}")
@@ -146,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
             resume=checkpoint.is_file() and pretrain_unchanged,
             trust_pickle=trust,
+            **where,
         )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun the training stages ran data-parallel; rank 0 does the rest
+    runtime = local_runtime(**where)
 
     # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
     sn, payload = load_supernet(checkpoint, trust_pickle=trust)
@@ -160,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         options = search_options(
             search_settings, recipe.search.strategies, payload.get("loss_records")
         )
-        evaluator = build_evaluator(sn, payload)
+        evaluator = build_evaluator(sn, payload, runtime=runtime)
         print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
         doc = run_search(
             sn,
@@ -198,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
                 data=data,
                 supernet_path=str(checkpoint),
                 log=None,
+                **where,
             )
             finetune_subnet(
                 extracted,
@@ -209,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=recipe.search.seed,
                 log=None,
                 trust_pickle=trust,
+                data_parallel=False,
+                **where,
             )
         figures = evaluate_model(
             tuned,
@@ -217,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             full=full is None,
             supernet=checkpoint,
             trust_pickle=trust,
+            **where,
         )
         full = full or figures.get("full")
         rows.append(

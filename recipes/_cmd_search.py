@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.search import (
     build_evaluator,
     format_macs,
@@ -22,6 +23,7 @@ from widthsearch.search import (
     write_json_atomic,
 )
 from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.runtime import init_runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     # cheap checks first: checkpoint, strategies, budgets -- before any data is loaded
     sn, payload = load_supernet(args.supernet, trust_pickle=args.trust_pickle)
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
+    runtime = init_runtime(**runtime_options(args, recipe.get("run"))).local()
     search = recipe.get("search") if isinstance(recipe.get("search"), dict) else {}
     strategies = args.strategy or list(search.get("strategies") or ["bisection", "uniform"])
     for name in strategies:
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         calib_batches=args.calib_batches,
         batch_size=args.batch_size,
         seed=seed,
+        runtime=runtime,
     )
     doc = run_search(
         sn,

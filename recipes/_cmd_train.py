@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, check_train, load_recipe
 
 
@@ -31,12 +32,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train at most N epochs now (time-limited jobs; the schedule still spans "
         "--epochs, and --resume continues)",
-    )
-    p.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cpu",
-        help="where to train (default cpu; cuda only if available)",
     )
 
 
@@ -119,13 +114,14 @@ def _run_stage(args: argparse.Namespace, stage: str) -> int:
     from widthsearch.supernet.train import pretrain_network, train_supernet
 
     recipe = apply_overrides(load_recipe(args.recipe), args, stage=stage)
+    where = runtime_options(args, recipe.run)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     job = pretrain_network if stage == "pretrain" else train_supernet
     result = job(
         recipe,
         out_dir=out,
         resume=args.resume,
-        device=args.device,
+        **where,
         stop_after=args.stop_after,
         log=lambda line: print(line, flush=True),
         trust_pickle=args.trust_pickle,

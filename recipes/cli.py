@@ -17,6 +17,7 @@ from collections.abc import Sequence
 # passive waits cost far less. OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from widthsearch.recipes._runtime_flags import RUNTIME_COMMANDS, add_runtime_flags
 from widthsearch.supernet.errors import WidthsearchError
 
 # subcommand -> module in widthsearch.recipes defining `add_parser(subparsers)`;
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    for name in RUNTIME_COMMANDS:
+        if name in subparsers.choices:
+            add_runtime_flags(subparsers.choices[name])
     for name in TRUST_PICKLE_COMMANDS:
         if name in subparsers.choices:
             subparsers.choices[name].add_argument(

@@ -21,6 +21,7 @@ __all__ = [
     "ModelSection",
     "PretrainSection",
     "Recipe",
+    "RunSection",
     "SearchSection",
     "SpaceSection",
     "TrainSection",
@@ -125,6 +126,13 @@ class EvalSection:
 
 
 @dataclass
+class RunSection:
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (gradient scaler)
+    channels_last: bool = False  # channels-last memory format for weights and batches
+
+
+@dataclass
 class Recipe:
     """A whole job. ``source`` is where it was read from (for logs and reports)."""
 
@@ -138,6 +146,7 @@ class Recipe:
     search: SearchSection = field(default_factory=SearchSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    run: RunSection = field(default_factory=RunSection)
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +162,7 @@ _SECTION_TYPES = {
     "search": SearchSection,
     "finetune": FinetuneSection,
     "eval": EvalSection,
+    "run": RunSection,
 }
 
 
@@ -246,5 +256,7 @@ def check_train(recipe: Recipe) -> None:
         raise ValueError("[train] needs 0 <= teacher_alpha <= 1 and teacher_temperature > 0")
     if recipe.search.score not in ("top1", "ce", "kd"):
         raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
+    if recipe.run.amp not in ("off", "bf16", "fp16"):
+        raise ValueError(f"[run].amp must be off, bf16 or fp16, got {recipe.run.amp!r}")
     if t.level_spread < 0 or recipe.pretrain.epochs < 0:
         raise ValueError("[train].level_spread and [pretrain].epochs must be >= 0")

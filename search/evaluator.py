@@ -16,6 +16,7 @@ evaluation, so the supernet's full-width statistics survive a search.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from widthsearch.supernet import SIDES, Supernet
 from widthsearch.supernet.bn import bn_layers, recalibrate_bn
+from widthsearch.supernet.runtime import Runtime
 
 __all__ = ["METRICS", "SubnetEvaluator", "load_split_images"]
 
@@ -47,6 +49,8 @@ class SubnetEvaluator:
         teacher_logits: The trained network's logits on ``images`` (``metric="kd"``).
         fit: Held-out ``(images, labels)`` disjoint from ``images``, for strategies that fit
             parameters on data (relax): scores stay measured on images nothing fitted.
+        runtime: Mixed precision and memory format of the scoring passes (default: full
+            precision); the images are kept on the supernet's device.
 
     Attributes:
         evaluations: Configs actually evaluated (cache misses).
@@ -67,6 +71,7 @@ class SubnetEvaluator:
         metric: str = "top1",
         teacher_logits: torch.Tensor | None = None,
         fit: tuple[torch.Tensor, torch.Tensor] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -84,11 +89,13 @@ class SubnetEvaluator:
         self.batch_size = batch_size
         self.side_names = tuple(sides)
         device = next(supernet.parameters()).device
+        # scored where the supernet is, in the runtime's precision and layout
+        self.runtime = dataclasses.replace(runtime or Runtime(), device=device).local()
         self._batches = [
-            (x.to(device), y.to(device))
+            (self.runtime.batch(x), y.to(device))
             for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
         ]
-        self._calib = [x.to(device) for x in calib_images.split(batch_size)]
+        self._calib = [self.runtime.batch(x) for x in calib_images.split(batch_size)]
         self.metric = metric
         self._fit = (
             [
@@ -128,6 +135,7 @@ class SubnetEvaluator:
         metric: str = "top1",
         teacher: torch.nn.Module | None = None,
         fit_images: int = 0,
+        runtime: Runtime | None = None,
     ) -> SubnetEvaluator:
         """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
 
@@ -163,6 +171,7 @@ class SubnetEvaluator:
             metric=metric,
             teacher_logits=teacher_logits,
             fit=fit,
+            runtime=runtime,
         )
 
     # -- BN buffers --------------------------------------------------------------------------
@@ -223,21 +232,25 @@ class SubnetEvaluator:
     def _side_score(self, cfg: Mapping[str, int], side: str) -> float:
         """This side's metric (higher is better), after BN recalibration."""
         sn = self.supernet
-        recalibrate_bn(sn, self._calib, cfg=cfg, side=side)
-        total = 0.0
+        with self.runtime.autocast():
+            recalibrate_bn(sn, self._calib, cfg=cfg, side=side)
+        # summed on the device: one synchronisation per side, not one per batch
+        total = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
         with sn.active(cfg, side):
             for i, (x, y) in enumerate(self._batches):
-                logits = sn(x)
+                with self.runtime.autocast():
+                    logits = sn(x)
+                logits = logits.float() if logits.dtype != torch.float64 else logits
                 if self.metric == "top1":
-                    total += float((logits.argmax(1) == y).sum())
+                    total += (logits.argmax(1) == y).sum()
                 elif self.metric == "ce":
-                    total -= float(F.cross_entropy(logits, y, reduction="sum"))
+                    total -= F.cross_entropy(logits, y, reduction="sum")
                 else:
                     teacher = F.log_softmax(self._teacher[i], dim=1)
                     student = F.log_softmax(logits, dim=1)
-                    total -= float((teacher.exp() * (teacher - student)).sum())
+                    total -= (teacher.exp() * (teacher - student)).sum()
         self.images_seen += self.num_calib + self.num_images
-        return total / self.num_images
+        return float(total) / self.num_images
 
     # -- reporting ---------------------------------------------------------------------------
     @property

@@ -12,6 +12,7 @@ from typing import Any
 
 from widthsearch.supernet import SIDES, CheckpointError, DataError, Supernet
 from widthsearch.supernet.checkpoint import write_json_atomic
+from widthsearch.supernet.runtime import Runtime
 
 from .base import Timer, get_strategy
 from .budgets import resolve_budgets
@@ -29,6 +30,7 @@ def build_evaluator(
     batch_size: int | None = None,
     seed: int | None = None,
     metric: str | None = None,
+    runtime: Runtime | None = None,
 ) -> SubnetEvaluator:
     """The evaluator for a loaded checkpoint: its held-out split, settings from its recipe.
 
@@ -37,7 +39,8 @@ def build_evaluator(
     ``payload["recipe"]["search"]`` unless given (``metric``: its ``score``). Calibration
     batches are drawn from the (un-augmented) training split, so they never overlap the
     scored images. ``metric="kd"`` scores against the trained network a warm-started
-    supernet carries.
+    supernet carries. ``runtime`` (default: the CPU, full precision) is where the supernet is
+    moved and scored.
 
     Raises:
         CheckpointError: the checkpoint carries no recipe data settings, or they do not fit
@@ -94,6 +97,10 @@ def build_evaluator(
         )
         load_weights(teacher, state, where="the supernet's teacher")
         teacher.to(next(supernet.parameters()).device)
+    if runtime is not None:
+        runtime.module(supernet)
+        if teacher is not None:
+            runtime.module(teacher)
 
     def pick(value: int | None, key: str, default: int) -> int:
         return int(value if value is not None else search.get(key, default))
@@ -110,6 +117,7 @@ def build_evaluator(
         sides=("left",) if trainer == "sandwich" else SIDES,
         metric=metric,
         teacher=teacher,
+        runtime=runtime,
         # relax fits its width logits on data: its own images, never the scored ones
         fit_images=pick(heldout_images, "heldout_images", 1000),
     )

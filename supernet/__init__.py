@@ -3,6 +3,7 @@
 from .data import DataSpec, DataSplits, get_data, make_loader
 from .errors import CheckpointError, DataError, UnsupportedModelError, WidthsearchError
 from .models import create_model, list_models
+from .runtime import Runtime, init_runtime, resolve_device, shutdown_runtime
 from .space import Group, WidthConfig, WidthSpace
 from .supernet import SIDES, Side, Supernet
 from .warmstart import load_weights, read_state_dict, reorder_channels
@@ -14,6 +15,7 @@ __all__ = [
     "DataSpec",
     "DataSplits",
     "Group",
+    "Runtime",
     "Side",
     "Supernet",
     "UnsupportedModelError",
@@ -22,9 +24,12 @@ __all__ = [
     "WidthsearchError",
     "create_model",
     "get_data",
+    "init_runtime",
     "list_models",
     "load_weights",
     "make_loader",
     "read_state_dict",
     "reorder_channels",
+    "resolve_device",
+    "shutdown_runtime",
 ]

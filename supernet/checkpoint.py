@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .runtime import cuda_rng_state, set_cuda_rng_state
 
 __all__ = [
     "FORMAT_VERSION",
@@ -265,8 +266,9 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "python": [int(version), [int(v) for v in internal], gauss_next],
     }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    gpus = cuda_rng_state()
+    if gpus is not None:
+        rng["cuda"] = gpus
     return rng
 
 
@@ -293,8 +295,7 @@ def restore_rng_state(rng: Mapping[str, Any]) -> None:
     if state is not None:
         version, internal, gauss_next = state
         random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_cuda_rng_state(rng.get("cuda"))
 
 
 def build_supernet(meta: dict[str, Any]):

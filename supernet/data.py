@@ -276,6 +276,7 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order (and worker augmentation) is fixed by ``seed``.
 
@@ -294,6 +295,8 @@ def make_loader(
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_reseed_worker if workers > 0 else None,
+        pin_memory=pin_memory,
+        persistent_workers=False,
     )
 
 

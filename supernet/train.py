@@ -19,7 +19,7 @@ sum and count, which BCNet's search turns into its prior population.
 Resume is exact: the samplers are functions of ``(seed, step)``, each epoch's data order,
 augmentation stream and global RNG are seeded by ``(seed, epoch, rank)``, and the checkpoint
 holds weights, BN stats, optimiser and scheduler state. Under ``torchrun`` gradients are
-averaged explicitly (see :mod:`widthsearch.supernet._distributed` for why not DDP).
+averaged explicitly (see :mod:`widthsearch.supernet.runtime` for why not DDP).
 """
 
 from __future__ import annotations
@@ -44,17 +44,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
-from ._distributed import (
-    DistInfo,
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_supernet
+from .errors import CheckpointError, WidthsearchError
+from .runtime import (
+    Runtime,
     allreduce_grads,
     average_buffers,
     barrier,
     broadcast_state,
-    init_distributed,
-    shutdown_distributed,
+    dump_rank_state,
+    init_runtime,
+    shutdown_runtime,
 )
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_supernet
-from .errors import CheckpointError, WidthsearchError
 from .sampling import FairSampler, SandwichSampler, step_rng
 from .space import WidthConfig
 from .supernet import Supernet
@@ -85,8 +86,6 @@ __all__ = [
 CHECKPOINT_NAME = "supernet.pt"
 LOG_NAME = "train.jsonl"
 TRAINERS = ("bcnet", "sandwich", "plain")  # plain: full width only (pretraining)
-# env var naming a folder where every rank saves its final state_dict (checks replicas agree)
-RANK_STATE_ENV = "WIDTHSEARCH_RANK_STATE_DIR"
 
 
 class TrainingDivergedError(WidthsearchError):
@@ -154,6 +153,8 @@ def bcnet_step(
     criterion: nn.Module,
     distill: bool = False,
     teacher: Teacher | None = None,
+    runtime: Runtime | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Tensor]:
     """The backward passes of one BCNet step (gradients accumulate; no optimiser step).
 
@@ -168,12 +169,16 @@ def bcnet_step(
         distill: Train the subnets on the full width's detached soft predictions instead of
             the labels (in-place distillation; ignored with a ``teacher``).
         teacher: A trained network every subnet (and the full width) learns from.
+        runtime: Mixed precision of the forward passes (default: none).
+        scaler: fp16 loss scaler (see :meth:`Runtime.grad_scaler`; default: none).
 
     Returns:
         Detached label losses: ``{"left", "right"}`` or ``{"full"}``; ``sn`` is back at
         full width afterwards.
     """
-    teacher_logits = teacher.logits(x) if teacher is not None else None
+    autocast, backward = _precision(runtime, scaler)
+    with autocast():
+        teacher_logits = teacher.logits(x) if teacher is not None else None
 
     def loss_of(logits: Tensor, label_loss: Tensor, soft: Tensor | None) -> Tensor:
         if teacher is not None:
@@ -182,23 +187,27 @@ def bcnet_step(
 
     if cfg is None:
         sn.set_active(None)
-        logits = sn(x)
-        label_loss = criterion(logits, y)
-        loss_of(logits, label_loss, None).backward()
-        return {"full": label_loss.detach()}
+        with autocast():
+            logits = sn(x)
+            label_loss = criterion(logits, y)
+            loss = loss_of(logits, label_loss, None)
+        backward(loss)
+        return {"full": _upcast(label_loss.detach())}
     soft = None
     if distill and teacher is None:
         sn.set_active(None)
-        with torch.no_grad():
-            soft = F.softmax(sn(x), dim=1)
+        with torch.no_grad(), autocast():
+            soft = F.softmax(_upcast(sn(x)), dim=1)
     out = {}
     try:
         for side in ("left", "right"):
             sn.set_active(cfg, side)
-            logits = sn(x)
-            label_loss = criterion(logits, y)
-            (0.5 * loss_of(logits, label_loss, soft)).backward()
-            out[side] = label_loss.detach()
+            with autocast():
+                logits = sn(x)
+                label_loss = criterion(logits, y)
+                loss = 0.5 * loss_of(logits, label_loss, soft)
+            backward(loss)
+            out[side] = _upcast(label_loss.detach())
     finally:
         sn.set_active(None)
     return out
@@ -212,29 +221,50 @@ def sandwich_step(
     *,
     criterion: nn.Module,
     distill: bool = True,
+    runtime: Runtime | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[Tensor]:
     """The backward passes of one sandwich-rule step: ``cfgs[0]`` (the max) with labels, the
     rest (left side) distilled from its detached predictions; losses are summed (US-Nets).
 
+    ``runtime`` and ``scaler`` set the mixed precision, as in :func:`bcnet_step`.
+
     Returns:
         Detached label losses, one per config.
     """
+    autocast, backward = _precision(runtime, scaler)
     losses = []
     teacher = None
     try:
         for i, cfg in enumerate(cfgs):
             sn.set_active(cfg, "left")
-            logits = sn(x)
-            label_loss = criterion(logits, y)
-            distilled = i > 0 and teacher is not None
-            loss = soft_cross_entropy(logits, teacher) if distilled else label_loss
+            with autocast():
+                logits = sn(x)
+                label_loss = criterion(logits, y)
+                distilled = i > 0 and teacher is not None
+                loss = soft_cross_entropy(logits, teacher) if distilled else label_loss
             if i == 0 and distill:
-                teacher = F.softmax(logits.detach(), dim=1)
-            loss.backward()
-            losses.append(label_loss.detach())
+                teacher = F.softmax(_upcast(logits.detach()), dim=1)
+            backward(loss)
+            losses.append(_upcast(label_loss.detach()))
     finally:
         sn.set_active(None)
     return losses
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """Half-precision values (from autocast) as float32; other dtypes unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _precision(runtime: Runtime | None, scaler: torch.amp.GradScaler | None) -> tuple[Any, Any]:
+    """``(autocast context factory, backward function)`` for one step's passes."""
+    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+
+    def backward(loss: Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    return autocast, backward
 
 
 # ---- loss records --------------------------------------------------------------------------
@@ -355,16 +385,16 @@ def epoch_loader(
     seed: int,
     batch_size: int,
     workers: int,
-    info: DistInfo,
+    runtime: Runtime,
 ) -> DataLoader:
     """This rank's shard of epoch ``epoch``: a ``(seed, epoch)`` permutation, split like
     ``DistributedSampler`` (every rank the same number of full batches, so ranks step
     together)."""
     n = len(dataset)
     perm = step_rng(seed, epoch).permutation(n)
-    per_rank = n // info.world_size
-    indices = perm[info.rank :: info.world_size][:per_rank].tolist()
-    rank_seed = epoch_seed(seed, epoch, info.rank)
+    per_rank = n // runtime.world_size
+    indices = perm[runtime.rank :: runtime.world_size][:per_rank].tolist()
+    rank_seed = epoch_seed(seed, epoch, runtime.rank)
     reseed = getattr(dataset, "reseed", None)
     if workers == 0 and callable(reseed):
         reseed(rank_seed)  # the augmentation stream restarts every epoch: exact resume
@@ -376,7 +406,7 @@ def epoch_loader(
         num_workers=workers,
         generator=torch.Generator().manual_seed(rank_seed),
         worker_init_fn=_reseed_worker if workers > 0 else None,
-        pin_memory=info.device.type == "cuda",
+        pin_memory=runtime.pin_memory,
     )
 
 
@@ -412,7 +442,7 @@ class SupernetTrainer:
         batch_size: Per-process batch size.
         workers: DataLoader workers.
         calib_batches: Training batches for BN recalibration before each evaluation.
-        info: Distributed placement (default: single process on CPU).
+        runtime: Device, precision and place in a torchrun job (default: one CPU process).
         transform: Optional function applied to every input batch (resizing).
         progress: Show tqdm bars (on rank 0, when stderr is a terminal).
         teacher: A trained network every trained subnet distils from (BCNet and plain).
@@ -428,7 +458,7 @@ class SupernetTrainer:
         batch_size: int,
         workers: int = 0,
         calib_batches: int = 4,
-        info: DistInfo | None = None,
+        runtime: Runtime | None = None,
         transform: Any = None,
         progress: bool = True,
         teacher: Teacher | None = None,
@@ -444,14 +474,14 @@ class SupernetTrainer:
         self.batch_size = batch_size
         self.workers = workers
         self.calib_batches = calib_batches
-        self.info = info or DistInfo()
+        self.runtime = runtime or Runtime()
         self.transform = transform
         self.progress = progress
         self.teacher = teacher
-        self.steps_per_epoch = (len(train_set) // self.info.world_size) // batch_size
+        self.steps_per_epoch = (len(train_set) // self.runtime.world_size) // batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"the training split ({len(train_set)} images over {self.info.world_size} "
+                f"the training split ({len(train_set)} images over {self.runtime.world_size} "
                 f"process(es)) is smaller than one batch of {batch_size}"
             )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
@@ -482,6 +512,7 @@ class SupernetTrainer:
             self.sampler = SandwichSampler(
                 sn.space, seed=train.seed, n_random=train.sandwich_random
             )
+        self.scaler = self.runtime.grad_scaler()  # passes values through unless fp16
         self.records = LossRecords(g.name for g in sn.space.searchable)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken (= sampler position)
@@ -495,11 +526,12 @@ class SupernetTrainer:
             "sampler_step": self.step,
             "trainer": self.cfg.trainer,
             "seed": self.cfg.seed,
-            "world_size": self.info.world_size,
+            "world_size": self.runtime.world_size,
             "steps_per_epoch": self.steps_per_epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng_state(),  # tensors and plain data: weights-only loadable
+            "grad_scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -508,23 +540,25 @@ class SupernetTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state.get("rng") or {})
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     # -- one epoch -----------------------------------------------------------------------
     def _prep(self, x: Tensor) -> Tensor:
-        x = x.to(self.info.device, non_blocking=True)
+        x = self.runtime.batch(x)
         return self.transform(x) if self.transform is not None else x
 
     def train_epoch(self) -> dict[str, Any]:
         """Train epoch ``self.epoch + 1``; returns its log entry (mean label losses, seconds)."""
         epoch = self.epoch + 1
-        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.info.rank))
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.runtime.rank))
         loader = epoch_loader(
             self.train_set,
             epoch=epoch,
             seed=self.cfg.seed,
             batch_size=self.batch_size,
             workers=self.workers,
-            info=self.info,
+            runtime=self.runtime,
         )
         self.sn.train()
         sums: dict[str, float] = defaultdict(float)
@@ -536,11 +570,11 @@ class SupernetTrainer:
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs} [{self.cfg.trainer}]",
             leave=False,
-            disable=None if (self.progress and self.info.is_main) else True,
+            disable=None if (self.progress and self.runtime.is_main) else True,
             dynamic_ncols=True,
         )
         for x, y in bar:
-            x, y = self._prep(x), y.to(self.info.device, non_blocking=True)
+            x, y = self._prep(x), y.to(self.runtime.device, non_blocking=True)
             names, cfgs, losses = self._train_step(x, y)
             values = losses.tolist()
             if not all(math.isfinite(v) for v in values):
@@ -549,7 +583,8 @@ class SupernetTrainer:
                     f"training diverged: {names[bad]} loss is {values[bad]} at epoch {epoch}, "
                     f"step {self.step} (try a lower [train].lr or warmup_epochs)"
                 )
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # skipped on inf/NaN fp16 gradients
+            self.scaler.update()
             self.scheduler.step()
             self.step += 1
             for name, cfg, value in zip(names, cfgs, values, strict=True):
@@ -561,7 +596,7 @@ class SupernetTrainer:
                 macs_hist[min(int(fraction * 10), 9)] += 1
             bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in sums}, refresh=False)
         bar.close()
-        average_buffers(self.sn, self.info)
+        average_buffers(self.sn, self.runtime)
         self.epoch = epoch
         entry: dict[str, Any] = {"epoch": epoch, "trainer": self.cfg.trainer}
         entry["loss"] = sum(sums.values()) / max(sum(counts.values()), 1)
@@ -590,15 +625,26 @@ class SupernetTrainer:
                 criterion=self.criterion,
                 distill=self.cfg.distill,
                 teacher=self.teacher,
+                runtime=self.runtime,
+                scaler=self.scaler,
             )
             names = list(out)
             cfgs = [cfg if cfg is not None else space.max()] * len(names)
             losses = torch.stack(list(out.values()))
         else:
             cfgs = self.sampler.plan(self.step)
-            losses = torch.stack(sandwich_step(self.sn, x, y, cfgs, criterion=self.criterion))
+            step_losses = sandwich_step(
+                self.sn,
+                x,
+                y,
+                cfgs,
+                criterion=self.criterion,
+                runtime=self.runtime,
+                scaler=self.scaler,
+            )
+            losses = torch.stack(step_losses)
             names = ["max", "min"] + ["random"] * (len(cfgs) - 2)
-        losses = allreduce_grads(self.params, losses, self.info)
+        losses = allreduce_grads(self.params, losses, self.runtime)
         return names, cfgs, losses
 
     def evaluate(self) -> dict[str, float]:
@@ -611,7 +657,7 @@ class SupernetTrainer:
             seed=self.cfg.seed + 1,
             batch_size=self.batch_size,
             workers=0,
-            info=DistInfo(device=self.info.device),
+            runtime=self.runtime.local(),
         )
         calib_list = [b for _, b in zip(range(self.calib_batches), calib, strict=False)]
         heldout = DataLoader(self.heldout_set, batch_size=self.batch_size, shuffle=False)
@@ -654,12 +700,12 @@ def _write_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
         raise
 
 
-def build_training(recipe: Any, *, info: DistInfo | None = None, download: bool = True):
+def build_training(recipe: Any, *, runtime: Runtime | None = None, download: bool = True):
     """Data splits, supernet and input transform for ``recipe``, seeded by ``[train].seed``.
 
     Args:
         recipe: A :class:`widthsearch.recipes.recipe.Recipe` (or anything with its sections).
-        info: Distributed placement (device).
+        runtime: Where the supernet goes (device, memory format).
 
     Returns:
         ``(splits, supernet, transform)``; ``transform`` resizes batches when
@@ -668,7 +714,7 @@ def build_training(recipe: Any, *, info: DistInfo | None = None, download: bool 
     from .data import get_data
     from .models import create_model
 
-    info = info or DistInfo()
+    runtime = runtime or Runtime()
     d, m = recipe.data, recipe.model
     splits = get_data(
         d.name,
@@ -704,7 +750,8 @@ def build_training(recipe: Any, *, info: DistInfo | None = None, download: bool 
         round_to=recipe.space.round_to,
         meta=meta,
     )
-    return splits, sn.to(info.device), transform
+    runtime.module(sn)
+    return splits, sn, transform
 
 
 def _check_resumable(payload: Mapping[str, Any], sn: Supernet, trainer: str, path: Path) -> None:
@@ -734,7 +781,9 @@ def train_supernet(
     *,
     out_dir: str | os.PathLike[str],
     resume: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
+    amp: str = "off",
+    channels_last: bool = False,
     progress: bool = True,
     log: Any = print,
     stop_after: int | None = None,
@@ -760,7 +809,10 @@ def train_supernet(
         recipe: A :class:`widthsearch.recipes.recipe.Recipe`.
         out_dir: Output folder.
         resume: Continue from ``out_dir/supernet.pt``.
-        device: ``"cpu"`` or ``"cuda"`` (only when available).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        amp: Mixed precision of the forward passes: ``"off"``, ``"bf16"`` or ``"fp16"``
+            (with a gradient scaler).
+        channels_last: Channels-last memory format for weights and batches.
         progress: tqdm bars on rank 0.
         log: Called with one summary line per epoch (rank 0).
         stop_after: Train at most this many epochs in this call (time-limited jobs); the
@@ -822,6 +874,8 @@ def train_supernet(
         file_format="widthsearch.supernet",
         resume=resume,
         device=device,
+        amp=amp,
+        channels_last=channels_last,
         progress=progress,
         log=log,
         stop_after=stop_after,
@@ -835,7 +889,9 @@ def pretrain_network(
     *,
     out_dir: str | os.PathLike[str],
     resume: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
+    amp: str = "off",
+    channels_last: bool = False,
     progress: bool = True,
     log: Any = print,
     stop_after: int | None = None,
@@ -865,6 +921,8 @@ def pretrain_network(
         file_format="widthsearch.full",
         resume=resume,
         device=device,
+        amp=amp,
+        channels_last=channels_last,
         progress=progress,
         log=log,
         stop_after=stop_after,
@@ -898,6 +956,8 @@ def _run_training(
     file_format: str,
     resume: bool,
     device: str,
+    amp: str,
+    channels_last: bool,
     progress: bool,
     log: Any,
     stop_after: int | None,
@@ -910,14 +970,16 @@ def _run_training(
     ``payload`` is the checkpoint being resumed, or ``None`` on a fresh run.
     """
     out = path.parent
-    info = init_distributed(device)
+    runtime = init_runtime(device, amp=amp, channels_last=channels_last)
+    if runtime.is_main and log is not None:
+        log(runtime.describe())
     try:
         payload = None
         if resume:  # fail before any expensive work
             if not path.is_file():
                 raise CheckpointError(f"nothing to resume: {path} does not exist")
             payload = load_checkpoint(path, kind=file_format, trust_pickle=trust_pickle)
-        splits, sn, transform = build_training(recipe, info=info)
+        splits, sn, transform = build_training(recipe, runtime=runtime)
         if payload is not None:
             _check_resumable(payload, sn, section.trainer, path)
             try:
@@ -927,7 +989,7 @@ def _run_training(
         extras = setup(sn, payload)
         teacher = extras.pop("teacher")
         if teacher is not None:
-            teacher = dataclasses.replace(teacher, model=teacher.model.to(info.device))
+            teacher = dataclasses.replace(teacher, model=runtime.module(teacher.model))
         trainer = SupernetTrainer(
             sn,
             splits.train,
@@ -936,7 +998,7 @@ def _run_training(
             batch_size=recipe.data.batch_size,
             workers=recipe.data.workers,
             calib_batches=getattr(getattr(recipe, "search", None), "calib_batches", 4),
-            info=info,
+            runtime=runtime,
             transform=transform,
             progress=progress,
             teacher=teacher,
@@ -949,11 +1011,11 @@ def _run_training(
             trainer.records = LossRecords.from_dict(payload.get("loss_records", {}))
             trainer.history = list(payload.get("history", []))
         else:
-            broadcast_state(sn, info)
+            broadcast_state(sn, runtime)
         spec = dataclasses.asdict(splits.spec)
 
         def save() -> None:
-            if info.is_main:
+            if runtime.is_main:
                 save_supernet(
                     path,
                     sn,
@@ -967,13 +1029,13 @@ def _run_training(
                 )
                 _write_jsonl(log_path, trainer.history)
 
-        if info.is_main:  # temp files of writes killed half-way
+        if runtime.is_main:  # temp files of writes killed half-way
             for name in (path.name, log_path.name):
                 for stale in out.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
         if payload is None:
             save()  # epoch 0: a loadable checkpoint from the start
-        elif info.is_main:
+        elif runtime.is_main:
             _write_jsonl(log_path, trainer.history)  # drop lines of epochs the checkpoint lacks
         start_epoch = trainer.epoch
         if stop_after is not None and stop_after < 0:
@@ -987,26 +1049,18 @@ def _run_training(
                 raise TrainingDivergedError(
                     f"{exc}; kept the last good checkpoint {path} (epoch {done})"
                 ) from None
-            if info.is_main:
+            if runtime.is_main:
                 start = time.perf_counter()
                 entry.update(trainer.evaluate())
                 entry["eval_seconds"] = time.perf_counter() - start
                 trainer.history.append(entry)
             save()
-            if info.is_main:
+            if runtime.is_main:
                 log(_seconds_line(entry))
-        barrier(info)
-        _dump_rank_state(sn, info)
+        barrier(runtime)
+        dump_rank_state(sn.model, runtime)
         return TrainResult(
-            path, log_path, trainer.history, trainer.epoch - start_epoch, info.is_main
+            path, log_path, trainer.history, trainer.epoch - start_epoch, runtime.is_main
         )
     finally:
-        shutdown_distributed(info)
-
-
-def _dump_rank_state(sn: Supernet, info: DistInfo) -> None:
-    """With ``$WIDTHSEARCH_RANK_STATE_DIR`` set, save this rank's weights (replica checks)."""
-    folder = os.environ.get(RANK_STATE_ENV)
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        torch.save(sn.model.state_dict(), Path(folder) / f"rank{info.rank}.pt")
+        shutdown_runtime(runtime)

@@ -100,7 +100,7 @@ def test_ties_keep_the_earlier_candidate_and_the_best_is_returned(loaded, config
     data = heldout_data(payload, sn.meta)
     fixed = {"left": 0.5, "right": 0.5, "l1": 0.25, "bn": 0.5}
     order = iter(["right", "left", "bn", "l1"])
-    monkeypatch.setattr(inheritance, "top1", lambda model, batches: fixed[next(order)])
+    monkeypatch.setattr(inheritance, "top1", lambda model, batches, **_: fixed[next(order)])
     model, info = inheritance.choose_inheritance(
         sn, cfg, calib=data.calib, heldout=data.heldout, candidates=["right", "left", "bn", "l1"]
     )

@@ -16,9 +16,9 @@ from widthsearch.supernet import Supernet, WidthsearchError
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
 from widthsearch.supernet.models import create_model
+from widthsearch.supernet.runtime import RANK_STATE_ENV
 from widthsearch.supernet.sampling import FairSampler
 from widthsearch.supernet.train import (
-    RANK_STATE_ENV,
     LossRecords,
     bcnet_step,
     preserved_state,
