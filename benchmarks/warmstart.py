@@ -65,6 +65,7 @@ from widthsearch.supernet.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
+from widthsearch.supernet.runtime import local_runtime
 from widthsearch.supernet.train import pretrain_network, train_supernet
 
 STRATEGIES = ["bisection", "evolution", "peel", "uniform"]
@@ -108,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     add("--threads", type=int, default=1, help="torch threads")
+    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
     for key, value in PRESETS["default"].items():
         add(f"--{key.replace('_', '-')}", type=type(value))
@@ -188,6 +190,7 @@ class Warmstart:
             recipe,
             out_dir=work,
             resume=(work / "full.pt").is_file(),
+            device=self.args.device,
             progress=False,
             log=lambda line: log(f"  pretrain s{seed}: {line}"),
         )
@@ -216,6 +219,7 @@ class Warmstart:
             recipe,
             out_dir=work,
             resume=(work / "supernet.pt").is_file(),
+            device=self.args.device,
             progress=False,
             log=lambda line: log(f"  supernet s{seed}: {line}"),
         )
@@ -237,7 +241,7 @@ class Warmstart:
         settings = recipe.to_dict()["search"]
         doc = run_search(
             sn,
-            build_evaluator(sn, payload),
+            build_evaluator(sn, payload, runtime=local_runtime(self.args.device)),
             strategies=STRATEGIES,
             budgets=self.budgets,
             seed=recipe.search.seed,
@@ -275,6 +279,7 @@ class Warmstart:
                 data=heldout_data(payload, sn.meta),
                 supernet_path=str(ckpt),
                 progress=False,
+                device=self.args.device,
             )
         self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
         return {
@@ -359,6 +364,7 @@ class Warmstart:
             resume=out.with_name(out.stem + ".ckpt.pt").is_file(),
             progress=False,
             log=lambda line: log(f"  {out.stem}: {line}"),
+            device=self.args.device,
         )
 
     # -- table -----------------------------------------------------------------------------
@@ -401,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Warmstart(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads", "report")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads", "report", "device")}
     path = out / "settings.json"
     if path.is_file():  # seeds may be added later; anything else would mix settings
         saved = json.loads(path.read_text())
