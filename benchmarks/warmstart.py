@@ -13,7 +13,9 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
    sampling, distillation from the trained network).
 3. ``search``: bisection, evolution, peel and uniform at every budget.
 4. ``ft-best``: the best searched answer by supernet score at each budget, extracted with
-   adaptive inheritance and fine-tuned (distilled from the trained network).
+   adaptive inheritance and fine-tuned (distilled from the trained network);
+   ``ft-trained``: the same widths with the trained network's weights (L1 / BN-gamma top-k),
+   the same fine-tuning.
 5. ``tp``: Torch-Pruning (L1 magnitude) of the same trained network to the same budget, the
    same fine-tuning and teacher.
 6. ``scratch``: the uniform-width network at the budget (any channel count, not only the
@@ -179,6 +181,10 @@ class Warmstart:
                 lambda b=budget, f=frac: self.finetune_cell(recipe, seed, b, f),
             )
             cells.run(
+                f"ft-trained-{pct(frac)}-s{seed}",
+                lambda b=budget, f=frac: self.trained_cell(recipe, seed, b, f),
+            )
+            cells.run(
                 f"tp-{pct(frac)}-s{seed}",
                 lambda b=budget, f=frac: self.pruning_cell(recipe, seed, b, f),
             )
@@ -295,6 +301,45 @@ class Warmstart:
             **measure(tuned, latency=False),
         }
 
+    def trained_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
+        """The ``ft-best`` widths, inherited from the trained network instead of the supernet
+        (each group's channels by L1 norm or BN gamma, the better by held-out score), then
+        the same fine-tuning: do the supernet's weights matter, or only its widths?"""
+        best = self.cells.get(f"ft-best-{pct(frac)}-s{seed}")
+        if best is None:
+            raise RuntimeError(f"ft-best-{pct(frac)}-s{seed} has not finished")
+        work = self.work(seed)
+        ckpt = work / "supernet.pt"
+        extracted, tuned = work / f"trained-{pct(frac)}.pt", work / f"trained-{pct(frac)}-ft.pt"
+        if not extracted.is_file():
+            sn, payload = load_supernet(ckpt)
+            trained = build_supernet(dict(sn.meta))  # same space, the trained weights
+            load_weights(trained.model, payload["teacher_state_dict"], where=str(ckpt))
+            trained.eval()
+            extract_subnet(
+                (trained, payload),
+                widths=best["widths"],
+                strategy=best["strategy"],
+                budget=budget,
+                out=extracted,
+                candidates=["l1", "bn"],
+                data=heldout_data(payload, sn.meta),
+                supernet_path=str(ckpt),
+                progress=False,
+                device=self.args.device,
+            )
+        self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
+        return {
+            "kind": "searched-trained-weights",
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            "strategy": best["strategy"],
+            "widths": best["widths"],
+            "inheritance": read_subnet(tuned).get("inheritance"),
+            **measure(tuned, latency=False),
+        }
+
     def pruning_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
         work = self.work(seed)
         pruned_path, tuned = work / f"tp-{pct(frac)}.pt", work / f"tp-{pct(frac)}-ft.pt"
@@ -372,6 +417,7 @@ class Warmstart:
         rows = [
             ("trained full network", "full"),
             ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
+            ("same widths, weights from the trained network", "ft-trained"),
             ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
             ("uniform widths from scratch", "scratch"),
         ]
@@ -407,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Warmstart(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("part", "threads", "report", "device")}
+    local = ("part", "threads", "report", "device")  # where and how, not what
+    settings = {k: v for k, v in vars(args).items() if k not in local}
     path = out / "settings.json"
     if path.is_file():  # seeds may be added later; anything else would mix settings
         saved = json.loads(path.read_text())
