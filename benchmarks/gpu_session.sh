@@ -19,7 +19,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     PY=python3
     SITE=/tmp/site
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE \
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target $SITE \
         .gpu/whl/*.whl . || exit 1
     export PYTHONPATH=$SITE
 fi
@@ -28,7 +28,7 @@ fi
 if [ "${SMOKE:-0}" = 1 ]; then
     ACC="--device cpu --smoke"; WARM="--smoke --device cpu"; SEEDS="0"; S8=2
 else
-    ACC="--steps 50 --warmup 10"; WARM="--device cuda"; SEEDS="0 1 2"; S8=8
+    ACC="--steps ${ACC_STEPS:-50} --warmup 10"; WARM="--device cuda"; SEEDS="0 1 2"; S8=8
 fi
 timeout 200 $PY benchmarks/accelerator.py $ACC --out "$OUT/accelerator.json" \
     > "$OUT/accelerator.txt" 2>&1

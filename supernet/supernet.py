@@ -461,6 +461,8 @@ def slice_layer(
 ) -> None:
     """Keep (in this order) the given input and output channels of one conv/BN/linear, in
     place: a subset shrinks it (extraction), a permutation reorders it (channel ordering)."""
+    device = next(module.parameters(), torch.empty(0)).device
+    in_idx, out_idx = in_idx.to(device), out_idx.to(device)
 
     def replace_param(name: str, value: torch.Tensor) -> None:
         old = getattr(module, name)
@@ -488,7 +490,7 @@ def slice_layer(
                 setattr(module, name, getattr(module, name).index_select(0, out_idx).clone())
     else:
         factor = layer.in_factor
-        features = (in_idx[:, None] * factor + torch.arange(factor)[None, :]).reshape(-1)
+        features = (in_idx[:, None] * factor + torch.arange(factor, device=in_idx.device)[None, :]).reshape(-1)
         replace_param("weight", module.weight.index_select(0, out_idx).index_select(1, features))
         if module.bias is not None:
             replace_param("bias", module.bias.index_select(0, out_idx))
