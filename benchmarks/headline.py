@@ -59,11 +59,16 @@ from widthsearch.evaluate import (
     read_subnet,
     save_subnet,
 )
-from widthsearch.evaluate._common import human
 from widthsearch.evaluate.measure import counted_macs
-from widthsearch.recipes._cmd_search import search_options
 from widthsearch.recipes.recipe import Recipe, load_recipe
-from widthsearch.search import build_evaluator, list_strategies, resolve_budgets, run_search
+from widthsearch.search import (
+    build_evaluator,
+    format_macs,
+    list_strategies,
+    resolve_budgets,
+    run_search,
+    search_options,
+)
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import (
     build_supernet,
@@ -856,7 +861,7 @@ def accuracy_table(bench: Headline) -> str:
     if full is not None:
         lines.append(
             f"| 100% | *full resnet20, from scratch* | — | {_fmt(full['top1'])} | — "
-            f"| {human(full['macs'])} | {human(full['params'])} | 1.00 | 1.00 |"
+            f"| {format_macs(full['macs'])} | {format_macs(full['params'])} | 1.00 | 1.00 |"
             + (" |" if seeds > 1 else "")
         )
     base = {r["budget_macs"]: r.get("top1") for r in rows if r["strategy"] == BASELINE}
@@ -866,7 +871,7 @@ def accuracy_table(bench: Headline) -> str:
         if r["strategy"] != BASELINE and top1 is not None and ref is not None:
             delta = f"{100 * (top1 - ref):+.2f} pt"
         macs = r.get("macs")
-        macs_cell = "—" if macs is None else f"{human(macs)} ({macs / bench.full_macs:.1%})"
+        macs_cell = "—" if macs is None else f"{format_macs(macs)} ({macs / bench.full_macs:.1%})"
         name = f"**{r['strategy']}**" if r["strategy"] == BASELINE else r["strategy"]
         cells = [
             f"{pct(r['fraction'])}%",
@@ -875,7 +880,7 @@ def accuracy_table(bench: Headline) -> str:
             _fmt(top1),
             delta,
             macs_cell,
-            human(r.get("params")),
+            format_macs(r.get("params")),
             _fmt(r.get("latency_ratio_b1"), ".2f"),
             _fmt(r.get("latency_ratio_b64"), ".2f"),
         ]
