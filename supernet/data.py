@@ -264,11 +264,13 @@ def make_loader(
     drop_last: bool = False,
     workers: int = 0,
     pin_memory: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> DataLoader:
     """A DataLoader whose order (and worker augmentation) is fixed by ``seed``.
 
     The loader owns its generator, so the batch order does not depend on the global RNG:
-    the same seed gives the same sequence of batches, epoch after epoch.
+    the same seed gives the same sequence of batches, epoch after epoch. ``indices`` (with
+    ``shuffle=False``) are the items to load, in that order, instead of the whole dataset.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -278,6 +280,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=indices,
         drop_last=drop_last,
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .accuracy import subnet_top1
 from .checkpoint import capture_rng_state, restore_rng_state
+from .data import make_loader
 from .errors import WidthsearchError
 from .runtime import Runtime, allreduce_grads, average_buffers
 from .sampling import FairSampler, SandwichSampler, step_rng
@@ -56,13 +57,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(step_rng(seed, epoch, rank, 0x5EED).integers(2**62))
 
 
-def _reseed_worker(worker_id: int) -> None:
-    info = get_worker_info()
-    reseed = getattr(info.dataset, "reseed", None) if info is not None else None
-    if callable(reseed):
-        reseed(info.seed % 2**63)
-
-
 def epoch_loader(
     dataset: Dataset,
     *,
@@ -83,15 +77,15 @@ def epoch_loader(
     reseed = getattr(dataset, "reseed", None)
     if workers == 0 and callable(reseed):
         reseed(rank_seed)  # the augmentation stream restarts every epoch: exact resume
-    return DataLoader(
+    return make_loader(
         dataset,
         batch_size=batch_size,
-        sampler=indices,
+        shuffle=False,
+        seed=rank_seed,
         drop_last=True,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(rank_seed),
-        worker_init_fn=_reseed_worker if workers > 0 else None,
+        workers=workers,
         pin_memory=runtime.pin_memory,
+        indices=indices,
     )
 
 
