@@ -30,10 +30,12 @@ demo: $(VENV)/.installed data
 	$(BIN)/widthsearch run --out runs/demo
 	@echo "Report: runs/demo/report.md (plot: runs/demo/pareto.png)"
 
-# Lint, then the suite with the real data in place (`data`, as for `make demo`); in CI
-# (CI set) a missing dataset fails its tests instead of skipping them. Under 10 minutes.
+# Lint and the import contracts (pyproject.toml), then the suite with the real data in place
+# (`data`, as for `make demo`); in CI (CI set) a missing dataset fails its tests instead of
+# skipping them. Under 10 minutes.
 test: $(VENV)/.installed data
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Mutation testing of the cost model, samplers, width space, budgets and inheritance
@@ -49,6 +51,7 @@ headline: $(VENV)/.installed data
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs

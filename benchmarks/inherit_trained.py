@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from headline import measure
+from cells import measure
 from widthsearch.evaluate import extract_subnet, finetune_subnet, heldout_data
 from widthsearch.supernet import load_weights
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet, write_json_atomic

@@ -20,13 +20,13 @@ import sys
 import time
 
 import torch
-from widthsearch.recipes._cmd_search import search_options
 from widthsearch.search import (
     build_evaluator,
     format_macs,
     get_strategy,
     list_strategies,
     resolve_budgets,
+    search_options,
 )
 from widthsearch.supernet.checkpoint import load_supernet
 

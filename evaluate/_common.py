@@ -1,10 +1,9 @@
-"""Shared plumbing of the evaluate stage: subnet files, atomic writes, data from recipes."""
+"""Shared plumbing of the evaluate stage: subnet files, data from recipes."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+# top1 and write_jsonl_atomic are written once, in the supernet; the evaluate modules get them here
+from widthsearch.supernet.accuracy import top1  # noqa: F401
 from widthsearch.supernet.checkpoint import (
     atomic_save,
     build_supernet,
     load_checkpoint,
-    write_text_atomic,
+    write_jsonl_atomic,  # noqa: F401
 )
 from widthsearch.supernet.errors import CheckpointError, DataError, WidthsearchError
-from widthsearch.supernet.runtime import Runtime
 
 SUBNET_FORMAT = "widthsearch.subnet"
 # 2: no pickled module; the module is rebuilt from meta (model, arguments, space) + widths
@@ -30,10 +31,6 @@ _NOT_SAVED = ("module", "exports")  # in-memory only: the module is rebuilt on l
 
 
 # ---- files ------------------------------------------------------------------------------
-
-
-def write_jsonl_atomic(entries: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    return write_text_atomic("".join(json.dumps(dict(e)) + "\n" for e in entries), path)
 
 
 def output_path(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
@@ -237,30 +234,6 @@ def subset_tensors(dataset: Dataset, count: int, *, seed: int = 0) -> tuple[Tens
     return images, labels
 
 
-@torch.no_grad()
-def top1(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    runtime: Runtime | None = None,
-) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) over ``(images, labels)`` batches.
-
-    Batches go to the model's device; the count stays there until the end (one
-    synchronisation, not one per batch). ``runtime`` adds its mixed precision and layout.
-    """
-    model.eval()
-    runtime = runtime or Runtime(device=next(model.parameters()).device)
-    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
-    total = 0
-    for x, y in batches:
-        with runtime.autocast():
-            logits = model(runtime.batch(x))
-        correct += (logits.argmax(1) == y.to(runtime.device, non_blocking=True)).sum()
-        total += len(y)
-    return int(correct) / total if total else 0.0
-
-
 def model_input(meta: Mapping[str, Any], batch: int = 1) -> Tensor:
     """A zero input of the model's shape (for tracing, counting and timing)."""
     size = int(meta.get("input_size", 28))
@@ -274,13 +247,3 @@ def count_params(module: nn.Module) -> int:
 def plain_widths(widths: Mapping[str, Any]) -> dict[str, int]:
     """Widths as a JSON-able ``{str: int}`` (no numpy ints)."""
     return {str(k): int(v) for k, v in widths.items()}
-
-
-def human(n: float | None) -> str:
-    """``31021952 -> '31.02M'`` (tables)."""
-    if n is None:
-        return "—"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))

@@ -12,18 +12,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from widthsearch.supernet.checkpoint import write_json_atomic, write_text_atomic
+from widthsearch.supernet.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 
 from ._common import model_input, plain_widths
 
@@ -41,19 +39,6 @@ EXPORT_FORMATS = ("torchscript", "timm", "onnx", "widths")
 _TIMM_PREFIX = "timm:"
 
 
-@contextlib.contextmanager
-def _temp_path(path: Path) -> Iterator[Path]:
-    """A temp file next to ``path`` renamed over it on success (atomic for any writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 @torch.no_grad()
 def export_torchscript(
     module: nn.Module, path: str | os.PathLike[str], *, example: torch.Tensor
@@ -64,7 +49,7 @@ def export_torchscript(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example)
-        with _temp_path(path) as tmp:
+        with atomic_path(path) as tmp:
             torch.jit.save(traced, str(tmp))
     return path
 
@@ -127,7 +112,7 @@ def export_onnx(
     if importlib.util.find_spec("onnx") is None:
         return None
     path = Path(path)
-    with warnings.catch_warnings(), _temp_path(path) as tmp:
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(),

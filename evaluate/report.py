@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import human, write_text_atomic
+from widthsearch.search import format_macs
+from widthsearch.supernet.checkpoint import atomic_path, write_text_atomic
 
 __all__ = ["PARETO_NAME", "REPORT_NAME", "format_table", "plot_pareto", "write_report"]
 
@@ -86,8 +87,8 @@ def format_table(
                 [
                     _num(full.get("top1"), ".4f"),
                     "—",
-                    human(full.get("macs")),
-                    human(full.get("params")),
+                    format_macs(full.get("macs")),
+                    format_macs(full.get("params")),
                     _num(_latency(full, 1), ".3f"),
                     _num(_latency(full, 64), ".3f"),
                 ]
@@ -96,7 +97,7 @@ def format_table(
         )
     for r in _sorted(rows, baseline):
         budget = int(r.get("budget_macs") or 0)
-        label = human(budget) if budget else "—"
+        label = format_macs(budget) if budget else "—"
         if budget and full_macs:
             label += f" ({budget / full_macs:.0%})"
         top1, base = r.get("top1"), base_top1.get(budget)
@@ -112,8 +113,8 @@ def format_table(
             _num(r.get("score"), ".4f"),
             _num(top1, ".4f"),
             delta,
-            human(r.get("macs")),
-            human(r.get("params")),
+            format_macs(r.get("macs")),
+            format_macs(r.get("params")),
             _num(_latency(r, 1), ".3f"),
             _num(_latency(r, 64), ".3f"),
         ]
@@ -168,15 +169,9 @@ def plot_pareto(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def write_report(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from widthsearch.search import format_macs
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.models import create_model
 
@@ -19,13 +20,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-bins", type=int, default=1, help="smallest bin (default 1)")
     p.add_argument("--round-to", type=int, default=1, help="channel multiple (default 1)")
     p.set_defaults(func=run)
-
-
-def _human(n: int) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         choices = "fixed" if g.fixed else ", ".join(map(str, g.choices))
         print(f"{g.name:<{width}}  {g.max_channels:>8}  {choices}")
     full, smallest = sn.macs(), sn.macs(space.min())
-    print(f"MACs   {full} ({_human(full)}); smallest subnet {smallest} ({smallest / full:.1%})")
-    print(f"params {sn.params()} ({_human(sn.params())}); smallest subnet {sn.params(space.min())}")
+    params = sn.params()
+    print(
+        f"MACs   {full} ({format_macs(full)}); smallest subnet {smallest} ({smallest / full:.1%})"
+    )
+    print(f"params {params} ({format_macs(params)}); smallest subnet {sn.params(space.min())}")
     return 0

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from widthsearch.recipes._cmd_search import search_options
 from widthsearch.recipes._cmd_train import apply_overrides
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
@@ -104,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
         heldout_data,
         write_report,
     )
-    from widthsearch.search import build_evaluator, get_strategy, resolve_budgets, run_search
+    from widthsearch.search import (
+        build_evaluator,
+        get_strategy,
+        resolve_budgets,
+        run_search,
+        search_options,
+    )
     from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
     from widthsearch.supernet.train import PRETRAIN_NAME, pretrain_network, train_supernet
 

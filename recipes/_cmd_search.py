@@ -20,6 +20,7 @@ from widthsearch.search import (
     list_strategies,
     resolve_budgets,
     run_search,
+    search_options,
     write_json_atomic,
 )
 from widthsearch.supernet.checkpoint import load_supernet
@@ -111,28 +112,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(doc))
     print(f"wrote {out}")
     return 0
-
-
-def search_options(
-    search: dict[str, Any],
-    strategies: list[str],
-    loss_records: dict[str, Any] | None,
-    *,
-    trials: int | None = None,
-    samples: int | None = None,
-    relax_steps: int | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Per-strategy options from a recipe's ``[search]`` table, flags taking precedence."""
-    options: dict[str, dict[str, Any]] = {
-        "evolution": {"trials": trials or int(search.get("evolution_trials", 150))},
-        "random": {"samples": samples or int(search.get("random_samples", 40))},
-        "relax": {
-            "steps": relax_steps if relax_steps is not None else int(search.get("relax_steps", 200))
-        },
-    }
-    if loss_records:
-        options["evolution"]["loss_records"] = loss_records
-    return {k: v for k, v in options.items() if k in strategies}
 
 
 def format_table(doc: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from .evolution import Evolution, make_storage, prior_population, study_name_for
 from .peel import Peel
 from .random_search import RandomSearch
 from .relax import Relax, SoftMasks
-from .run import build_evaluator, run_search, write_json_atomic
+from .run import build_evaluator, run_search, search_options, write_json_atomic
 from .uniform import Uniform
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "register_strategy",
     "resolve_budgets",
     "run_search",
+    "search_options",
     "study_name_for",
     "write_json_atomic",
 ]

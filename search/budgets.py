@@ -85,8 +85,10 @@ def resolve_budgets(sn: Supernet, budgets: Iterable[str | float | int]) -> list[
     return out
 
 
-def format_macs(n: float) -> str:
-    """``31021952 -> '31.02M'`` (for tables and messages)."""
+def format_macs(n: float | None) -> str:
+    """``31021952 -> '31.02M'`` (for tables and messages); ``None`` (not measured) -> "—"."""
+    if n is None:
+        return "—"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"

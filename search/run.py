@@ -18,7 +18,7 @@ from .base import Timer, get_strategy
 from .budgets import resolve_budgets
 from .evaluator import SubnetEvaluator
 
-__all__ = ["build_evaluator", "run_search", "write_json_atomic"]
+__all__ = ["build_evaluator", "run_search", "search_options", "write_json_atomic"]
 
 
 def build_evaluator(
@@ -121,6 +121,32 @@ def build_evaluator(
         # relax fits its width logits on data: its own images, never the scored ones
         fit_images=pick(heldout_images, "heldout_images", 1000),
     )
+
+
+def search_options(
+    search: dict[str, Any],
+    strategies: list[str],
+    loss_records: dict[str, Any] | None,
+    *,
+    trials: int | None = None,
+    samples: int | None = None,
+    relax_steps: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per-strategy options from a recipe's ``[search]`` table, the arguments taking precedence.
+
+    Only the strategies in ``strategies`` get an entry; evolution also gets the loss records
+    of the supernet's training (its prior population), when the checkpoint has them.
+    """
+    options: dict[str, dict[str, Any]] = {
+        "evolution": {"trials": trials or int(search.get("evolution_trials", 150))},
+        "random": {"samples": samples or int(search.get("random_samples", 40))},
+        "relax": {
+            "steps": relax_steps if relax_steps is not None else int(search.get("relax_steps", 200))
+        },
+    }
+    if loss_records:
+        options["evolution"]["loss_records"] = loss_records
+    return {k: v for k, v in options.items() if k in strategies}
 
 
 def run_search(

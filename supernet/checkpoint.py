@@ -13,6 +13,7 @@ unless the caller passes ``trust_pickle=True`` (``--trust-pickle`` on the comman
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -23,9 +24,9 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from .runtime import cuda_rng_state, set_cuda_rng_state
 __all__ = [
     "FORMAT_VERSION",
     "SUPERNET_FORMAT",
+    "atomic_path",
     "atomic_save",
     "build_supernet",
     "capture_rng_state",
@@ -45,6 +47,7 @@ __all__ = [
     "restore_rng_state",
     "save_supernet",
     "write_json_atomic",
+    "write_jsonl_atomic",
     "write_text_atomic",
 ]
 
@@ -53,25 +56,30 @@ SUPERNET_FORMAT = "widthsearch.supernet"
 FORMAT_VERSION = 2
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], mode: str) -> Path:
-    """Run ``write`` on a temp file in the same folder, fsync, then rename over ``path``.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temp file next to ``path`` for any writer, renamed over ``path`` if the block succeeds.
 
-    A reader (or a crash at any moment) sees either the old file or the new one, never a
-    half-written one.
+    The one place that writes files atomically: the temp file is flushed to disk (fsync) and
+    given the permissions a plain ``open`` would (``mkstemp`` makes it private), then
+    renamed. A reader, or a crash at any moment, sees either the old file or the new one,
+    never a half-written one; on an error the temp file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
@@ -117,17 +125,26 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` of :func:`plain_payload` (``obj``) that never leaves a half-written
     file; ``torch.load(path, weights_only=True)`` reads the result."""
     doc = plain_payload(obj)
-    _atomic_write(path, lambda f: torch.save(doc, f), "wb")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(doc, f)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` so that readers never see a half-written file."""
-    return _atomic_write(path, lambda f: f.write(text), "w")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json_atomic(doc: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``doc`` as indented JSON, atomically."""
     return write_text_atomic(json.dumps(doc, indent=1) + "\n", path)
+
+
+def write_jsonl_atomic(entries: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write ``entries`` as JSON lines (one object per line), atomically: a log rewritten
+    whole after every epoch always matches the checkpoint written with it."""
+    return write_text_atomic("".join(json.dumps(dict(e)) + "\n" for e in entries), path)
 
 
 _WARNED: set[str] = set()

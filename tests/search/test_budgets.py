@@ -61,6 +61,7 @@ def test_format_macs():
     assert format_macs(1_000_000_000) == "1.00G"
     assert format_macs(1_000_000) == "1.00M"
     assert format_macs(1_000) == "1.00k" and format_macs(12_345) == "12.35k"
+    assert format_macs(None) == "—"  # not measured (report tables)
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from widthsearch.evaluate import export as export_module
 from widthsearch.evaluate import report as report_module
-from widthsearch.supernet import checkpoint, train
+from widthsearch.supernet import checkpoint
 
 
 def _save(path: Path, value: int) -> None:
@@ -33,10 +32,10 @@ def _writers():
         checkpoint.write_text_atomic(f"version {v}\n", path)
 
     def jsonl(path, v):
-        train._write_jsonl(path, [{"version": v}, {"version": v}])
+        checkpoint.write_jsonl_atomic([{"version": v}, {"version": v}], path)
 
-    def export(path, v):
-        with export_module._temp_path(path) as tmp:
+    def any_writer(path, v):  # the helper all of them use, as exporters use it (a path)
+        with checkpoint.atomic_path(path) as tmp:
             tmp.write_text(f"version {v}\n")
 
     def plot(path, v):
@@ -51,7 +50,7 @@ def _writers():
             lambda p: json.load(open(p))["v"],
         ),
         ("jsonl", jsonl, lambda p: json.loads(p.read_text().splitlines()[1])["version"]),
-        ("export", export, lambda p: int(p.read_text().split()[1])),
+        ("path", any_writer, lambda p: int(p.read_text().split()[1])),
         ("plot", plot, lambda p: p.read_bytes()),
     ]
 
@@ -112,7 +111,8 @@ def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
             print("half", flush=True)
             time.sleep(60)
 
-        checkpoint._atomic_write({str(path)!r}, write, "wb")
+        with checkpoint.atomic_path({str(path)!r}) as tmp, open(tmp, "wb") as f:
+            write(f)
         """
     )
     proc = subprocess.Popen(
@@ -131,3 +131,13 @@ def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
     assert path.read_bytes() == old and _load(path) == 1
     (left,) = _leftovers(tmp_path, path.name)
     assert left.startswith(".ckpt.pt.") and left.endswith(".tmp")
+
+
+@pytest.mark.parametrize(("name", "write", "read"), _writers(), ids=[w[0] for w in _writers()])
+def test_a_written_file_has_the_permissions_of_a_plain_write(name, write, read, tmp_path):
+    """The temp file is private while written; the result is readable as any other file."""
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    path = tmp_path / f"out.{name}"
+    write(path, 1)
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 from widthsearch.supernet import data as data_mod
+from widthsearch.supernet._sources import FMNIST_FILES
 from widthsearch.supernet.data import (
     DEBIAN_FASHION_MNIST,
     DataSpec,
@@ -155,7 +156,7 @@ def test_missing_cifar_without_network(tmp_path: Path, no_download: None) -> Non
 
 
 def test_corrupt_idx_file(tmp_path: Path) -> None:
-    for stem in data_mod._FMNIST_FILES.values():
+    for stem in FMNIST_FILES.values():
         (tmp_path / stem).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")  # 3 of 5 bytes
     with pytest.raises(DataError, match="truncated"):
         get_data("fashion-mnist", root=tmp_path)

@@ -1,0 +1,161 @@
+"""The baselines a searched subnet is compared with: the same widths from random init
+trained from scratch, and Torch-Pruning (L1 magnitude pruning to the budget).
+
+Each baseline becomes an ordinary subnet file (:func:`baseline_subnet`), so the one
+fine-tune and measuring code treats it like any extracted subnet.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from cells import log
+from torch import nn
+from widthsearch.evaluate import finetune_subnet
+from widthsearch.evaluate.measure import counted_macs
+from widthsearch.recipes.recipe import Recipe
+from widthsearch.supernet.checkpoint import build_supernet
+
+SCRATCH = "scratch-uniform"
+PRUNING = "torch-pruning"
+
+
+def baseline_subnet(
+    module: nn.Module,
+    *,
+    widths: Mapping[str, int],
+    meta: Mapping[str, Any],
+    macs: int,
+    params: int,
+    full_macs: int,
+    full_params: int,
+    inheritance: Mapping[str, Any],
+    strategy: str,
+    recipe: Recipe,
+    budget_macs: int | None = None,
+) -> dict[str, Any]:
+    """The subnet payload (:func:`~widthsearch.evaluate.save_subnet`) of a network no search
+    chose: no supernet, no search score."""
+    return {
+        "module": module,
+        "widths": {k: int(v) for k, v in widths.items()},
+        "inheritance": dict(inheritance),
+        "meta": dict(meta),
+        "macs": int(macs),
+        "params": int(params),
+        "supernet": None,
+        "strategy": strategy,
+        "budget_macs": budget_macs,
+        "score": None,
+        "full_macs": int(full_macs),
+        "full_params": int(full_params),
+        "recipe": recipe.to_dict(),
+    }
+
+
+def random_init_subnet(
+    meta: Mapping[str, Any], widths: Mapping[str, int], recipe: Recipe, *, seed: int, label: str
+) -> dict[str, Any]:
+    """A subnet payload with fresh random weights (the from-scratch baselines)."""
+    torch.manual_seed(seed)
+    sn = build_supernet(dict(meta))
+    cfg = sn.space.validate(widths)
+    return baseline_subnet(
+        sn.extract(cfg, side="left"),
+        widths=cfg,
+        meta=sn.meta,
+        macs=sn.macs(cfg),
+        params=sn.params(cfg),
+        full_macs=sn.macs(),
+        full_params=sn.params(),
+        inheritance={"chosen": "random-init", "scores": {}},
+        strategy=label,
+        recipe=recipe,
+    )
+
+
+def train_from_scratch(
+    init: Path, out: Path, *, epochs: int, lr: float, seed: int, eval_images: int = 1000
+) -> dict[str, Any]:
+    """Plain training through the fine-tune loop (SGD + cosine, no teacher), resumable."""
+    ckpt = out.with_name(out.stem + ".ckpt.pt")
+    return finetune_subnet(
+        init,
+        out=out,
+        epochs=epochs,
+        lr=lr,
+        teacher=None,
+        seed=seed,
+        eval_images=eval_images,
+        resume=ckpt.is_file(),
+        progress=False,
+        log=lambda line: log(f"  {out.stem}: {line}"),
+    )
+
+
+# ---- Torch-Pruning --------------------------------------------------------------------------
+
+
+def prune_to_budget(model: nn.Module, meta: Mapping[str, Any], budget: int) -> dict[str, Any]:
+    """L1 magnitude pruning (Torch-Pruning), the ratio bisected to the widest net <= budget.
+
+    Returns the pruned module, the ratio, its widths per supernet group and the check that
+    those widths describe it exactly (same tensor shapes as the supernet's extraction, same
+    MACs and params as the cost model), which is what lets the shared fine-tune and measure
+    code treat it as any other subnet.
+    """
+    import torch_pruning as tp
+
+    example = torch.zeros(
+        1, int(meta["in_chans"]), int(meta["input_size"]), int(meta["input_size"])
+    )
+
+    def prune(ratio: float) -> nn.Module:
+        pruned = copy.deepcopy(model).eval()
+        pruner = tp.pruner.MagnitudePruner(
+            pruned,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[pruned.fc],
+        )
+        pruner.step()
+        return pruned
+
+    # MACs fall as the ratio grows: keep MACs(hi) <= budget < MACs(lo). Not 0.99: a ratio
+    # that would empty a layer makes Torch-Pruning skip it (nothing pruned at all)
+    lo, hi = 0.0, 0.9
+    if counted_macs(prune(hi), example) > budget:
+        raise ValueError(f"Torch-Pruning cannot reach {budget} MACs")
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        if counted_macs(prune(mid), example) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    pruned = prune(hi)
+    # every width valid: bins = the widest group, so each group may take any channel count
+    wide = {**dict(meta), "bins": 64, "min_bins": 1, "round_to": 1}
+    sn = build_supernet(wide)
+    widths = {g.name: int(pruned.get_submodule(g.name).out_channels) for g in sn.space.searchable}
+    cfg = sn.space.validate(widths)
+    shapes = {k: tuple(v.shape) for k, v in sn.extract(cfg).state_dict().items()}
+    same_shapes = shapes == {k: tuple(v.shape) for k, v in pruned.state_dict().items()}
+    macs = counted_macs(pruned, example)
+    params = sum(p.numel() for p in pruned.parameters())
+    verified = same_shapes and macs == sn.macs(cfg) and params == sn.params(cfg)
+    return {
+        "module": pruned,
+        "ratio": hi,
+        "widths": cfg,
+        "meta": dict(sn.meta),
+        "macs": int(macs),
+        "params": int(params),
+        "verified": bool(verified),
+        "full_macs": int(sn.macs()),
+        "full_params": int(sn.params()),
+    }
