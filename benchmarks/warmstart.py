@@ -57,9 +57,8 @@ from widthsearch.evaluate import (
     read_subnet,
     save_subnet,
 )
-from widthsearch.recipes._cmd_search import search_options
 from widthsearch.recipes.recipe import Recipe, load_recipe
-from widthsearch.search import build_evaluator, resolve_budgets, run_search
+from widthsearch.search import build_evaluator, resolve_budgets, run_search, search_options
 from widthsearch.supernet import create_model, load_weights, read_state_dict
 from widthsearch.supernet.checkpoint import (
     build_supernet,

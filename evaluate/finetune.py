@@ -49,6 +49,7 @@ from widthsearch.supernet.runtime import (
     shutdown_runtime,
 )
 from widthsearch.supernet.train import distill_loss
+from widthsearch.supernet.trainer import resume_schedule
 
 from ._common import (
     load_splits,
@@ -362,11 +363,9 @@ def _train(
     start_epoch = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        if state.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
-            scheduler.load_state_dict(state["scheduler"])
-        else:  # another world size: the same point of the schedule, in this run's steps
-            for _ in range(int(state["epoch"]) * steps_per_epoch):
-                scheduler.step()
+        resume_schedule(
+            scheduler, state, epochs_done=int(state["epoch"]), steps_per_epoch=steps_per_epoch
+        )
         if state.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["grad_scaler"])
         history = list(state.get("history", []))

@@ -18,6 +18,7 @@ import sys
 
 from widthsearch.evaluate.inheritance import INHERITANCE
 from widthsearch.recipes._runtime_flags import runtime_options
+from widthsearch.supernet.runtime import launched_rank
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -182,6 +183,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         **where,
     )
+    if launched_rank() != 0:
+        return 0  # under torchrun rank 0 reports
     history = result["finetune"]["history"]
     if len(history) < result["finetune"]["epochs"]:
         print(f"stopped after epoch {len(history)}; continue with --resume")

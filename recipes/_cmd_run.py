@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from widthsearch.recipes._cmd_train import apply_overrides
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
-from widthsearch.supernet.runtime import local_runtime
+from widthsearch.supernet.runtime import launched_rank, local_runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             trust_pickle=trust,
             **where,
         )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launched_rank() != 0:
         return 0  # under torchrun the training stages ran data-parallel; rank 0 does the rest
     runtime = local_runtime(**where)
 

@@ -88,12 +88,13 @@ _PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.
 def plain_payload(obj: Any, where: str = "payload") -> Any:
     """``obj`` with only what ``torch.load(..., weights_only=True)`` reads.
 
-    Tensors, numbers, strings and containers of them pass as they are; numpy scalars become
-    Python numbers, numpy arrays tensors and paths strings. Anything else (a module, a
+    Tensors (moved to the CPU, so files load on any machine), numbers, strings and
+    containers of them pass; numpy scalars become Python numbers, numpy arrays tensors and
+    paths strings. Anything else (a module, a
     class instance) is a programming error: ``TypeError`` naming where it sits.
     """
     if isinstance(obj, torch.Tensor):
-        return obj.detach() if isinstance(obj, torch.nn.Parameter) else obj
+        return obj.detach().cpu()  # no copy for a CPU tensor
     if isinstance(obj, _PLAIN):
         return obj
     if isinstance(obj, np.generic):

@@ -50,6 +50,7 @@ __all__ = [
     "cuda_rng_state",
     "dump_rank_state",
     "init_runtime",
+    "launched_rank",
     "local_runtime",
     "resolve_device",
     "set_cuda_rng_state",
@@ -224,6 +225,11 @@ def init_runtime(
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
     return Runtime(rank, world_size, local_rank, resolved, amp, bool(channels_last))
+
+
+def launched_rank() -> int:
+    """This process's rank in the ``torchrun`` job it was started in (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def local_runtime(

@@ -490,7 +490,9 @@ def slice_layer(
                 setattr(module, name, getattr(module, name).index_select(0, out_idx).clone())
     else:
         factor = layer.in_factor
-        features = (in_idx[:, None] * factor + torch.arange(factor, device=in_idx.device)[None, :]).reshape(-1)
+        features = (
+            in_idx[:, None] * factor + torch.arange(factor, device=in_idx.device)[None, :]
+        ).reshape(-1)
         replace_param("weight", module.weight.index_select(0, out_idx).index_select(1, features))
         if module.bias is not None:
             replace_param("bias", module.bias.index_select(0, out_idx))

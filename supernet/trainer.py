@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "TrainingDivergedError",
     "epoch_loader",
     "epoch_seed",
+    "resume_schedule",
 ]
 
 TRAINERS = ("bcnet", "sandwich", "plain")  # plain: full width only (pretraining)
@@ -97,6 +99,24 @@ def _cosine(step: int, *, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     span = max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def resume_schedule(
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: Mapping[str, Any],
+    *,
+    epochs_done: int,
+    steps_per_epoch: int,
+) -> None:
+    """Put ``scheduler`` where a resumed run stands: its saved state when the run had as many
+    steps per epoch, else (another world size) ``epochs_done`` epochs of this run's steps."""
+    if state.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
+        scheduler.load_state_dict(state["scheduler"])
+        return
+    with warnings.catch_warnings():  # stepping before any optimiser step is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs_done * steps_per_epoch):
+            scheduler.step()
 
 
 class SupernetTrainer:
@@ -206,7 +226,9 @@ class SupernetTrainer:
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        resume_schedule(
+            self.scheduler, state, epochs_done=self.epoch, steps_per_epoch=self.steps_per_epoch
+        )
         restore_rng_state(state.get("rng") or {})
         if state.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])

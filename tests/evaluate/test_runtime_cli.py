@@ -198,13 +198,6 @@ def test_a_stored_recipe_device_is_not_where_the_file_is_used(supernet_path, tmp
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug, seen on an H100: extract --device cuda moves the supernet to the GPU "
-    "but Supernet.extract (supernet/supernet.py slice_layer) index_selects its weights with "
-    "CPU channel indices: RuntimeError 'index is on cpu, different from other tensors on "
-    "cuda:0', for every inheritance",
-)
 def test_extract_on_cuda_gives_the_cpu_subnet(supernet_path, search_path, tmp_path):
     args = ["extract", str(supernet_path), "--from", str(search_path), "--strategy", "random"]
     args += ["--budget", "0.5", "--inheritance", "left"]

@@ -39,18 +39,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 HAS_CUDA = torch.cuda.is_available()
 needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="CUDA is available on this machine")
-# Seen on an H100: a file trained with --device cuda holds CUDA tensors (193 of them: the
-# state_dict, optimiser state), so `torch.load(weights_only=True)` fails on a CPU-only machine.
-CUDA_FILES_BUG = (
-    "library bug: save_supernet (supernet/checkpoint.py) stores sn.model.state_dict() and the "
-    "trainer's optimiser state as they are on the device, so full.pt/supernet.pt written "
-    "with --device cuda hold CUDA tensors and do not load on a machine without CUDA"
-)
 CUDA = pytest.param(
     "cuda",
     marks=[
         pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
-        pytest.mark.xfail(strict=True, reason=CUDA_FILES_BUG),
     ],
 )
 
@@ -357,13 +349,6 @@ def test_one_process_resumes_the_two_process_checkpoint(two_then_one):
     assert changed > 10  # epoch 2 did train
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: resuming at another world size keeps the old run's scheduler step "
-    "count (LambdaLR last_epoch, 15) although this run has 30 steps per epoch, so the cosine "
-    "schedule is misplaced and ends at lr 0.0146, not 0 (fine-tuning rescales it; "
-    "SupernetTrainer.load_state_dict in supernet/train.py does not)",
-)
 def test_one_process_resume_ends_the_cosine_schedule_at_zero(two_then_one):
     history = two_then_one.resumed["history"]
     assert history[0]["lr"] == pytest.approx(0.05)  # half-way through the 2-epoch cosine
