@@ -72,6 +72,10 @@ from widthsearch.supernet.train import pretrain_network, train_supernet
 STRATEGIES = ["bisection", "evolution", "peel", "uniform"]
 META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
 
+# fine-tuning of every compressed network (not of the from-scratch baselines); not stored in
+# settings.json at these values, so cells made before the options existed stay valid
+FINETUNE_DEFAULTS = {"finetune_lr": 0.02, "finetune_alpha": 0.5}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "train_limit": 0,
@@ -112,6 +116,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--threads", type=int, default=1, help="torch threads")
     add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
+    add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
+    add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
     for key, value in PRESETS["default"].items():
         add(f"--{key.replace('_', '-')}", type=type(value))
     args = parser.parse_args(argv)
@@ -400,7 +406,8 @@ class Warmstart:
             subnet,
             out=out,
             epochs=recipe.finetune.epochs,
-            lr=recipe.finetune.lr,
+            lr=self.args.finetune_lr,
+            alpha=self.args.finetune_alpha,
             weight_decay=recipe.finetune.weight_decay,
             teacher=teacher,
             seed=seed,
@@ -454,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     local = ("part", "threads", "report", "device")  # where and how, not what
     settings = {k: v for k, v in vars(args).items() if k not in local}
+    for key, default in FINETUNE_DEFAULTS.items():
+        if settings[key] == default:
+            del settings[key]
     path = out / "settings.json"
     if path.is_file():  # seeds may be added later; anything else would mix settings
         saved = json.loads(path.read_text())
