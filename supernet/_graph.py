@@ -3,7 +3,9 @@
 Every tensor in the traced graph gets a *channel space* (a union-find id) for its channel
 dimension. Convolutions and linear layers create new spaces; BN, activations, pools and
 depthwise convs pass their input's space through; residual adds and gating multiplies unite
-spaces. What is left after the walk are the groups. Nothing here knows any architecture.
+spaces. What is left after the walk are the groups. Nothing here knows any architecture,
+nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says which spaces its
+calls read and write.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._graph import TraceResult, trace_channels
 from .cost import CostModel
-from .handlers import SlimLayer, span
+from .handlers import CallWidths, SlimLayer, span
 from .space import WidthSpace, make_group
 
 __all__ = ["SIDES", "LayerEntry", "Side", "Supernet", "slice_layer"]
@@ -220,16 +220,8 @@ class Supernet(nn.Module):
             replace_input = (
                 (empty or w_in == 0) and bool(args) and args[0].shape[1] != run_in * layer.in_factor
             )
-            saved = handler.view(
-                layer,
-                module,
-                run_in,
-                run_out,
-                in_full=in_full,
-                out_full=out_full,
-                side=self._side,
-                empty=empty,
-            )
+            at = CallWidths(run_in, run_out, in_full, out_full, self._side, empty)
+            saved = handler.view(layer, module, at)
             saved["__output__"] = "empty" if empty else "dead" if dead else None
             self._saved.setdefault(id(module), []).append(saved)
             if replace_input:

@@ -11,8 +11,8 @@ from . import batchnorm, conv, linear  # noqa: F401 (register)
 from .base import (
     GAMMA,
     L1,
+    CallWidths,
     ChannelEvidence,
-    CostTerms,
     LayerCall,
     LayerHandler,
     SlimLayer,
@@ -21,22 +21,21 @@ from .base import (
     register_layer,
     registered_labels,
     registered_types,
-    replace_param,
     span,
-    swap,
     unregister_layer,
 )
 from .batchnorm import BatchNormHandler
 from .conv import ConvHandler
 from .linear import LinearHandler
 
+# What a handler author needs beyond these (CostTerms, swap, replace_param) is in `.base`.
 __all__ = [
     "GAMMA",
     "L1",
     "BatchNormHandler",
+    "CallWidths",
     "ChannelEvidence",
     "ConvHandler",
-    "CostTerms",
     "LayerCall",
     "LayerHandler",
     "LinearHandler",
@@ -46,8 +45,6 @@ __all__ = [
     "register_layer",
     "registered_labels",
     "registered_types",
-    "replace_param",
     "span",
-    "swap",
     "unregister_layer",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from torch import nn
 __all__ = [
     "GAMMA",
     "L1",
+    "CallWidths",
     "ChannelEvidence",
     "ChannelSpaces",
     "CostTerms",
@@ -110,6 +111,24 @@ class TraceStep:
     spaces: ChannelSpaces
 
 
+class CallWidths(NamedTuple):
+    """The widths one call of a layer runs at (see :meth:`LayerHandler.run_widths`)."""
+
+    w_in: int
+    w_out: int
+    in_full: int  # channels of the input group at full width
+    out_full: int
+    side: str  # "left": the first channels of each group; "right": the last
+    empty: bool  # the output group is at width 0: the output is discarded
+
+    def out_span(self) -> slice:
+        return span(self.out_full, self.w_out, self.side)
+
+    def in_span(self, factor: int = 1) -> slice:
+        """The input features kept (``factor`` features per channel)."""
+        return span(self.in_full * factor, self.w_in * factor, self.side)
+
+
 class CostTerms(Protocol):
     """A sum of ``coef * w[a] * w[b]`` terms (index -1: the constant 1), see ``cost``."""
 
@@ -167,24 +186,10 @@ class LayerHandler:
         0 runs at the narrowest width the layer allows (its output is then discarded)."""
         return w_in or 1, w_out or 1
 
-    def view(
-        self,
-        layer: SlimLayer,
-        module: nn.Module,
-        w_in: int,
-        w_out: int,
-        *,
-        in_full: int,
-        out_full: int,
-        side: str,
-        empty: bool,
-    ) -> dict[Any, Any]:
-        """Swap views of the first (``side="left"``) or last ``w_in``/``w_out`` channels
-        into ``module`` for one call; return what the restore hook puts back (attribute name
-        -> value; ``(id(store), name)`` -> ``(store, original)`` for tensors, see :func:`swap`).
-
-        ``empty``: the layer's output group is at width 0 (its output is discarded).
-        """
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
+        """Swap views of the channels ``at`` keeps into ``module`` for one call; return what
+        the restore hook puts back (attribute name -> value; ``(id(store), name)`` ->
+        ``(store, original)`` for tensors, see :func:`swap`)."""
         raise NotImplementedError
 
     # -- extraction ----------------------------------------------------------------------

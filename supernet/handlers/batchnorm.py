@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import (
     GAMMA,
+    CallWidths,
     ChannelEvidence,
     CostTerms,
     LayerHandler,
@@ -22,7 +23,6 @@ from .base import (
     TraceStep,
     register_layer,
     replace_param,
-    span,
     swap,
 )
 
@@ -48,22 +48,11 @@ class BatchNormHandler(LayerHandler):
     def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:
         return (1, 1) if w_out == 0 else (w_in, w_out)
 
-    def view(
-        self,
-        layer: SlimLayer,
-        module: nn.Module,
-        w_in: int,
-        w_out: int,
-        *,
-        in_full: int,
-        out_full: int,
-        side: str,
-        empty: bool,
-    ) -> dict[Any, Any]:
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         saved: dict[Any, Any] = {"num_features": module.num_features, "training": module.training}
-        module.num_features = w_out
-        module.training = module.training and not empty  # no stats from fake inputs
-        out_span = span(out_full, w_out, side)
+        module.num_features = at.w_out
+        module.training = module.training and not at.empty  # no stats from fake inputs
+        out_span = at.out_span()
         for name in _PARAMS:
             swap(module._parameters, saved, name, out_span)
         for name in _STATS:

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import (
     L1,
+    CallWidths,
     ChannelEvidence,
     CostTerms,
     LayerCall,
@@ -25,7 +26,6 @@ from .base import (
     TraceStep,
     register_layer,
     replace_param,
-    span,
     swap,
 )
 
@@ -66,31 +66,20 @@ class ConvHandler(LayerHandler):
             return layer.group_width, layer.group_width
         return w_in or 1, w_out or 1
 
-    def view(
-        self,
-        layer: SlimLayer,
-        module: nn.Module,
-        w_in: int,
-        w_out: int,
-        *,
-        in_full: int,
-        out_full: int,
-        side: str,
-        empty: bool,
-    ) -> dict[Any, Any]:
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         params = module._parameters
         saved: dict[Any, Any] = {
             "in_channels": module.in_channels,
             "out_channels": module.out_channels,
             "groups": module.groups,
         }
-        out_span = span(out_full, w_out, side)
+        out_span = at.out_span()
         if layer.group_width:
             weight = params["weight"][out_span]
-            module.groups = w_out // layer.group_width
+            module.groups = at.w_out // layer.group_width
         else:
-            weight = params["weight"][out_span, span(in_full, w_in, side)]
-        module.in_channels, module.out_channels = w_in, w_out
+            weight = params["weight"][out_span, at.in_span()]
+        module.in_channels, module.out_channels = at.w_in, at.w_out
         swap(params, saved, "weight", weight)
         swap(params, saved, "bias", out_span)
         return saved

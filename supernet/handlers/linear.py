@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import (
     L1,
+    CallWidths,
     ChannelEvidence,
     CostTerms,
     LayerCall,
@@ -23,7 +24,6 @@ from .base import (
     TraceStep,
     register_layer,
     replace_param,
-    span,
     swap,
 )
 
@@ -50,29 +50,16 @@ class LinearHandler(LayerHandler):
     def call(self, step: TraceStep) -> LayerCall:
         return LayerCall(positions=math.prod(step.out_shape[:-1]) // step.batch)
 
-    def view(
-        self,
-        layer: SlimLayer,
-        module: nn.Module,
-        w_in: int,
-        w_out: int,
-        *,
-        in_full: int,
-        out_full: int,
-        side: str,
-        empty: bool,
-    ) -> dict[Any, Any]:
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         params = module._parameters
         saved: dict[Any, Any] = {
             "in_features": module.in_features,
             "out_features": module.out_features,
         }
-        factor = layer.in_factor
-        out_span = span(out_full, w_out, side)
-        in_span = span(in_full * factor, w_in * factor, side)
-        swap(params, saved, "weight", params["weight"][out_span, in_span])
+        out_span = at.out_span()
+        swap(params, saved, "weight", params["weight"][out_span, at.in_span(layer.in_factor)])
         swap(params, saved, "bias", out_span)
-        module.in_features, module.out_features = w_in * factor, w_out
+        module.in_features, module.out_features = at.w_in * layer.in_factor, at.w_out
         return saved
 
     def slice(
