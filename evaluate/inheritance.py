@@ -10,7 +10,6 @@ statistics recalibrated, and scored on held-out data; the best one is kept.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.bn import recalibrate_bn
+from widthsearch.supernet.handlers import GAMMA, L1
 from widthsearch.supernet.runtime import Runtime
 
 from ._common import top1
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 INHERITANCE: tuple[str, ...] = ("left", "right", "l1", "bn")
+_EVIDENCE = {"l1": L1, "bn": GAMMA}  # importance method -> the layers' evidence it ranks by
 
 
 def channel_importance(sn: Supernet, method: str) -> dict[str, Tensor]:
@@ -48,25 +49,23 @@ def channel_importance(sn: Supernet, method: str) -> dict[str, Tensor]:
     if method not in ("l1", "bn"):
         raise ValueError(f"importance method must be 'l1' or 'bn', got {method!r}")
     groups = sn.space.groups
-    sums = {"l1": {}, "bn": {}}  # type: dict[str, dict[str, Tensor]]
+    sums: dict[str, dict[str, Tensor]] = {GAMMA: {}, L1: {}}
     with torch.no_grad():
-        for layer, _, out_g in sn._layers:
+        for layer, _, out_g in sn.layers:
             group = groups[out_g]
             if group.fixed:
                 continue
-            weight = getattr(layer.module, "weight", None)
-            if weight is None:
+            evidence = layer.handler.importance(layer)
+            if evidence is None:
                 continue
-            key = "bn" if layer.kind == "bn" else "l1"
-            value = weight.detach().abs().float()
-            value = value if key == "bn" else value.flatten(1).sum(1)
-            store = sums[key]
+            value = evidence.per_channel(torch.float32)
+            store = sums.setdefault(evidence.source, {})
             store[group.name] = store.get(group.name, 0) + value.cpu()
     out: dict[str, Tensor] = {}
     for group in sn.space.searchable:
-        value = sums[method].get(group.name)
+        value = sums[_EVIDENCE[method]].get(group.name)
         if value is None:
-            value = sums["l1"].get(group.name)
+            value = sums[L1].get(group.name)
         out[group.name] = value if value is not None else torch.zeros(group.max_channels)
     return out
 
@@ -78,12 +77,7 @@ def group_blocks(sn: Supernet) -> dict[str, int]:
     A grouped conv maps input block ``j`` to output block ``j``; keeping a channel without the
     rest of its block would mix conv groups, so extraction needs whole blocks.
     """
-    blocks = {g.name: 1 for g in sn.space.groups}
-    for layer, _, out_g in sn._layers:
-        if layer.group_width > 1:
-            name = sn.space.groups[out_g].name
-            blocks[name] = math.lcm(blocks[name], layer.group_width)
-    return blocks
+    return sn.channel_blocks()
 
 
 def topk_indices(importance: Tensor, k: int, *, block: int = 1) -> Tensor:

@@ -8,11 +8,8 @@ its own width (e.g. a bottleneck's last conv); that part is another quadratic fo
 
     MACs(w) = P(w) - sum_{g removable} [w_g == 0] R_g(w).
 
-We recover every coefficient from the public cost model by finite differences at integer
-width vectors (``sn.cost.macs`` accepts any widths) around an origin of ones (all blocks
-present) -- ``f(o)``, ``f(o + e_g)``, ``f(o + 2 e_g)``, ``f(o + e_g + e_h)`` -- instead of
-reading its private term table, and check the result against the cost model on random
-configs (with random removed blocks). With independent group widths, the expectation
+The cost model publishes ``P`` and every ``R_g`` (:meth:`CostModel.quadratic_form`, read
+from the same term table it evaluates). With independent group widths, the expectation
 follows from each width's first two moments and ``P(w_g = 0)``:
 
     E[MACs] = E[P] - sum_g P(w_g = 0) E[R_g]   (R_g does not involve w_g)
@@ -22,52 +19,25 @@ follows from each width's first two moments and ``P(w_g = 0)``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
-from widthsearch.supernet import Supernet
+from widthsearch.supernet import QuadraticForm, Supernet
 
 __all__ = ["MacsPolynomial", "Quadratic"]
 
 
 class Quadratic:
-    """``c + l.w + w^T Q w`` with ``Q`` upper triangular (diagonal = squared terms)."""
+    """Moments of a published form ``c + l.w + w^T Q w`` (``Q`` upper triangular, diagonal
+    = squared terms) for widths drawn independently per group."""
 
-    def __init__(self, const: float, linear: np.ndarray, quad: np.ndarray) -> None:
-        self.const, self.linear, self.quad = const, linear, quad
-        self._off = np.triu(quad, 1)
-        self._diag = np.diag(quad).copy()
-
-    @classmethod
-    def fit(
-        cls, f: Callable[[np.ndarray], np.ndarray], origin: np.ndarray, free: np.ndarray
-    ) -> Quadratic:
-        """Exact coefficients of a quadratic ``f`` in the ``free`` coordinates around ``origin``."""
-        n = len(origin)
-        eye = np.eye(n, dtype=np.int64)[free]
-        k = len(free)
-        pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
-        rows = [origin, *(origin + eye), *(origin + 2 * eye)]
-        rows += [origin + eye[a] + eye[b] for a, b in pairs]
-        v = f(np.stack(rows).astype(np.float64))
-        f0, f1, f2 = v[0], v[1 : k + 1], v[k + 1 : 2 * k + 1]
-        # in shifted coordinates u = w - origin
-        diag = (f2 - 2 * f1 + f0) / 2
-        quad = np.zeros((n, n))
-        quad[free, free] = diag
-        for j, (a, b) in enumerate(pairs):
-            quad[free[a], free[b]] = v[2 * k + 1 + j] - f1[a] - f1[b] + f0
-        lin_u = np.zeros(n)
-        lin_u[free] = f1 - f0 - diag
-        o = origin.astype(np.float64)
-        # back to w: P = f0 - l.o + o^T Q o + (l - (Q + Q^T) o).w + w^T Q w
-        const = float(f0 - lin_u @ o + o @ quad @ o)
-        linear = lin_u - (quad + quad.T) @ o
-        return cls(const, linear, quad)
+    def __init__(self, form: QuadraticForm) -> None:
+        self.form = form
+        self.const, self.linear, self.quad = form.const, form.linear, form.quad
+        self._off = np.triu(self.quad, 1)
+        self._diag = np.diag(self.quad).copy()
 
     def value(self, w: np.ndarray) -> np.ndarray:
-        return self.const + w @ self.linear + np.einsum("ng,gh,nh->n", w, self.quad, w)
+        return self.form.value(w)
 
     def expected(self, mean: np.ndarray, second: np.ndarray) -> float:
         return float(
@@ -92,44 +62,15 @@ class MacsPolynomial:
     """
 
     def __init__(self, sn: Supernet) -> None:
-        n = len(sn.space.groups)
-
-        def cost(w: np.ndarray) -> np.ndarray:
-            return sn.cost.macs(w).astype(np.float64)
-
-        ones = np.ones(n, dtype=np.int64)
-        self.main = Quadratic.fit(cost, ones, np.arange(n))
-        self.removed: dict[int, Quadratic] = {}
-        for g, group in enumerate(sn.space.groups):
-            if not getattr(group, "removable", False):
-                continue
-            origin = ones.copy()
-            origin[g] = 0
-            free = np.array([i for i in range(n) if i != g])
-            rest = Quadratic.fit(lambda w: self.main.value(w) - cost(w), origin, free)
-            if np.any(rest.linear) or np.any(rest.quad) or rest.const:
-                self.removed[g] = rest
-        self._check(sn)
-
-    def _check(self, sn: Supernet) -> None:
-        rng = np.random.default_rng(0)
-        cfgs = [sn.space.sample(rng) for _ in range(24)] + [sn.space.max(), sn.space.min()]
-        removable = [g.name for g in sn.space.groups if getattr(g, "removable", False)]
-        for cfg in cfgs[:12]:
-            for name in removable:
-                if rng.random() < 0.5:
-                    cfg[name] = 0
-        widths = sn.space.encode(cfgs)
-        if not np.allclose(self.value(widths), sn.cost.macs(widths), rtol=1e-9, atol=0.5):
-            raise RuntimeError("MACs are not a gated quadratic form of the widths for this model")
+        self.form = sn.cost.quadratic_form("macs")
+        self.main = Quadratic(self.form.main)
+        self.removed: dict[int, Quadratic] = {
+            g: Quadratic(rest) for g, rest in self.form.gated.items()
+        }
 
     def value(self, widths: np.ndarray) -> np.ndarray:
         """MACs of a width matrix ``(n, G)`` (float64; equals the cost model)."""
-        w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
-        out = self.main.value(w)
-        for g, rest in self.removed.items():
-            out = out - (w[:, g] == 0) * rest.value(w)
-        return out
+        return self.form.value(widths)
 
     def expected(
         self, mean: np.ndarray, second: np.ndarray, zero: np.ndarray | None = None

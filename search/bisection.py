@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from widthsearch.supernet import Supernet
+from widthsearch.supernet.handlers import GAMMA
 
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
@@ -33,10 +34,10 @@ def group_importance(sn: Supernet) -> np.ndarray:
     space = IndexSpace(sn)
     sums = np.zeros(len(sn.space.groups))
     counts = np.zeros(len(sn.space.groups))
-    for layer, _in_g, out_g in sn._layers:
-        module = layer.module
-        if layer.kind == "bn" and getattr(module, "weight", None) is not None:
-            gamma = module.weight.detach().abs().to(torch.float64)
+    for layer, _in_g, out_g in sn.layers:
+        evidence = layer.handler.importance(layer)
+        if evidence is not None and evidence.source == GAMMA:
+            gamma = evidence.values.to(torch.float64)
             sums[out_g] += float(gamma.sum())
             counts[out_g] += gamma.numel()
     pos = space.positions

@@ -15,9 +15,9 @@ supernet does at width 0.
 
 Loss per step on held-out batches disjoint from the scored ones (the evaluator's
 ``fit_batches``): cross-entropy + ``penalty * (E[MACs] / budget - 1)^2``,
-where ``E[MACs]`` is exact for independent group widths: the cost model written as gated
-quadratic forms (recovered by finite differences from ``sn.cost.macs``, see :mod:`._macs`)
-applied to each width's first two moments and its probability of 0.
+where ``E[MACs]`` is exact for independent group widths: the gated quadratic forms the cost
+model publishes (``sn.cost.quadratic_form()``, see :mod:`._macs`) applied to each width's
+first two moments and its probability of 0.
 
 The answer is each group's most likely width, repaired to the budget: while over it,
 narrow the group whose step loses the least log-probability per MAC saved; then, while a
@@ -61,13 +61,13 @@ class SoftMasks:
         self.masks: list[torch.Tensor | None] = [None] * len(space)
         self.alive: list[torch.Tensor | None] = [None] * len(space)
         slot = {int(p): j for j, p in enumerate(space.positions)}
-        bn: dict[int, list[nn.Module]] = {}
+        normalisers: dict[int, list[nn.Module]] = {}
         producers: dict[int, list[nn.Module]] = {}
-        for layer, _in_g, out_g in sn._layers:
+        for layer, _in_g, out_g in sn.layers:
             if out_g in slot:
-                kind = bn if layer.kind == "bn" else producers
-                kind.setdefault(slot[out_g], []).append(layer.module)
-        self._targets = [(j, bn.get(j) or producers.get(j, [])) for j in range(len(space))]
+                role = normalisers if layer.handler.normaliser else producers
+                role.setdefault(slot[out_g], []).append(layer.module)
+        self._targets = [(j, normalisers.get(j) or producers.get(j, [])) for j in range(len(space))]
         self._block_outputs = [
             (j, _block_outputs(sn, space.names[j]))
             for j in range(len(space))
@@ -109,15 +109,15 @@ class SoftMasks:
 def _block_outputs(sn: Supernet, group_name: str) -> list[nn.Module]:
     """The layers of a removable group's block that write into the residual stream.
 
-    Those are the block's layers (BN if any, else conv/linear) whose output group is also
-    produced outside the block.
+    Those are the block's layers (normalisers such as BN if any, else conv/linear) whose
+    output group is also produced outside the block.
     """
     block = sn.space[group_name].block
-    inside = [(lay, o) for lay, _i, o in sn._layers if lay.name.startswith(block + ".")]
-    outside = {o for lay, _i, o in sn._layers if not lay.name.startswith(block + ".")}
+    inside = [(lay, o) for lay, _i, o in sn.layers if lay.name.startswith(block + ".")]
+    outside = {o for lay, _i, o in sn.layers if not lay.name.startswith(block + ".")}
     stream = [(lay, o) for lay, o in inside if o in outside]
-    bns = [lay.module for lay, _o in stream if lay.kind == "bn"]
-    return bns or [lay.module for lay, _o in stream]
+    normalisers = [lay.module for lay, _o in stream if lay.handler.normaliser]
+    return normalisers or [lay.module for lay, _o in stream]
 
 
 @register_strategy("relax")

@@ -1,22 +1,31 @@
 """What the network can be: width space, slimmable supernet, cost model, extraction."""
 
+from .cost import CostModel, GatedQuadraticForm, QuadraticForm
 from .data import DataSpec, DataSplits, get_data, make_loader
 from .errors import CheckpointError, DataError, UnsupportedModelError, WidthsearchError
+from .handlers import ChannelEvidence, LayerHandler, SlimLayer, handler_for, register_layer
 from .models import create_model, list_models
 from .runtime import Runtime, init_runtime, resolve_device, shutdown_runtime
 from .space import Group, WidthConfig, WidthSpace
-from .supernet import SIDES, Side, Supernet
+from .supernet import SIDES, LayerEntry, Side, Supernet
 from .warmstart import load_weights, read_state_dict, reorder_channels
 
 __all__ = [
     "SIDES",
+    "ChannelEvidence",
     "CheckpointError",
+    "CostModel",
     "DataError",
     "DataSpec",
     "DataSplits",
+    "GatedQuadraticForm",
     "Group",
+    "LayerEntry",
+    "LayerHandler",
+    "QuadraticForm",
     "Runtime",
     "Side",
+    "SlimLayer",
     "Supernet",
     "UnsupportedModelError",
     "WidthConfig",
@@ -24,11 +33,13 @@ __all__ = [
     "WidthsearchError",
     "create_model",
     "get_data",
+    "handler_for",
     "init_runtime",
     "list_models",
     "load_weights",
     "make_loader",
     "read_state_dict",
+    "register_layer",
     "reorder_channels",
     "resolve_device",
     "shutdown_runtime",

@@ -3,13 +3,15 @@
 Every tensor in the traced graph gets a *channel space* (a union-find id) for its channel
 dimension. Convolutions and linear layers create new spaces; BN, activations, pools and
 depthwise convs pass their input's space through; residual adds and gating multiplies unite
-spaces. What is left after the walk are the groups. Nothing here knows any architecture.
+spaces. What is left after the walk are the groups. Nothing here knows any architecture,
+nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says which spaces its
+calls read and write.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,10 +20,10 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedModelError
+from .handlers import LayerCall, SlimLayer, TraceStep, handler_for, registered_labels
+from .handlers import registered_types as slimmable_types
 
 __all__ = ["LayerCall", "SlimLayer", "TraceResult", "trace_channels"]
-
-_BN = nn.modules.batchnorm._BatchNorm
 
 # Ops that act on each channel independently, keeping the channel dimension in place.
 _CHANNELWISE = {
@@ -115,32 +117,6 @@ _SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
 
 
 @dataclass
-class LayerCall:
-    """One call of a conv or linear layer: what the cost model needs."""
-
-    positions: int  # output positions per sample (H_out*W_out for convs, 1 for (N, F) linears)
-
-
-@dataclass
-class SlimLayer:
-    """A conv, BN or linear layer and the channel spaces it reads and writes.
-
-    For BN, ``in_space == out_space``. ``in_factor`` is the number of input features per
-    channel of a linear layer that follows a flatten of H x W maps.
-    """
-
-    name: str
-    module: nn.Module
-    kind: str  # "conv" | "bn" | "linear"
-    in_space: int
-    out_space: int
-    in_factor: int = 1
-    group_width: int = 0  # grouped/depthwise conv: input channels per conv group (0 = dense)
-    source: str | None = None  # BN: the conv/linear whose output it normalises directly
-    calls: list[LayerCall] = field(default_factory=list)
-
-
-@dataclass
 class TraceResult:
     """Spaces (already united) and the layers that use them."""
 
@@ -192,9 +168,14 @@ class _Spaces:
         self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
         return keep
 
+    def require_multiple(self, space: int, multiple: int) -> None:
+        """Widths of ``space`` (a root) must be multiples of ``multiple`` (grouped convs)."""
+        self.multiple[space] = math.lcm(self.multiple[space], multiple)
+
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps every conv/BN/linear (including subclasses such as timm's BatchNormAct2d) a leaf."""
+    """Keeps every slimmable layer (a module type with a handler, including subclasses such as
+    timm's BatchNormAct2d) a leaf."""
 
     def __init__(self) -> None:
         autowrap: tuple[Any, ...] = ()
@@ -209,7 +190,7 @@ class _Tracer(torch.fx.Tracer):
         super().__init__(autowrap_functions=autowrap)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (nn.Conv2d, _BN, nn.Linear, *self._notrace_modules)):
+        if isinstance(m, (*slimmable_types(), *self._notrace_modules)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -289,14 +270,14 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         tracked = [a for a in _flat_nodes((node.args, node.kwargs)) if a in info]
         if node.op == "call_module":
             module = modules[str(node.target)]
-            if isinstance(module, (nn.Conv2d, _BN, nn.Linear)):
+            if handler_for(module) is not None:
                 info[node] = _slim_layer(node, module, tracked, info, spaces, layers, batch)
                 continue
             if any(True for _ in module.parameters(recurse=True)):
                 if tracked:
                     raise UnsupportedModelError(
                         f"{_where(node)} ({type(module).__name__}) has parameters on sliced "
-                        "channels; only Conv2d, BatchNorm and Linear layers can be slimmed"
+                        f"channels; only {registered_labels()} layers can be slimmed"
                     )
                 continue
             name = "flatten" if isinstance(module, nn.Flatten) else "__module__"
@@ -348,64 +329,37 @@ def _slim_layer(
     layers: dict[str, SlimLayer],
     batch: int,
 ) -> tuple[int, int]:
+    """Record one call of a slimmable layer (its handler says which spaces it uses)."""
     name = str(node.target)
     if len(tracked) != 1:
         raise UnsupportedModelError(f"{_where(node)}: expected one input tensor")
     in_space, in_factor = info[tracked[0]]
     out_shape = _shape(node)
     assert out_shape is not None
-    existing = layers.get(name)
-
-    if isinstance(module, nn.Conv2d):
-        if in_factor != 1:
-            raise UnsupportedModelError(f"{_where(node)}: conv on flattened features")
-        cin, cout, groups = module.in_channels, module.out_channels, module.groups
-        if groups == 1:
-            layer = existing or SlimLayer(name, module, "conv", in_space, spaces.new(cout, name))
-        elif cin == cout:  # depthwise (group width 1) or grouped with equal in/out widths
-            layer = existing or SlimLayer(
-                name, module, "conv", in_space, in_space, group_width=cin // groups
-            )
-            root = spaces.union(layer.out_space, in_space, _where(node))
-            spaces.multiple[root] = math.lcm(spaces.multiple[root], cin // groups)
-        else:
-            raise UnsupportedModelError(
-                f"{_where(node)}: grouped conv with {cin} -> {cout} channels in {groups} groups "
-                "(only depthwise or equal in/out grouped convs can be slimmed)"
-            )
-        if existing:  # a module called more than once must see the same spaces every time
-            spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
-        layers[name] = layer
-        layer.calls.append(LayerCall(positions=out_shape[2] * out_shape[3]))
-        return layer.out_space, 1
-
-    if isinstance(module, _BN):
-        if in_factor != 1:
-            raise UnsupportedModelError(f"{_where(node)}: batch norm on flattened features")
-        producer = tracked[0]
-        source = str(producer.target) if producer.op == "call_module" else None
-        layer = existing or SlimLayer(
-            name, module, "bn", in_space, in_space, source=source if source in layers else None
-        )
-        if existing:
-            spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
-        layers[name] = layer
-        return in_space, 1
-
-    # nn.Linear: the channel dimension is the last one, features = channels * in_factor
-    in_shape = _shape(tracked[0])
-    assert in_shape is not None
-    if len(in_shape) != 2:
-        raise UnsupportedModelError(
-            f"{_where(node)}: linear layer on a {len(in_shape)}-d tensor (expected (N, features))"
-        )
-    out = existing.out_space if existing else spaces.new(module.out_features, name)
-    layer = existing or SlimLayer(name, module, "linear", in_space, out, in_factor=in_factor)
-    if existing:
-        spaces.union(existing.in_space, in_space, f"{_where(node)} (reused)")
+    producer = tracked[0]
+    source = str(producer.target) if producer.op == "call_module" else None
+    step = TraceStep(
+        name=name,
+        where=_where(node),
+        in_space=in_space,
+        in_factor=in_factor,
+        in_shape=_shape(producer),
+        out_shape=out_shape,
+        batch=batch,
+        source=source if source in layers else None,
+        existing=layers.get(name),
+        spaces=spaces,
+    )
+    handler = handler_for(module)
+    assert handler is not None
+    layer = handler.trace(module, step)
+    if step.existing:  # a module called more than once must see the same spaces every time
+        spaces.union(step.existing.in_space, in_space, f"{step.where} (reused)")
     layers[name] = layer
-    layer.calls.append(LayerCall(positions=math.prod(out_shape[:-1]) // batch))
-    return out, 1
+    call = handler.call(step)
+    if call is not None:
+        layer.calls.append(call)
+    return layer.out_space, 1
 
 
 def _propagate(

@@ -80,7 +80,7 @@ def recalibrate_bn(
 
 def _reset_active_stats(supernet: nn.Module, layers: list[_BN]) -> None:
     """Zero mean / unit var on the active slice of every BN, and the batch counters."""
-    spans = supernet.active_bn_spans()
+    spans = supernet.active_spans()
     for m in layers:
         span = spans.get(id(m), slice(None))
         m.running_mean[span] = 0.0

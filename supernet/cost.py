@@ -1,21 +1,25 @@
 """Exact analytic MACs and parameter counts of any width config, vectorised with numpy.
 
 Every conv/linear MAC count and every parameter count is a sum of terms
-``coef * w[a] * w[b]`` where ``w[a]``/``w[b]`` are group widths (or 1). The table of
-terms is built once from the trace; evaluating a batch of configs is then two gathers and
-a matrix-vector product, so search never waits on it.
+``coef * w[a] * w[b]`` where ``w[a]``/``w[b]`` are group widths (or 1); each layer's handler
+adds its own terms (:meth:`LayerHandler.cost_terms`). The table of terms is built once from
+the trace; evaluating a batch of configs is then two gathers and a matrix-vector product, so
+search never waits on it. :meth:`CostModel.quadratic_form` publishes the same table as
+quadratic forms (per-group linear and pairwise coefficients) for search's expectations.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from ._graph import TraceResult
 
-__all__ = ["CostModel"]
+__all__ = ["CostModel", "GatedQuadraticForm", "QuadraticForm"]
 
 _ONE = -1  # index of the constant-1 column
 
@@ -39,6 +43,67 @@ class _Terms:
         )
         coef = np.array([self.coef[k] for k in keys], dtype=np.float64)
         return a, b, gate, coef
+
+
+@dataclass(frozen=True)
+class QuadraticForm:
+    """``const + linear . w + w^T quad w`` over the ``G`` group widths.
+
+    ``quad`` is upper triangular: ``quad[a, b]`` (``a < b``) is the coefficient of
+    ``w[a] * w[b]`` and ``quad[a, a]`` that of ``w[a] ** 2``.
+    """
+
+    const: float
+    linear: np.ndarray  # (G,)
+    quad: np.ndarray  # (G, G)
+
+    def value(self, widths: np.ndarray) -> np.ndarray:
+        """The form at a width matrix ``(n, G)`` (float64)."""
+        w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
+        return self.const + w @ self.linear + np.einsum("ng,gh,nh->n", w, self.quad, w)
+
+    def is_zero(self) -> bool:
+        return not (self.const or np.any(self.linear) or np.any(self.quad))
+
+
+@dataclass(frozen=True)
+class GatedQuadraticForm:
+    """A cost as quadratic forms: ``main(w) - sum_g [w[g] == 0] * gated[g](w)``.
+
+    Attributes:
+        main: Every term; the cost itself while no width is 0.
+        gated: For a removable group ``g`` (width 0 drops its residual block), the terms of
+            the block that do not involve ``w[g]`` (those that do vanish by themselves), as a
+            form in the other widths; only groups that have such terms, ascending.
+    """
+
+    main: QuadraticForm
+    gated: dict[int, QuadraticForm]
+
+    def value(self, widths: np.ndarray) -> np.ndarray:
+        """The cost of a width matrix ``(n, G)`` (float64; equals the cost model)."""
+        w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
+        out = self.main.value(w)
+        for g, rest in self.gated.items():
+            out = out - (w[:, g] == 0) * rest.value(w)
+        return out
+
+
+def _form(terms: tuple[np.ndarray, ...], num_groups: int, keep: np.ndarray) -> QuadraticForm:
+    """The terms selected by ``keep`` as a quadratic form (gates ignored)."""
+    a, b, _gate, coef = (x[keep] for x in terms)
+    const = 0.0
+    linear = np.zeros(num_groups)
+    quad = np.zeros((num_groups, num_groups))
+    for i, j, c in zip(a.tolist(), b.tolist(), coef.tolist(), strict=True):
+        lo, hi = min(i, j), max(i, j)  # the constant column has the highest index
+        if lo == num_groups:
+            const += c
+        elif hi == num_groups:
+            linear[lo] += c
+        else:
+            quad[lo, hi] += c
+    return QuadraticForm(const, linear, quad)
 
 
 class CostModel:
@@ -70,25 +135,7 @@ class CostModel:
             macs.gate = params.gate = gates.get(layer.name, _ONE)
             out_g = group_of_space[layer.out_space]
             in_g = group_of_space[layer.in_space]
-            module = layer.module
-            if layer.kind == "conv":
-                kernel = int(np.prod(module.kernel_size))
-                if layer.group_width:  # grouped/depthwise: in-channels per group are fixed
-                    for call in layer.calls:
-                        macs.add(kernel * call.positions * layer.group_width, out_g)
-                    params.add(kernel * layer.group_width, out_g)
-                else:
-                    for call in layer.calls:
-                        macs.add(kernel * call.positions, out_g, in_g)
-                    params.add(kernel, out_g, in_g)
-                params.add(int(module.bias is not None), out_g)
-            elif layer.kind == "linear":
-                for call in layer.calls:
-                    macs.add(call.positions * layer.in_factor, out_g, in_g)
-                params.add(layer.in_factor, out_g, in_g)
-                params.add(int(module.bias is not None), out_g)
-            else:  # batch norm: weight and bias when affine
-                params.add(2 * int(module.affine), out_g)
+            layer.handler.cost_terms(layer, in_g, out_g, macs, params)
         params.gate = _ONE
         params.add(trace.other_params - sum(trace.other_params_of.get(n, 0) for n in gates), _ONE)
         for name, gate in gates.items():
@@ -112,6 +159,21 @@ class CostModel:
             products = ext[:, a] * ext[:, b] * (ext[:, gate] > 0)
             out[start : start + 8192] = np.rint(products @ coef).astype(np.int64)
         return int(out[0]) if single else out
+
+    def quadratic_form(self, cost: Literal["macs", "params"] = "macs") -> GatedQuadraticForm:
+        """The term table of ``cost`` as quadratic forms of the group widths (exact)."""
+        if cost not in ("macs", "params"):
+            raise ValueError(f"cost must be 'macs' or 'params', got {cost!r}")
+        terms = self._macs if cost == "macs" else self._params
+        a, b, gate, _coef = terms
+        n = self.num_groups
+        main = _form(terms, n, np.ones(len(a), dtype=bool))
+        gated = {}
+        for g in sorted(set(gate.tolist()) - {n}):
+            rest = _form(terms, n, (gate == g) & (a != g) & (b != g))
+            if not rest.is_zero():
+                gated[g] = rest
+        return GatedQuadraticForm(main, gated)
 
     def macs(self, widths: np.ndarray):
         """MACs per sample for one width vector ``(G,)`` (-> int) or a matrix ``(n, G)``."""

@@ -1,10 +1,11 @@
 """A slimmable supernet that wraps any traceable CNN in place.
 
-Conv, BN and linear layers keep their full weights; while a width config is active, a
-forward pre-hook swaps in slices of them (and of BN running stats) for the duration of
-each call, then a forward hook restores them. Slices are views, so gradients and BN
-running-stat updates reach the full tensors. BCNet's bilateral coupling: a width ``c`` of
-``C`` uses channels ``[0, c)`` on the *left* side and ``[C - c, C)`` on the *right*.
+Slimmable layers (conv, BN, linear: every module type with a handler, see :mod:`.handlers`)
+keep their full weights; while a width config is active, a forward pre-hook swaps in the
+view its handler makes (slices of weights, BN running stats) for the duration of each call,
+then a forward hook restores them. Slices are views, so gradients and BN running-stat
+updates reach the full tensors. BCNet's bilateral coupling: a width ``c`` of ``C`` uses
+channels ``[0, c)`` on the *left* side and ``[C - c, C)`` on the *right*.
 """
 
 from __future__ import annotations
@@ -13,25 +14,32 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._graph import SlimLayer, TraceResult, trace_channels
+from ._graph import TraceResult, trace_channels
 from .cost import CostModel
+from .handlers import CallWidths, SlimLayer, span
 from .space import WidthSpace, make_group
 
-__all__ = ["SIDES", "Side", "Supernet", "slice_layer"]
+__all__ = ["SIDES", "LayerEntry", "Side", "Supernet", "slice_layer"]
 
 Side = Literal["left", "right"]
 SIDES: tuple[Side, Side] = ("left", "right")
 
 
-def _span(full: int, width: int, side: str) -> slice:
-    return slice(0, width) if side == "left" else slice(full - width, full)
+class LayerEntry(NamedTuple):
+    """One row of :attr:`Supernet.layers`: a slimmable layer and the groups it reads and writes
+    (indices into ``space.groups``)."""
+
+    layer: SlimLayer
+    in_group: int
+    out_group: int
 
 
 class Supernet(nn.Module):
@@ -76,9 +84,8 @@ class Supernet(nn.Module):
         )
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(bins=bins, min_bins=min_bins, round_to=round_to)
-        # module -> (layer, in group index, out group index)
-        self._layers: list[tuple[SlimLayer, int, int]] = [
-            (layer, group_of_space[layer.in_space], group_of_space[layer.out_space])
+        self._layers: list[LayerEntry] = [
+            LayerEntry(layer, group_of_space[layer.in_space], group_of_space[layer.out_space])
             for layer in trace.layers
         ]
         self._widths: list[int] | None = None
@@ -143,9 +150,22 @@ class Supernet(nn.Module):
         )
 
     @property
-    def layers(self) -> list[tuple[SlimLayer, int, int]]:
-        """Every slimmable layer with the indices of the groups it reads and writes."""
+    def layers(self) -> list[LayerEntry]:
+        """Every slimmable layer with the indices of the groups it reads and writes, in graph
+        order; ``entry.layer.handler`` knows its kind. The public layer table: every module
+        outside this one reads layers through it."""
         return list(self._layers)
+
+    def channel_blocks(self) -> dict[str, int]:
+        """Per group, the run of channels that must stay together when choosing or
+        reordering channels: the lcm of the conv-group widths of its grouped convs (1 for
+        dense and depthwise convs and everything else)."""
+        blocks = {g.name: 1 for g in self.space.groups}
+        for layer, _, out_g in self._layers:
+            if layer.group_width > 1:
+                name = self.space.groups[out_g].name
+                blocks[name] = math.lcm(blocks[name], layer.group_width)
+        return blocks
 
     # -- running subnets -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -184,63 +204,29 @@ class Supernet(nn.Module):
             None,
         )
 
+        handler = layer.handler
+
         def pre_hook(module: nn.Module, args: Any) -> Any:
             widths = self._widths
             if widths is None:
                 return None
-            side = self._side
-            saved: dict[Any, Any] = {}
-            params, buffers = module._parameters, module._buffers
             w_in, w_out = widths[in_g], widths[out_g]
             # Width 0 (a removed residual block): torch has no zero-channel conv/BN, so run
-            # the layer at width 1 on zeros and let the restore hook return an empty tensor
-            # ("empty") or zeros ("dead": its input channels are all removed).
-            empty, dead = w_out == 0, w_in == 0 and layer.kind != "bn"
-            if layer.kind == "bn" and source_in_g is not None and widths[source_in_g] == 0:
-                dead = True
-            if empty and layer.group_width:
-                w_in = w_out = layer.group_width
-            elif empty:
-                w_out = 1
-            if w_in == 0 or (empty and layer.kind == "bn"):
-                w_in = w_out if layer.kind == "bn" or layer.group_width else 1
+            # the layer at its narrowest width on zeros and let the restore hook return an
+            # empty tensor ("empty") or zeros ("dead": its input channels are all removed).
+            empty = w_out == 0
+            dead = w_in == 0 or (source_in_g is not None and widths[source_in_g] == 0)
+            run_in, run_out = handler.run_widths(layer, w_in, w_out)
             replace_input = (
-                (empty or widths[in_g] == 0)
-                and bool(args)
-                and args[0].shape[1] != w_in * layer.in_factor
+                (empty or w_in == 0) and bool(args) and args[0].shape[1] != run_in * layer.in_factor
             )
-            out_span = _span(out_full, w_out, side)
-            if layer.kind == "conv":
-                saved.update(in_channels=module.in_channels, out_channels=module.out_channels)
-                saved.update(groups=module.groups)
-                if layer.group_width:
-                    weight = params["weight"][out_span]
-                    module.groups = w_out // layer.group_width
-                else:
-                    weight = params["weight"][out_span, _span(in_full, w_in, side)]
-                module.in_channels, module.out_channels = w_in, w_out
-                _swap(params, saved, "weight", weight)
-                _swap(params, saved, "bias", out_span)
-            elif layer.kind == "bn":
-                saved.update(num_features=module.num_features, training=module.training)
-                module.num_features = w_out
-                module.training = module.training and not empty  # no stats from fake inputs
-                for name in ("weight", "bias"):
-                    _swap(params, saved, name, out_span)
-                for name in ("running_mean", "running_var"):
-                    _swap(buffers, saved, name, out_span)
-            else:
-                factor = layer.in_factor
-                in_span = _span(in_full * factor, w_in * factor, side)
-                saved.update(in_features=module.in_features, out_features=module.out_features)
-                _swap(params, saved, "weight", params["weight"][out_span, in_span])
-                _swap(params, saved, "bias", out_span)
-                module.in_features, module.out_features = w_in * factor, w_out
+            at = CallWidths(run_in, run_out, in_full, out_full, self._side, empty)
+            saved = handler.view(layer, module, at)
             saved["__output__"] = "empty" if empty else "dead" if dead else None
             self._saved.setdefault(id(module), []).append(saved)
             if replace_input:
                 x = args[0]
-                return (x.new_zeros(x.shape[0], w_in * layer.in_factor, *x.shape[2:]),)
+                return (x.new_zeros(x.shape[0], run_in * layer.in_factor, *x.shape[2:]),)
             return None
 
         return pre_hook
@@ -269,14 +255,14 @@ class Supernet(nn.Module):
 
         return restore_hook
 
-    def active_bn_spans(self) -> dict[int, slice]:
-        """``id(bn module) -> slice`` of its channels in the active config (all when none)."""
+    def active_spans(self) -> dict[int, slice]:
+        """``id(module) -> slice`` of every slimmable layer's output channels in the active
+        config (all when none); BN recalibration resets its statistics on these."""
         spans = {}
         for layer, _, out_g in self._layers:
-            if layer.kind == "bn":
-                full = self.space.groups[out_g].max_channels
-                width = full if self._widths is None else self._widths[out_g]
-                spans[id(layer.module)] = _span(full, width, self._side)
+            full = self.space.groups[out_g].max_channels
+            width = full if self._widths is None else self._widths[out_g]
+            spans[id(layer.module)] = span(full, width, self._side)
         return spans
 
     # -- depth pruning -------------------------------------------------------------------
@@ -380,8 +366,8 @@ class Supernet(nn.Module):
             raise ValueError(f"side must be 'left' or 'right', got {side!r}")
         out = {}
         for g in self.space.groups:
-            span = _span(g.max_channels, full[g.name], side)
-            out[g.name] = torch.arange(span.start, span.stop)
+            kept = span(g.max_channels, full[g.name], side)
+            out[g.name] = torch.arange(kept.start, kept.stop)
         return out
 
     def extract(
@@ -443,57 +429,10 @@ class Supernet(nn.Module):
         return model
 
 
-def _swap(store: dict[str, Any], saved: dict[str, Any], name: str, value: Any) -> None:
-    """Replace ``store[name]`` by ``value`` (or by a slice of it), remembering the original.
-
-    ``store`` is a module's ``_parameters`` or ``_buffers``; writing the dict directly lets a
-    plain tensor (a differentiable view) stand in for the parameter during one call.
-    """
-    current = store.get(name)
-    if current is None:
-        return
-    saved[(id(store), name)] = (store, current)
-    store[name] = current[value] if isinstance(value, slice) else value
-
-
 def slice_layer(
     module: nn.Module, layer: SlimLayer, in_idx: torch.Tensor, out_idx: torch.Tensor
 ) -> None:
-    """Keep (in this order) the given input and output channels of one conv/BN/linear, in
+    """Keep (in this order) the given input and output channels of one slimmable layer, in
     place: a subset shrinks it (extraction), a permutation reorders it (channel ordering)."""
     device = next(module.parameters(), torch.empty(0)).device
-    in_idx, out_idx = in_idx.to(device), out_idx.to(device)
-
-    def replace_param(name: str, value: torch.Tensor) -> None:
-        old = getattr(module, name)
-        setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
-
-    if layer.kind == "conv":
-        weight = module.weight.index_select(0, out_idx)
-        if layer.group_width:
-            module.groups = len(out_idx) // layer.group_width
-            module.in_channels = len(out_idx)
-        else:
-            weight = weight.index_select(1, in_idx)
-            module.in_channels = len(in_idx)
-        module.out_channels = len(out_idx)
-        replace_param("weight", weight)
-        if module.bias is not None:
-            replace_param("bias", module.bias.index_select(0, out_idx))
-    elif layer.kind == "bn":
-        module.num_features = len(out_idx)
-        for name in ("weight", "bias"):
-            if getattr(module, name, None) is not None:
-                replace_param(name, getattr(module, name).index_select(0, out_idx))
-        for name in ("running_mean", "running_var"):
-            if getattr(module, name, None) is not None:
-                setattr(module, name, getattr(module, name).index_select(0, out_idx).clone())
-    else:
-        factor = layer.in_factor
-        features = (
-            in_idx[:, None] * factor + torch.arange(factor, device=in_idx.device)[None, :]
-        ).reshape(-1)
-        replace_param("weight", module.weight.index_select(0, out_idx).index_select(1, features))
-        if module.bias is not None:
-            replace_param("bias", module.bias.index_select(0, out_idx))
-        module.in_features, module.out_features = len(features), len(out_idx)
+    layer.handler.slice(layer, module, in_idx.to(device), out_idx.to(device))

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .handlers import GAMMA, L1
 
 __all__ = [
     "CHANNEL_ORDERS",
@@ -153,17 +154,14 @@ def channel_importance(sn: Any) -> dict[str, np.ndarray]:
     no layer dominates by scale); for a group without BN, the same over the L1 norms of the
     output filters of the convs and linears that write it.
     """
-    by_bn: dict[int, list[np.ndarray]] = {}
-    by_weight: dict[int, list[np.ndarray]] = {}
+    rows_of: dict[str, dict[int, list[np.ndarray]]] = {GAMMA: {}, L1: {}}
     for layer, _, out_g in sn.layers:
-        module = layer.module
-        if layer.kind == "bn" and getattr(module, "weight", None) is not None:
-            values = module.weight.detach().abs().double().cpu().numpy()
-            by_bn.setdefault(out_g, []).append(values / max(values.mean(), 1e-12))
-        elif layer.kind in ("conv", "linear"):
-            w = module.weight.detach().abs().double()
-            values = w.reshape(w.shape[0], -1).sum(1).cpu().numpy()
-            by_weight.setdefault(out_g, []).append(values / max(values.mean(), 1e-12))
+        evidence = layer.handler.importance(layer)
+        if evidence is not None:
+            values = evidence.per_channel(torch.float64).cpu().numpy()
+            rows = rows_of.setdefault(evidence.source, {}).setdefault(out_g, [])
+            rows.append(values / max(values.mean(), 1e-12))
+    by_bn, by_weight = rows_of[GAMMA], rows_of[L1]
     out = {}
     for i, group in enumerate(sn.space.groups):
         if group.fixed:
@@ -228,20 +226,9 @@ def reorder_channels(sn: Any, order: str = "ends") -> dict[str, np.ndarray]:
         The permutation applied to each group (new position -> old channel).
     """
     importance = channel_importance(sn)
-    blocks = _conv_group_blocks(sn)
+    blocks = sn.channel_blocks()
     perms = {
-        name: arrange(values, order, block=blocks.get(name, 1))
-        for name, values in importance.items()
+        name: arrange(values, order, block=blocks[name]) for name, values in importance.items()
     }
     permute_channels(sn, perms)
     return perms
-
-
-def _conv_group_blocks(sn: Any) -> dict[str, int]:
-    """Per group, the run length a permutation must keep whole (grouped convs' group size)."""
-    out: dict[str, int] = {}
-    for layer, _, out_g in sn.layers:
-        if layer.kind == "conv" and layer.group_width > 1:
-            name = sn.space.groups[out_g].name
-            out[name] = math.lcm(out.get(name, 1), layer.group_width)
-    return out

@@ -1,0 +1,118 @@
+"""``nn.Conv2d``: dense, grouped and depthwise convolutions.
+
+A dense conv opens a new channel space for its output. A depthwise conv, or a grouped one
+with equal input and output widths, passes its input's space through (channel block ``j``
+in maps to block ``j`` out) and needs whole conv groups: the group's widths become
+multiples of its conv-group width, and extraction keeps ``groups = width / group width``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .base import (
+    L1,
+    CallWidths,
+    ChannelEvidence,
+    CostTerms,
+    LayerCall,
+    LayerHandler,
+    SlimLayer,
+    TraceStep,
+    register_layer,
+    replace_param,
+    swap,
+)
+
+__all__ = ["ConvHandler"]
+
+
+@register_layer(nn.Conv2d)
+class ConvHandler(LayerHandler):
+    kind = "conv"
+    label = "Conv2d"
+
+    def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
+        if step.in_factor != 1:
+            raise UnsupportedModelError(f"{step.where}: conv on flattened features")
+        cin, cout, groups = module.in_channels, module.out_channels, module.groups
+        if groups == 1:
+            return step.existing or SlimLayer(
+                step.name, module, self, step.in_space, step.spaces.new(cout, step.name)
+            )
+        if cin != cout:
+            raise UnsupportedModelError(
+                f"{step.where}: grouped conv with {cin} -> {cout} channels in {groups} groups "
+                "(only depthwise or equal in/out grouped convs can be slimmed)"
+            )
+        # depthwise (group width 1) or grouped with equal in/out widths
+        layer = step.existing or SlimLayer(
+            step.name, module, self, step.in_space, step.in_space, group_width=cin // groups
+        )
+        root = step.spaces.union(layer.out_space, step.in_space, step.where)
+        step.spaces.require_multiple(root, cin // groups)
+        return layer
+
+    def call(self, step: TraceStep) -> LayerCall:
+        return LayerCall(positions=step.out_shape[2] * step.out_shape[3])
+
+    def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:
+        if layer.group_width and w_out == 0:  # the narrowest grouped conv: one conv group
+            return layer.group_width, layer.group_width
+        return w_in or 1, w_out or 1
+
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
+        params = module._parameters
+        saved: dict[Any, Any] = {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "groups": module.groups,
+        }
+        out_span = at.out_span()
+        if layer.group_width:
+            weight = params["weight"][out_span]
+            module.groups = at.w_out // layer.group_width
+        else:
+            weight = params["weight"][out_span, at.in_span()]
+        module.in_channels, module.out_channels = at.w_in, at.w_out
+        swap(params, saved, "weight", weight)
+        swap(params, saved, "bias", out_span)
+        return saved
+
+    def slice(
+        self, layer: SlimLayer, module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor
+    ) -> None:
+        weight = module.weight.index_select(0, out_idx)
+        if layer.group_width:
+            module.groups = len(out_idx) // layer.group_width
+            module.in_channels = len(out_idx)
+        else:
+            weight = weight.index_select(1, in_idx)
+            module.in_channels = len(in_idx)
+        module.out_channels = len(out_idx)
+        replace_param(module, "weight", weight)
+        if module.bias is not None:
+            replace_param(module, "bias", module.bias.index_select(0, out_idx))
+
+    def cost_terms(
+        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+    ) -> None:
+        module = layer.module
+        kernel = math.prod(module.kernel_size)
+        if layer.group_width:  # grouped/depthwise: in-channels per group are fixed
+            for call in layer.calls:
+                macs.add(kernel * call.positions * layer.group_width, out_g)
+            params.add(kernel * layer.group_width, out_g)
+        else:
+            for call in layer.calls:
+                macs.add(kernel * call.positions, out_g, in_g)
+            params.add(kernel, out_g, in_g)
+        params.add(int(module.bias is not None), out_g)
+
+    def importance(self, layer: SlimLayer) -> ChannelEvidence:
+        return ChannelEvidence(L1, layer.module.weight.detach().abs())

@@ -1,0 +1,86 @@
+"""``nn.Linear`` on ``(N, features)``: opens a new channel space for its outputs.
+
+After a flatten of ``(N, C, H, W)`` maps each input channel is ``in_factor = H * W``
+consecutive features, so slicing keeps whole runs of ``in_factor`` columns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .base import (
+    L1,
+    CallWidths,
+    ChannelEvidence,
+    CostTerms,
+    LayerCall,
+    LayerHandler,
+    SlimLayer,
+    TraceStep,
+    register_layer,
+    replace_param,
+    swap,
+)
+
+__all__ = ["LinearHandler"]
+
+
+@register_layer(nn.Linear)
+class LinearHandler(LayerHandler):
+    kind = "linear"
+    label = "Linear"
+
+    def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
+        # the channel dimension is the last one, features = channels * in_factor
+        if step.in_shape is None or len(step.in_shape) != 2:
+            dims = len(step.in_shape or ())
+            raise UnsupportedModelError(
+                f"{step.where}: linear layer on a {dims}-d tensor (expected (N, features))"
+            )
+        if step.existing:
+            return step.existing
+        out = step.spaces.new(module.out_features, step.name)
+        return SlimLayer(step.name, module, self, step.in_space, out, in_factor=step.in_factor)
+
+    def call(self, step: TraceStep) -> LayerCall:
+        return LayerCall(positions=math.prod(step.out_shape[:-1]) // step.batch)
+
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
+        params = module._parameters
+        saved: dict[Any, Any] = {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+        }
+        out_span = at.out_span()
+        swap(params, saved, "weight", params["weight"][out_span, at.in_span(layer.in_factor)])
+        swap(params, saved, "bias", out_span)
+        module.in_features, module.out_features = at.w_in * layer.in_factor, at.w_out
+        return saved
+
+    def slice(
+        self, layer: SlimLayer, module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor
+    ) -> None:
+        factor = layer.in_factor
+        runs = torch.arange(factor, device=in_idx.device)
+        features = (in_idx[:, None] * factor + runs[None, :]).reshape(-1)
+        weight = module.weight.index_select(0, out_idx).index_select(1, features)
+        replace_param(module, "weight", weight)
+        if module.bias is not None:
+            replace_param(module, "bias", module.bias.index_select(0, out_idx))
+        module.in_features, module.out_features = len(features), len(out_idx)
+
+    def cost_terms(
+        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+    ) -> None:
+        for call in layer.calls:
+            macs.add(call.positions * layer.in_factor, out_g, in_g)
+        params.add(layer.in_factor, out_g, in_g)
+        params.add(int(layer.module.bias is not None), out_g)
+
+    def importance(self, layer: SlimLayer) -> ChannelEvidence:
+        return ChannelEvidence(L1, layer.module.weight.detach().abs())
