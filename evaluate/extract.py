@@ -169,6 +169,8 @@ def heldout_data(
     size = pick(batch_size, "eval_batch_size", 250)
     seed = pick(seed, "seed", 0)
     splits, resize = load_splits(recipe, meta, augment=False)
+    stored = payload.get("data") if isinstance(payload.get("data"), Mapping) else {}
+    splits.check_heldout(stored.get("heldout_digest"), where="extract")
     x, y = subset_tensors(splits.heldout, images, seed=seed)
     calib_source = splits.train if len(splits.train) else splits.heldout
     cx, _ = subset_tensors(calib_source, calib * size, seed=seed + 1)

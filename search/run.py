@@ -71,6 +71,8 @@ def build_evaluator(
         synthetic_in_chans=int(meta.get("in_chans", 1)),
         synthetic_input_size=int(meta.get("input_size", 28)),
     )
+    stored = payload.get("data") if isinstance(payload.get("data"), Mapping) else {}
+    splits.check_heldout(stored.get("heldout_digest"), where="search")
     spec = splits.spec
     for key in ("in_chans", "num_classes"):
         if key in meta and int(meta[key]) != getattr(spec, key):

@@ -11,10 +11,12 @@ augmented with plain tensor ops, which is several times faster on a CPU than PIL
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +75,17 @@ class DataSplits:
     train: Dataset
     heldout: Dataset
     test: Dataset
+    heldout_digest: str = ""  # sha256 of which images are held out (files or indices)
+
+    def check_heldout(self, recorded: str | None, *, where: str) -> None:
+        """Refuse to score on another held-out split than the one training left out (e.g.
+        files added to or removed from an image folder since); ``recorded`` from the
+        supernet file (older files have none: nothing to check)."""
+        if recorded and self.heldout_digest and recorded != self.heldout_digest:
+            raise DataError(
+                f"{where}: the held-out split differs from the one the supernet was trained "
+                f"without ({self.spec.name} changed since?); scores would mix seen images"
+            )
 
 
 class InMemoryImages(Dataset):
@@ -252,6 +265,7 @@ def get_data(
         train=split(train_x, train_y, train_idx, train=True),
         heldout=split(train_x, train_y, heldout_idx, train=False),
         test=split(test_x, test_y, test_idx, train=False),
+        heldout_digest=_digest([key, len(train_y), *heldout_idx.tolist()]),
     )
 
 
@@ -397,9 +411,16 @@ def _imagefolder_splits(
     train_ds.transform = train_tf if augment else eval_tf
     train_idx, heldout_idx = _carve(len(base), heldout_size, seed, train_limit, key)
     test_idx = _subset(len(val), test_limit, seed)
+    # the held-out images by file (relative path), not position: a changed folder shows
+    heldout_files = [str(Path(base.samples[i][0]).relative_to(train_dir)) for i in heldout_idx]
     return DataSplits(
         spec=DataSpec(key, len(base.classes), 3, 224),
         train=Subset(train_ds, train_idx.tolist()),
         heldout=Subset(base, heldout_idx.tolist()),
         test=Subset(val, test_idx.tolist()),
+        heldout_digest=_digest(heldout_files),
     )
+
+
+def _digest(items: list[Any]) -> str:
+    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()

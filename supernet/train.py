@@ -406,7 +406,7 @@ def _run_training(
             trainer.history = list(payload.get("history", []))
         else:
             broadcast_state(sn, runtime)
-        spec = dataclasses.asdict(splits.spec)
+        spec = {**dataclasses.asdict(splits.spec), "heldout_digest": splits.heldout_digest}
 
         def save() -> None:
             if runtime.is_main:

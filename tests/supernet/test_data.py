@@ -269,3 +269,26 @@ def test_imagefolder(tmp_path: Path, no_download: None) -> None:
     assert image.shape == (3, 224, 224) and label in (0, 1)
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "missing" / "train"))):
         get_data(f"imagefolder:{tmp_path / 'missing'}")
+
+
+def test_imagefolder_heldout_is_recorded_by_file(tmp_path: Path, no_download: None) -> None:
+    from PIL import Image
+
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 30), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    name = f"imagefolder:{tmp_path}"
+    first = get_data(name, heldout_size=4, seed=0)
+    assert first.heldout_digest == get_data(name, heldout_size=4, seed=0).heldout_digest
+    assert first.heldout_digest != get_data(name, heldout_size=4, seed=1).heldout_digest
+    first.check_heldout(first.heldout_digest, where="search")  # the same split: accepted
+    first.check_heldout(None, where="search")  # an older file records none: accepted
+    # a file added to the folder shifts which images the seeded split holds out
+    Image.new("RGB", (40, 30)).save(tmp_path / "train" / "cat" / "0a.png")
+    changed = get_data(name, heldout_size=4, seed=0)
+    assert changed.heldout_digest != first.heldout_digest
+    with pytest.raises(DataError, match=r"^search: the held-out split differs"):
+        changed.check_heldout(first.heldout_digest, where="search")

@@ -227,6 +227,9 @@ def test_resume_is_exact(tmp_path, trainer):
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
     assert a["train_state"]["step"] == b["train_state"]["step"] == 2 * 10
     assert a["loss_records"] == b["loss_records"]
+    # which images were held out is recorded (search and extract check it)
+    assert a["data"]["heldout_digest"] == b["data"]["heldout_digest"]
+    assert len(a["data"]["heldout_digest"]) == 64
     drop = ("seconds", "eval_seconds")
     assert [{k: v for k, v in e.items() if k not in drop} for e in a["history"]] == [
         {k: v for k, v in e.items() if k not in drop} for e in b["history"]
