@@ -278,20 +278,8 @@ class Warmstart:
         ckpt = work / "supernet.pt"
         extracted = work / f"best-{pct(frac)}.pt"
         tuned = work / f"best-{pct(frac)}-ft.pt"
-        sn, payload = load_supernet(ckpt)
         if not extracted.is_file():
-            extract_subnet(
-                (sn, payload),
-                widths=best["widths"],
-                strategy=best["strategy"],
-                budget=budget,
-                out=extracted,
-                candidates=recipe.finetune.inheritance,
-                data=heldout_data(payload, sn.meta),
-                supernet_path=str(ckpt),
-                progress=False,
-                device=self.args.device,
-            )
+            self.extract(load_supernet(ckpt), best, extracted, recipe.finetune.inheritance, ckpt)
         self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
         return {
             "kind": "searched",
@@ -320,19 +308,7 @@ class Warmstart:
             sn, payload = load_supernet(ckpt)
             trained = build_supernet(dict(sn.meta))  # same space, the trained weights
             load_weights(trained.model, payload["teacher_state_dict"], where=str(ckpt))
-            trained.eval()
-            extract_subnet(
-                (trained, payload),
-                widths=best["widths"],
-                strategy=best["strategy"],
-                budget=budget,
-                out=extracted,
-                candidates=["l1", "bn"],
-                data=heldout_data(payload, sn.meta),
-                supernet_path=str(ckpt),
-                progress=False,
-                device=self.args.device,
-            )
+            self.extract((trained.eval(), payload), best, extracted, ["l1", "bn"], ckpt)
         self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
         return {
             "kind": "searched-trained-weights",
@@ -398,6 +374,25 @@ class Warmstart:
             "epochs": self.args.scratch_epochs,
             **measure(tuned, latency=False),
         }
+
+    def extract(
+        self, source: tuple, result: dict[str, Any], out: Path, candidates: list[str], ckpt: Path
+    ) -> None:
+        """Extract ``result``'s widths from ``(supernet, payload)`` (read from ``ckpt``) with
+        the best of the inheritance ``candidates``."""
+        sn, payload = source
+        extract_subnet(
+            source,
+            widths=result["widths"],
+            strategy=result["strategy"],
+            budget=int(result["budget_macs"]),
+            out=out,
+            candidates=candidates,
+            data=heldout_data(payload, sn.meta),
+            supernet_path=str(ckpt),
+            progress=False,
+            device=self.args.device,
+        )
 
     def finetune(self, subnet: Path, out: Path, recipe: Recipe, *, teacher: Path, seed: int):
         if out.is_file():

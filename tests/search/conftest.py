@@ -101,3 +101,20 @@ def loaded(tiny_checkpoint):
 def evaluator(loaded) -> SubnetEvaluator:
     sn, payload = loaded
     return build_evaluator(sn, payload)
+
+
+@pytest.fixture()
+def loaded_splits(loaded):
+    """The data splits of ``loaded``'s stored recipe (un-augmented), as training made them:
+    what the evaluator must score on."""
+    sn, payload = loaded
+    data = payload["recipe"]["data"]
+    return get_data(
+        data["name"],
+        heldout_size=data["heldout_size"],
+        seed=data["seed"],
+        train_limit=data["train_limit"] or None,
+        augment=False,
+        synthetic_in_chans=sn.meta["in_chans"],
+        synthetic_input_size=sn.meta["input_size"],
+    )

@@ -5,7 +5,6 @@ import torch
 from widthsearch.search import SubnetEvaluator, build_evaluator
 from widthsearch.supernet import CheckpointError
 from widthsearch.supernet.bn import recalibrate_bn
-from widthsearch.supernet.data import get_data
 
 
 def _state(sn):
@@ -76,17 +75,9 @@ def test_cache_counters_and_throughput(loaded, evaluator):
     assert stats["evaluations"] == 2 and stats["heldout_images"] == 64
 
 
-def test_scores_held_out_images_from_the_recipe(loaded, evaluator):
+def test_scores_held_out_images_from_the_recipe(loaded, loaded_splits, evaluator):
     sn, payload = loaded
-    data = payload["recipe"]["data"]
-    splits = get_data(
-        data["name"],
-        heldout_size=data["heldout_size"],
-        seed=data["seed"],
-        train_limit=data["train_limit"],
-        augment=False,
-        synthetic_input_size=sn.meta["input_size"],
-    )
+    splits = loaded_splits
     heldout = {splits.heldout[i][0].numpy().tobytes() for i in range(len(splits.heldout))}
     images = torch.cat([x for x, _ in evaluator.batches])
     assert len(images) == payload["recipe"]["search"]["heldout_images"] == 64

@@ -251,16 +251,21 @@ def test_augmentation_is_seeded_and_workers_differ() -> None:
     assert not torch.equal(parallel[:16], parallel[16:32])
 
 
-def test_imagefolder(tmp_path: Path, no_download: None) -> None:
+def _image_folder(root: Path) -> str:
+    """``root/{train,val}/{cat,dog}/*.png`` (6 and 2 images per class): its dataset name."""
     from PIL import Image
 
     for split, count in (("train", 6), ("val", 2)):
         for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
+            folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.new("RGB", (40, 30), (i * 30, 0, 0)).save(folder / f"{i}.png")
-    name = f"imagefolder:{tmp_path}"
+    return f"imagefolder:{root}"
+
+
+def test_imagefolder(tmp_path: Path, no_download: None) -> None:
+    name = _image_folder(tmp_path)
     assert data_spec(name) == DataSpec(name, 2, 3, 224)
     splits = get_data(name, heldout_size=4, seed=0)
     assert (len(splits.train), len(splits.heldout), len(splits.test)) == (8, 4, 4)
@@ -274,13 +279,7 @@ def test_imagefolder(tmp_path: Path, no_download: None) -> None:
 def test_imagefolder_heldout_is_recorded_by_file(tmp_path: Path, no_download: None) -> None:
     from PIL import Image
 
-    for split, count in (("train", 6), ("val", 2)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (40, 30), (i * 30, 0, 0)).save(folder / f"{i}.png")
-    name = f"imagefolder:{tmp_path}"
+    name = _image_folder(tmp_path)
     first = get_data(name, heldout_size=4, seed=0)
     assert first.heldout_digest == get_data(name, heldout_size=4, seed=0).heldout_digest
     assert first.heldout_digest != get_data(name, heldout_size=4, seed=1).heldout_digest
