@@ -163,7 +163,7 @@ def test_groups_found_by_tracing_resnet20():
 
 def test_depthwise_and_se_couplings_mobilenet_v3():
     sn = Supernet.from_model(_tv("mobilenet_v3_small"), torch.randn(1, 3, 32, 32))
-    by_layer = {layer.name: (in_g, out_g) for layer, in_g, out_g in sn._layers}
+    by_layer = {layer.name: (in_g, out_g) for layer, in_g, out_g in sn.layers}
     # depthwise conv output is tied to its input; SE expand output is tied to the gated tensor
     dw_in, dw_out = by_layer["features.1.block.0.0"]
     assert dw_in == dw_out
@@ -176,7 +176,7 @@ def test_grouped_conv_widths_keep_whole_groups():
     sn = Supernet.from_model(_tv("regnet_x_400mf"), torch.randn(1, 3, 32, 32))
     grouped = [
         (layer, out_g)
-        for layer, _, out_g in sn._layers
+        for layer, _, out_g in sn.layers
         if layer.kind == "conv" and layer.group_width > 1
     ]
     # regnet_x_400mf: one 3x3 grouped conv (group width 16) per block, 22 blocks
