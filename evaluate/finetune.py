@@ -445,7 +445,7 @@ def _train(
                 {
                     "format": STATE_FORMAT,
                     "version": STATE_VERSION,
-                    "state_dict": _cpu(student.state_dict()),
+                    "state_dict": student.state_dict(),  # saved on the CPU
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "grad_scaler": scaler.state_dict(),
@@ -485,30 +485,20 @@ def _epoch_loader(
     """One epoch's batches for this rank: alone, the seeded shuffle of :func:`make_loader`;
     under ``torchrun``, this rank's share of one seeded permutation (equal sizes, so ranks
     step together)."""
-    if not runtime.distributed:
-        return make_loader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            seed=seed,
-            drop_last=drop_last,
-            pin_memory=runtime.pin_memory,
-        )
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    per_rank = len(dataset) // runtime.world_size
-    indices = order[runtime.rank :: runtime.world_size][:per_rank].tolist()
-    return torch.utils.data.DataLoader(
+    indices = None
+    if runtime.distributed:
+        order = np.random.default_rng(seed).permutation(len(dataset))
+        per_rank = len(dataset) // runtime.world_size
+        indices = order[runtime.rank :: runtime.world_size][:per_rank].tolist()
+    return make_loader(
         dataset,
         batch_size=batch_size,
-        sampler=indices,
+        shuffle=indices is None,
+        seed=seed,
         drop_last=drop_last,
         pin_memory=runtime.pin_memory,
+        indices=indices,
     )
-
-
-def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A state_dict with every tensor on the CPU (files load on any machine)."""
-    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 def _finish(
