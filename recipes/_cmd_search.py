@@ -24,7 +24,7 @@ from widthsearch.search import (
     write_json_atomic,
 )
 from widthsearch.supernet.checkpoint import load_supernet
-from widthsearch.supernet.runtime import init_runtime
+from widthsearch.supernet.runtime import local_runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     # cheap checks first: checkpoint, strategies, budgets -- before any data is loaded
     sn, payload = load_supernet(args.supernet, trust_pickle=args.trust_pickle)
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
-    runtime = init_runtime(**runtime_options(args, recipe.get("run"))).local()
+    runtime = local_runtime(**runtime_options(args, recipe.get("run")))  # one process
     search = recipe.get("search") if isinstance(recipe.get("search"), dict) else {}
     strategies = args.strategy or list(search.get("strategies") or ["bisection", "uniform"])
     for name in strategies:
