@@ -72,12 +72,13 @@ from cells import (
 )
 from headline_settings import BASELINE, PRESETS, build_recipe, check_settings, pct
 from headline_tables import report
-from widthsearch.evaluate import extract_subnet, heldout_data, read_subnet, save_subnet
+from widthsearch.evaluate import extract_subnet, read_subnet, save_subnet
 from widthsearch.search import (
     build_evaluator,
     list_strategies,
     resolve_budgets,
     run_search,
+    scoring_data,
     search_options,
 )
 from widthsearch.supernet import Supernet
@@ -237,7 +238,7 @@ class Headline:
         )  # its own copy: the search evaluator's supernet keeps its BN snapshot
         start = time.perf_counter()
         if not extracted.is_file():
-            data = self.lazy.get("heldout", lambda: heldout_data(payload, sn.meta))
+            data = self.lazy.get("heldout", lambda: scoring_data(payload, sn.meta, where="extract"))
             extract_subnet(
                 (sn, payload),
                 widths=result["widths"],

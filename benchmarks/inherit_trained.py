@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cells import measure
-from widthsearch.evaluate import extract_subnet, finetune_subnet, heldout_data
+from widthsearch.evaluate import extract_subnet, finetune_subnet
+from widthsearch.search import scoring_data
 from widthsearch.supernet import load_weights
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet, write_json_atomic
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = build_supernet(dict(sn.meta))  # same space, the trained network's weights
     load_weights(trained.model, payload["teacher_state_dict"], where=str(ckpt))
     trained.eval()
-    data = heldout_data(payload, sn.meta)
+    data = scoring_data(payload, sn.meta, where="extract")
     rows = []
     for frac in args.budgets:
         tag = f"{round(100 * frac)}"

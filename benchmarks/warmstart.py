@@ -53,12 +53,17 @@ from headline import (
 from widthsearch.evaluate import (
     extract_subnet,
     finetune_subnet,
-    heldout_data,
     read_subnet,
     save_subnet,
 )
 from widthsearch.recipes.recipe import Recipe, load_recipe
-from widthsearch.search import build_evaluator, resolve_budgets, run_search, search_options
+from widthsearch.search import (
+    build_evaluator,
+    resolve_budgets,
+    run_search,
+    scoring_data,
+    search_options,
+)
 from widthsearch.supernet import create_model, load_weights, read_state_dict
 from widthsearch.supernet.checkpoint import (
     build_supernet,
@@ -388,7 +393,7 @@ class Warmstart:
             budget=int(result["budget_macs"]),
             out=out,
             candidates=candidates,
-            data=heldout_data(payload, sn.meta),
+            data=scoring_data(payload, sn.meta, where="extract"),
             supernet_path=str(ckpt),
             progress=False,
             device=self.args.device,

@@ -22,10 +22,8 @@ from .export import (
     timm_shape_string,
 )
 from .extract import (
-    HeldoutData,
     extract_subnet,
     find_search_result,
-    heldout_data,
     read_search,
     read_widths,
 )
@@ -46,7 +44,6 @@ __all__ = [
     "EXPORT_FORMATS",
     "INHERITANCE",
     "SUBNET_FORMAT",
-    "HeldoutData",
     "build_subnet",
     "candidate_indices",
     "channel_importance",
@@ -66,7 +63,6 @@ __all__ = [
     "finetune_subnet",
     "format_table",
     "group_blocks",
-    "heldout_data",
     "inherit",
     "load_subnet",
     "measure_latency",

@@ -1,17 +1,18 @@
-"""Shared plumbing of the evaluate stage: subnet files, data from recipes."""
+"""Shared plumbing of the evaluate stage: subnet files and model shapes.
+
+Data from a checkpoint's recipe (splits, scoring and calibration images) is built by
+:mod:`widthsearch.search.scoring`, the same builder search scores with.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 # top1 and write_jsonl_atomic are written once, in the supernet; the evaluate modules get them here
 from widthsearch.supernet.accuracy import top1  # noqa: F401
@@ -21,7 +22,7 @@ from widthsearch.supernet.checkpoint import (
     load_checkpoint,
     write_jsonl_atomic,  # noqa: F401
 )
-from widthsearch.supernet.errors import CheckpointError, DataError, WidthsearchError
+from widthsearch.supernet.errors import CheckpointError, WidthsearchError
 
 SUBNET_FORMAT = "widthsearch.subnet"
 # 2: no pickled module; the module is rebuilt from meta (model, arguments, space) + widths
@@ -128,110 +129,7 @@ def load_subnet(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> 
     return read_subnet(path, trust_pickle=trust_pickle)["module"]
 
 
-# ---- data -------------------------------------------------------------------------------
-
-
-def recipe_data(recipe: Any, *, where: str = "checkpoint") -> Mapping[str, Any]:
-    """The ``[data]`` section of a recipe dict, or a clear error."""
-    data = recipe.get("data") if isinstance(recipe, Mapping) else None
-    if not isinstance(data, Mapping):
-        raise CheckpointError(
-            f"{where} has no recipe data settings: cannot rebuild the data splits it was "
-            "trained with (save it with save_supernet(..., recipe=recipe.to_dict()))"
-        )
-    return data
-
-
-def load_splits(
-    recipe: Any,
-    meta: Mapping[str, Any],
-    *,
-    augment: bool = False,
-    data: str | None = None,
-    test_limit: int | None = None,
-    where: str = "checkpoint",
-):
-    """The seeded splits training used (from the recipe dict), checked against the model.
-
-    Args:
-        recipe: Recipe dict stored in the checkpoint (``recipe.to_dict()``).
-        meta: Model meta (``in_chans``, ``num_classes``, ``input_size``).
-        augment: Augment the training split.
-        data: Another dataset name (its test split; the recipe's root is not used for it).
-        test_limit: Override the recipe's test limit (``0``: all).
-
-    Returns:
-        ``(splits, resize)``: ``resize`` maps a batch to the model's input size.
-
-    Raises:
-        CheckpointError: no data settings, or a dataset that does not fit the model.
-        DataError: the dataset is missing.
-    """
-    from widthsearch.supernet.data import data_spec, get_data
-
-    if data is None:
-        settings = dict(recipe_data(recipe, where=where))
-    else:  # another dataset: only its test split matters, nothing to hold out
-        theirs = recipe.get("data") if isinstance(recipe, Mapping) else None
-        same = isinstance(theirs, Mapping) and str(theirs.get("name", "")) == data
-        settings = dict(theirs) if same else {"name": data, "heldout_size": 0}
-    limit = settings.get("test_limit") if test_limit is None else test_limit
-    size = int(meta.get("input_size", 28))
-    name = str(settings.get("name", "fashion-mnist"))
-    # check the shape before loading (or downloading) anything
-    _check_spec(
-        data_spec(name, synthetic_in_chans=int(meta.get("in_chans", 1)), synthetic_input_size=size),
-        meta,
-    )
-    splits = get_data(
-        name,
-        root=settings.get("root") or None,
-        heldout_size=int(settings.get("heldout_size", 0) or 0),
-        seed=int(settings.get("seed", 0) or 0),
-        train_limit=int(settings.get("train_limit") or 0) or None,
-        test_limit=int(limit or 0) or None,
-        augment=augment,
-        synthetic_in_chans=int(meta.get("in_chans", 1)),
-        synthetic_input_size=size,
-    )
-    _check_spec(splits.spec, meta)
-    return splits, make_resize(splits.spec.input_size, size)
-
-
-def _check_spec(spec: Any, meta: Mapping[str, Any]) -> None:
-    for key in ("in_chans", "num_classes"):
-        if key in meta and int(meta[key]) != int(getattr(spec, key)):
-            raise CheckpointError(
-                f"the model has {key}={meta[key]} but the dataset {spec.name} has "
-                f"{getattr(spec, key)}"
-            )
-
-
-def make_resize(data_size: int, model_size: int) -> Callable[[Tensor], Tensor]:
-    """Batch transform to the model's input size (identity when they agree)."""
-    if data_size == model_size:
-        return lambda x: x
-
-    def resize(x: Tensor) -> Tensor:
-        return F.interpolate(x, size=(model_size, model_size), mode="bilinear", align_corners=False)
-
-    return resize
-
-
-def subset_tensors(dataset: Dataset, count: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """A seeded random subset of ``count`` items (all if fewer), stacked as tensors.
-
-    Same selection rule as the search evaluator (``default_rng(seed).permutation``), so with
-    the same settings inheritance is scored on the same held-out images as search scores.
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise DataError("the data split is empty (heldout_size=0 in the recipe?)")
-    order = np.sort(np.random.default_rng(seed).permutation(n)[: min(count, n)])
-    items = [dataset[int(i)] for i in order]
-    images = torch.stack([torch.as_tensor(x) for x, _ in items])
-    labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
-    return images, labels
+# ---- shapes ------------------------------------------------------------------------------
 
 
 def model_input(meta: Mapping[str, Any], batch: int = 1) -> Tensor:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from widthsearch.search import ScoringData, ScoringSizes, scoring_data
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.runtime import local_runtime
@@ -25,20 +24,16 @@ from widthsearch.supernet.runtime import local_runtime
 from ._common import (
     SUBNET_FORMAT,
     SUBNET_VERSION,
-    load_splits,
     output_path,
     plain_widths,
     save_subnet,
-    subset_tensors,
 )
 from .inheritance import INHERITANCE, choose_inheritance
 
 __all__ = [
     "BUDGET_TOLERANCE",
-    "HeldoutData",
     "extract_subnet",
     "find_search_result",
-    "heldout_data",
     "read_search",
     "read_widths",
 ]
@@ -122,64 +117,6 @@ def read_widths(path: str | os.PathLike[str]) -> dict[str, int]:
     return dict(doc)
 
 
-# ---- held-out data ------------------------------------------------------------------------
-
-
-@dataclass
-class HeldoutData:
-    """Fixed batches for scoring inheritance candidates.
-
-    Attributes:
-        calib: BN calibration input batches (un-augmented training images).
-        heldout: ``(images, labels)`` batches of the held-out split (never the test set).
-    """
-
-    calib: list[Tensor]
-    heldout: list[tuple[Tensor, Tensor]]
-
-
-def heldout_data(
-    payload: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    *,
-    heldout_images: int | None = None,
-    calib_batches: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> HeldoutData:
-    """Held-out and calibration batches for a supernet checkpoint, from its stored recipe.
-
-    The held-out split is the one training left out (``get_data(**recipe data)``); sizes
-    default to the recipe's ``[search]`` settings, so candidates are scored like the search
-    scored subnets. Calibration images come from the un-augmented training split, so they
-    never overlap the scored ones.
-    """
-    recipe = payload.get("recipe")
-    search = recipe.get("search") if isinstance(recipe, Mapping) else None
-    search = search if isinstance(search, Mapping) else {}
-
-    def pick(value: int | None, key: str, default: int) -> int:
-        value = int(value if value is not None else search.get(key, default))
-        if value < 1 and key != "seed":
-            raise ValueError(f"{key} must be >= 1, got {value}")
-        return value
-
-    images = pick(heldout_images, "heldout_images", 1000)
-    calib = pick(calib_batches, "calib_batches", 4)
-    size = pick(batch_size, "eval_batch_size", 250)
-    seed = pick(seed, "seed", 0)
-    splits, resize = load_splits(recipe, meta, augment=False)
-    stored = payload.get("data") if isinstance(payload.get("data"), Mapping) else {}
-    splits.check_heldout(stored.get("heldout_digest"), where="extract")
-    x, y = subset_tensors(splits.heldout, images, seed=seed)
-    calib_source = splits.train if len(splits.train) else splits.heldout
-    cx, _ = subset_tensors(calib_source, calib * size, seed=seed + 1)
-    return HeldoutData(
-        calib=[resize(b) for b in cx.split(size)],
-        heldout=[(resize(a), b) for a, b in zip(x.split(size), y.split(size), strict=True)],
-    )
-
-
 # ---- extraction ---------------------------------------------------------------------------
 
 
@@ -192,7 +129,7 @@ def extract_subnet(
     budget: str | float | int | None = None,
     out: str | os.PathLike[str] | None = None,
     candidates: Sequence[str] | None = None,
-    data: HeldoutData | None = None,
+    data: ScoringData | None = None,
     heldout_images: int | None = None,
     calib_batches: int | None = None,
     batch_size: int | None = None,
@@ -219,7 +156,8 @@ def extract_subnet(
         out: Write the subnet file here (atomically).
         candidates: Inheritance candidates (default: the recipe's ``[finetune].inheritance``,
             else all of ``left, right, l1, bn``).
-        data: Pre-built :class:`HeldoutData` (reuse across many extractions).
+        data: Pre-built scoring images (:func:`widthsearch.search.scoring_data`; reuse
+            them across many extractions).
         heldout_images, calib_batches, batch_size, seed: Override the recipe's ``[search]``
             scoring sizes.
         supernet_path: Path to record when ``supernet`` is given loaded.
@@ -274,6 +212,7 @@ def extract_subnet(
     except ValueError as exc:
         raise ValueError(f"widths do not fit the supernet: {exc}") from None
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
+    defaulted = candidates is None
     if candidates is None:
         finetune = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
         candidates = list(finetune.get("inheritance") or INHERITANCE)
@@ -286,22 +225,25 @@ def extract_subnet(
     if out is not None:
         out = output_path(out)
     if data is None:
-        data = heldout_data(
-            payload,
-            meta,
+        sizes = ScoringSizes.from_recipe(
+            recipe,
             heldout_images=heldout_images,
             calib_batches=calib_batches,
             batch_size=batch_size,
             seed=seed,
         )
+        data = scoring_data(payload, meta, sizes=sizes, where="extract")
+    if defaulted and "right" not in data.sides and len(candidates) > 1:
+        # a sandwich-rule supernet never trained its right-aligned slices: no subnet there
+        candidates = [name for name in candidates if name != "right"]
     home = next(sn.parameters()).device
     sn.eval()
     try:
         module, inheritance = choose_inheritance(
             runtime.module(sn),
             cfg,
-            calib=data.calib,
-            heldout=data.heldout,
+            calib=data.calib_batches,
+            heldout=data.heldout_batches,
             candidates=candidates,
             progress=progress,
             log=log,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from widthsearch.search import calibration_batches, load_split_images, recipe_splits
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.data import make_loader
@@ -52,11 +53,9 @@ from widthsearch.supernet.train import distill_loss
 from widthsearch.supernet.trainer import resume_schedule
 
 from ._common import (
-    load_splits,
     output_path,
     read_subnet,
     save_subnet,
-    subset_tensors,
     top1,
     write_jsonl_atomic,
 )
@@ -313,7 +312,7 @@ def _train(
     if train_limit is not None:
         recipe = copy.deepcopy(dict(recipe))
         recipe["data"] = {**recipe.get("data", {}), "train_limit": int(train_limit)}
-    splits, resize = load_splits(recipe, meta, augment=True, where=source or "subnet")
+    splits, resize = recipe_splits(recipe, meta, augment=True, where=source or "subnet")
     if len(splits.train) < batch_size * runtime.world_size and runtime.distributed:
         raise WidthsearchError(
             f"the training split ({len(splits.train)} images) is smaller than one batch of "
@@ -325,14 +324,10 @@ def _train(
         # The supernet's running BN stats mix every width it trained; at full width they
         # give wild logits (an untrained-looking teacher). Recalibrate on training images,
         # the distribution the teacher sees here.
-        search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
-        size = int(search.get("eval_batch_size", 250))
-        count = int(search.get("calib_batches", 4)) * size
-        cx, _ = subset_tensors(splits.train, count, seed=seed + 1)
-        recalibrate_bn(teacher_model, [resize(b) for b in cx.split(size)])
+        recalibrate_bn(teacher_model, calibration_batches(splits.train, recipe, resize=resize))
     heldout = []
     if eval_images > 0 and len(splits.heldout):
-        hx, hy = subset_tensors(splits.heldout, eval_images, seed=seed)
+        hx, hy = load_split_images(splits.heldout, eval_images, seed=seed)
         heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
 
     student = runtime.module(payload["module"])

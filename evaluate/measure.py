@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
+from widthsearch.search import calibration_batches, recipe_splits
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.data import make_loader
@@ -24,10 +25,8 @@ from widthsearch.supernet.runtime import Runtime, local_runtime
 
 from ._common import (
     count_params,
-    load_splits,
     model_input,
     read_subnet,
-    subset_tensors,
     top1,
 )
 
@@ -228,7 +227,7 @@ def evaluate_model(
         raise ValueError(f"saved widths do not fit the model's supernet: {exc}") from None
 
     module = runtime.module(payload["module"]).eval()
-    splits, resize = load_splits(
+    splits, resize = recipe_splits(
         recipe, meta, data=data, test_limit=test_limit, where=path or "subnet"
     )
     result: dict[str, Any] = {
@@ -267,11 +266,7 @@ def evaluate_model(
         if trained and len(splits.train):
             # like the subnet at extraction: BN statistics of this width, not the supernet's
             # running mix of every width it trained
-            search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
-            size = int(search.get("eval_batch_size", 250))
-            count = int(search.get("calib_batches", 4)) * size
-            cx, _ = subset_tensors(splits.train, count, seed=int(search.get("seed", 0)) + 1)
-            recalibrate_bn(full_module, [resize(b) for b in cx.split(size)])
+            recalibrate_bn(full_module, calibration_batches(splits.train, recipe, resize=resize))
         ref: dict[str, Any] = {
             "top1": dataset_top1(
                 full_module,

@@ -99,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
         evaluate_model,
         extract_subnet,
         finetune_subnet,
-        heldout_data,
         write_report,
     )
     from widthsearch.search import (
@@ -107,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         get_strategy,
         resolve_budgets,
         run_search,
+        scoring_data,
         search_options,
     )
     from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         f"[3/4] extract, fine-tune ({recipe.finetune.epochs} epochs) and evaluate "
         f"{len(doc['results'])} subnets"
     )
-    data = heldout_data(payload, sn.meta)
+    data = scoring_data(payload, sn.meta, where="extract")
     subnets = out / "subnets"
     rows: list[dict[str, Any]] = []
     full: dict[str, Any] | None = None

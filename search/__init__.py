@@ -9,12 +9,20 @@ from . import bisection, evolution, peel, random_search, relax, uniform  # noqa:
 from .base import SearchResult, Strategy, get_strategy, list_strategies, register_strategy
 from .bisection import Bisection, bisection_configs, group_importance
 from .budgets import format_macs, parse_budget, resolve_budgets
-from .evaluator import SubnetEvaluator, load_split_images
+from .evaluator import SubnetEvaluator
 from .evolution import Evolution, make_storage, prior_population, study_name_for
 from .peel import Peel
 from .random_search import RandomSearch
 from .relax import Relax, SoftMasks
 from .run import build_evaluator, run_search, search_options, write_json_atomic
+from .scoring import (
+    ScoringData,
+    ScoringSizes,
+    calibration_batches,
+    load_split_images,
+    recipe_splits,
+    scoring_data,
+)
 from .uniform import Uniform
 
 __all__ = [
@@ -23,6 +31,8 @@ __all__ = [
     "Peel",
     "RandomSearch",
     "Relax",
+    "ScoringData",
+    "ScoringSizes",
     "SearchResult",
     "SoftMasks",
     "Strategy",
@@ -30,6 +40,7 @@ __all__ = [
     "Uniform",
     "bisection_configs",
     "build_evaluator",
+    "calibration_batches",
     "format_macs",
     "get_strategy",
     "group_importance",
@@ -38,9 +49,11 @@ __all__ = [
     "make_storage",
     "parse_budget",
     "prior_population",
+    "recipe_splits",
     "register_strategy",
     "resolve_budgets",
     "run_search",
+    "scoring_data",
     "search_options",
     "study_name_for",
     "write_json_atomic",

@@ -21,15 +21,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 from widthsearch.supernet import SIDES, Supernet
 from widthsearch.supernet.bn import bn_layers, recalibrate_bn
 from widthsearch.supernet.runtime import Runtime
 
-__all__ = ["METRICS", "SubnetEvaluator", "load_split_images"]
+from .scoring import ScoringData
+
+__all__ = ["METRICS", "SubnetEvaluator"]
 
 METRICS = ("top1", "ce", "kd")
 
@@ -121,56 +121,37 @@ class SubnetEvaluator:
 
     # -- construction from data ------------------------------------------------------------
     @classmethod
-    def from_datasets(
+    def from_scoring(
         cls,
         supernet: Supernet,
-        heldout: Dataset,
-        calib: Dataset | None = None,
+        data: ScoringData,
         *,
-        heldout_images: int = 1000,
-        calib_batches: int = 4,
-        batch_size: int = 250,
-        seed: int = 0,
-        sides: Sequence[str] = SIDES,
         metric: str = "top1",
         teacher: torch.nn.Module | None = None,
-        fit_images: int = 0,
         runtime: Runtime | None = None,
     ) -> SubnetEvaluator:
-        """Pre-load a seeded subset of ``heldout`` (scoring) and of ``calib`` (BN statistics).
+        """The evaluator over :func:`~widthsearch.search.scoring.scoring_data`'s images.
 
-        ``calib`` defaults to ``heldout``; pass the un-augmented training split to keep
-        calibration and scoring images disjoint. ``teacher`` (for ``metric="kd"``) is run
-        once on the scoring images. ``fit_images`` more held-out images, disjoint from the
-        scored ones, are kept for strategies that fit parameters (:attr:`fit_batches`).
+        ``teacher`` (for ``metric="kd"``) is run once on the scoring images.
         """
-        if heldout_images < 1 or calib_batches < 1:
-            raise ValueError("heldout_images and calib_batches must be >= 1")
-        images, labels = load_split_images(heldout, heldout_images, seed=seed)
-        fit = None
-        if fit_images > 0 and len(heldout) > heldout_images:  # type: ignore[arg-type]
-            fit = load_split_images(heldout, fit_images, seed=seed, skip=heldout_images)
-        calib_x, _ = load_split_images(
-            calib if calib is not None else heldout, calib_batches * batch_size, seed=seed + 1
-        )
         teacher_logits = None
         if teacher is not None:
             teacher.eval()
             device = next(supernet.parameters()).device
             with torch.no_grad():
                 teacher_logits = torch.cat(
-                    [teacher(x.to(device)).cpu() for x in images.split(batch_size)]
+                    [teacher(x.to(device)).cpu() for x in data.images.split(data.batch_size)]
                 )
         return cls(
             supernet,
-            images,
-            labels,
-            calib_x,
-            batch_size=batch_size,
-            sides=sides,
+            data.images,
+            data.labels,
+            data.calib,
+            batch_size=data.batch_size,
+            sides=data.sides,
             metric=metric,
             teacher_logits=teacher_logits,
-            fit=fit,
+            fit=data.fit,
             runtime=runtime,
         )
 
@@ -301,23 +282,3 @@ class SubnetEvaluator:
     def calib_batches(self) -> Sequence[torch.Tensor]:
         """The fixed BN calibration batches."""
         return self._calib
-
-
-def load_split_images(
-    dataset: Dataset, count: int, *, seed: int = 0, skip: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of ``count`` items (all if fewer) stacked as tensors.
-
-    ``skip`` leaves out the first ``skip`` items of the same seeded order: calls with the
-    same seed and ``skip`` = the other's ``count`` give disjoint subsets.
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise ValueError("dataset split is empty")
-    order = np.random.default_rng(seed).permutation(n)[skip : skip + count]
-    if not len(order):
-        raise ValueError(f"dataset split has only {n} items, none left after {skip}")
-    items = [dataset[int(i)] for i in np.sort(order)]
-    images = torch.stack([torch.as_tensor(x) for x, _ in items])
-    labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
-    return images, labels

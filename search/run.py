@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from widthsearch.supernet import SIDES, CheckpointError, DataError, Supernet
+from widthsearch.supernet import CheckpointError, Supernet
 from widthsearch.supernet.checkpoint import write_json_atomic
 from widthsearch.supernet.runtime import Runtime
 
 from .base import Timer, get_strategy
 from .budgets import resolve_budgets
 from .evaluator import SubnetEvaluator
+from .scoring import ScoringSizes, scoring_data
 
 __all__ = ["build_evaluator", "run_search", "search_options", "write_json_atomic"]
 
@@ -47,42 +48,21 @@ def build_evaluator(
             the model.
         DataError: the dataset is missing, or training held nothing out.
     """
-    from widthsearch.supernet.data import get_data
-
     recipe = payload.get("recipe")
-    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("data"), Mapping):
-        raise CheckpointError(
-            "checkpoint has no recipe data settings: cannot rebuild the held-out split it was "
-            "trained without (save it with save_supernet(..., recipe=recipe.to_dict()))"
-        )
-    data = recipe["data"]
-    search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
-    heldout_size = int(data.get("heldout_size", 0))
-    if heldout_size < 1:
-        raise DataError("the supernet was trained with heldout_size=0: no held-out split to score")
-    meta = supernet.meta
-    splits = get_data(
-        data.get("name", "fashion-mnist"),
-        root=data.get("root") or None,
-        heldout_size=heldout_size,
-        seed=int(data.get("seed", 0)),
-        train_limit=int(data.get("train_limit") or 0) or None,
-        augment=False,
-        synthetic_in_chans=int(meta.get("in_chans", 1)),
-        synthetic_input_size=int(meta.get("input_size", 28)),
+    data = scoring_data(
+        payload,
+        supernet.meta,
+        sizes=ScoringSizes.from_recipe(
+            recipe,
+            heldout_images=heldout_images,
+            calib_batches=calib_batches,
+            batch_size=batch_size,
+            seed=seed,
+        ),
+        fit=True,  # relax fits its width logits on data: its own images, never the scored ones
+        where="search",
     )
-    stored = payload.get("data") if isinstance(payload.get("data"), Mapping) else {}
-    splits.check_heldout(stored.get("heldout_digest"), where="search")
-    spec = splits.spec
-    for key in ("in_chans", "num_classes"):
-        if key in meta and int(meta[key]) != getattr(spec, key):
-            raise CheckpointError(
-                f"checkpoint model has {key}={meta[key]} but its dataset {spec.name} has "
-                f"{getattr(spec, key)}"
-            )
-
-    train = recipe.get("train") if isinstance(recipe.get("train"), Mapping) else {}
-    trainer = train.get("trainer", "bcnet")
+    search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
     metric = metric or search.get("score", "top1")
     teacher = None
     if metric == "kd":
@@ -94,6 +74,7 @@ def build_evaluator(
             )
         from widthsearch.supernet import create_model, load_weights
 
+        meta = supernet.meta
         teacher = create_model(
             meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"])
         )
@@ -103,25 +84,8 @@ def build_evaluator(
         runtime.module(supernet)
         if teacher is not None:
             runtime.module(teacher)
-
-    def pick(value: int | None, key: str, default: int) -> int:
-        return int(value if value is not None else search.get(key, default))
-
-    return SubnetEvaluator.from_datasets(
-        supernet,
-        splits.heldout,
-        splits.train if len(splits.train) else None,
-        heldout_images=pick(heldout_images, "heldout_images", 1000),
-        calib_batches=pick(calib_batches, "calib_batches", 4),
-        batch_size=pick(batch_size, "eval_batch_size", 250),
-        seed=pick(seed, "seed", 0),
-        # the sandwich rule trains left-aligned subnets only: its right side is no subnet
-        sides=("left",) if trainer == "sandwich" else SIDES,
-        metric=metric,
-        teacher=teacher,
-        runtime=runtime,
-        # relax fits its width logits on data: its own images, never the scored ones
-        fit_images=pick(heldout_images, "heldout_images", 1000),
+    return SubnetEvaluator.from_scoring(
+        supernet, data, metric=metric, teacher=teacher, runtime=runtime
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "DataSpec",
     "DataSplits",
     "InMemoryImages",
+    "batch_resizer",
     "data_spec",
     "get_data",
     "list_datasets",
@@ -302,6 +303,18 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def batch_resizer(data_size: int, model_size: int) -> Callable[[Tensor], Tensor]:
+    """Batch transform from the data's image size to the model's input size (bilinear;
+    the identity when they agree)."""
+    if data_size == model_size:
+        return lambda x: x
+
+    def resize(x: Tensor) -> Tensor:
+        return F.interpolate(x, size=(model_size, model_size), mode="bilinear", align_corners=False)
+
+    return resize
 
 
 def _reseed_worker(worker_id: int) -> None:

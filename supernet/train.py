@@ -24,11 +24,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .accuracy import preserved_state, subnet_top1
 from .checkpoint import load_checkpoint, save_supernet, write_jsonl_atomic
+from .data import batch_resizer, get_data
 from .errors import CheckpointError
 from .runtime import (
     Runtime,
@@ -109,7 +109,6 @@ def build_training(recipe: Any, *, runtime: Runtime | None = None, download: boo
         ``(splits, supernet, transform)``; ``transform`` resizes batches when
         ``[model].input_size`` differs from the dataset's size (else ``None``).
     """
-    from .data import get_data
     from .models import create_model
 
     runtime = runtime or Runtime()
@@ -126,11 +125,7 @@ def build_training(recipe: Any, *, runtime: Runtime | None = None, download: boo
     )
     spec = splits.spec
     size = m.input_size if m.input_size > 0 else spec.input_size
-    transform = None
-    if size != spec.input_size:
-
-        def transform(x: Tensor) -> Tensor:
-            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    transform = batch_resizer(spec.input_size, size) if size != spec.input_size else None
 
     torch.manual_seed(recipe.train.seed)  # same initial weights on every rank and run
     model = create_model(m.name, num_classes=spec.num_classes, in_chans=spec.in_chans)

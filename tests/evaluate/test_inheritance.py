@@ -15,12 +15,12 @@ from widthsearch.evaluate import (
     counted_macs,
     extract_subnet,
     group_blocks,
-    heldout_data,
     inherit,
     load_subnet,
     topk_indices,
 )
 from widthsearch.evaluate._common import top1
+from widthsearch.search import scoring_data
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.bn import recalibrate_bn
 
@@ -46,7 +46,7 @@ def test_saved_side_subnet_equals_the_recalibrated_supernet_subnet(
     subnet of that side (the recalibration is the same computation)."""
     sn, payload = loaded
     cfg = config_of(sn, seed=6)
-    data = heldout_data(payload, sn.meta)
+    data = scoring_data(payload, sn.meta, where="extract")
     out = tmp_path / "right.pt"
     result = extract_subnet(
         (sn, payload),
@@ -58,8 +58,8 @@ def test_saved_side_subnet_equals_the_recalibrated_supernet_subnet(
     )
     assert result["inheritance"]["chosen"] == "right"
     saved = load_subnet(out)
-    recalibrate_bn(sn, data.calib, cfg=cfg, side="right")
-    x = data.heldout[0][0][:8]
+    recalibrate_bn(sn, data.calib_batches, cfg=cfg, side="right")
+    x = data.heldout_batches[0][0][:8]
     with torch.no_grad(), sn.active(cfg, "right"):
         expected = sn(x)
     assert torch.allclose(saved(x), expected, atol=1e-5)
@@ -68,7 +68,7 @@ def test_saved_side_subnet_equals_the_recalibrated_supernet_subnet(
 def test_chosen_inheritance_has_the_best_recorded_and_rescored_score(loaded, config_of):
     sn, payload = loaded
     cfg = config_of(sn, seed=7)
-    data = heldout_data(payload, sn.meta)
+    data = scoring_data(payload, sn.meta, where="extract")
     result = extract_subnet((sn, payload), widths=cfg, data=data)
     inh = result["inheritance"]
     assert set(inh["scores"]) == set(INHERITANCE)
@@ -76,9 +76,11 @@ def test_chosen_inheritance_has_the_best_recorded_and_rescored_score(loaded, con
     # re-score every candidate independently: same numbers, same winner
     for name, recorded in inh["scores"].items():
         model = inherit(sn, cfg, name)
-        recalibrate_bn(model, data.calib)
-        assert top1(model, data.heldout) == pytest.approx(recorded, abs=1e-12), name
-    assert top1(result["module"], data.heldout) == pytest.approx(inh["scores"][inh["chosen"]])
+        recalibrate_bn(model, data.calib_batches)
+        assert top1(model, data.heldout_batches) == pytest.approx(recorded, abs=1e-12), name
+    assert top1(result["module"], data.heldout_batches) == pytest.approx(
+        inh["scores"][inh["chosen"]]
+    )
     assert result["macs"] == sn.macs(cfg) and result["params"] == sn.params(cfg)
     # the choice means something: candidates score differently and the best beats chance
     assert len(set(inh["scores"].values())) > 1
@@ -86,7 +88,7 @@ def test_chosen_inheritance_has_the_best_recorded_and_rescored_score(loaded, con
     # top-1 by hand: the chosen module's argmax against the labels
     hits = total = 0
     with torch.no_grad():
-        for images, labels in data.heldout:
+        for images, labels in data.heldout_batches:
             hits += int((result["module"](images).argmax(1) == labels).sum())
             total += len(labels)
     assert hits / total == pytest.approx(inh["scores"][inh["chosen"]], abs=1e-12)
@@ -97,27 +99,35 @@ def test_ties_keep_the_earlier_candidate_and_the_best_is_returned(loaded, config
 
     sn, payload = loaded
     cfg = config_of(sn, seed=7)
-    data = heldout_data(payload, sn.meta)
+    data = scoring_data(payload, sn.meta, where="extract")
     fixed = {"left": 0.5, "right": 0.5, "l1": 0.25, "bn": 0.5}
     order = iter(["right", "left", "bn", "l1"])
     monkeypatch.setattr(inheritance, "top1", lambda model, batches, **_: fixed[next(order)])
     model, info = inheritance.choose_inheritance(
-        sn, cfg, calib=data.calib, heldout=data.heldout, candidates=["right", "left", "bn", "l1"]
+        sn,
+        cfg,
+        calib=data.calib_batches,
+        heldout=data.heldout_batches,
+        candidates=["right", "left", "bn", "l1"],
     )
     assert info == {"chosen": "right", "scores": {"right": 0.5, "left": 0.5, "bn": 0.5, "l1": 0.25}}
-    x = data.heldout[0][0][:4]
+    x = data.heldout_batches[0][0][:4]
     expected = inheritance.inherit(sn, cfg, "right")
-    recalibrate_bn(expected, data.calib)
+    recalibrate_bn(expected, data.calib_batches)
     with torch.no_grad():
         assert torch.allclose(model(x), expected.eval()(x), atol=1e-5)
     assert not model.training
     with pytest.raises(ValueError, match="no weight-inheritance candidate"):
         inheritance.choose_inheritance(
-            sn, cfg, calib=data.calib, heldout=data.heldout, candidates=[]
+            sn, cfg, calib=data.calib_batches, heldout=data.heldout_batches, candidates=[]
         )
     with pytest.raises(ValueError, match="unknown weight inheritance 'mid'; valid: left, right"):
         inheritance.choose_inheritance(
-            sn, cfg, calib=data.calib, heldout=data.heldout, candidates=["left", "mid"]
+            sn,
+            cfg,
+            calib=data.calib_batches,
+            heldout=data.heldout_batches,
+            candidates=["left", "mid"],
         )
 
 

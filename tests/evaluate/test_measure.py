@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, read_subnet
-from widthsearch.evaluate._common import load_splits
 from widthsearch.recipes.cli import main
+from widthsearch.search import recipe_splits
 from widthsearch.supernet.checkpoint import load_supernet
 
 
@@ -41,7 +41,7 @@ def test_eval_cli_prints_one_json_object_with_consistent_figures(
         result["latency_ms"]["batch1"] / full["latency_ms"]["batch1"], rel=1e-2
     )
     # top-1 is on the TEST split of the recipe's data
-    splits, _ = load_splits(payload["recipe"], payload["meta"])
+    splits, _ = recipe_splits(payload["recipe"], payload["meta"])
     assert result["test_images"] == len(splits.test) == payload["recipe"]["data"]["test_limit"]
     assert result["top1"] == pytest.approx(dataset_top1(payload["module"], splits.test))
 
