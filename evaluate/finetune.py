@@ -22,21 +22,18 @@ history also goes to ``<out stem>.jsonl``.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from widthsearch.search import calibration_batches, load_split_images, recipe_splits
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
-from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
 from widthsearch.supernet.runtime import (
     Runtime,
@@ -50,7 +47,13 @@ from widthsearch.supernet.runtime import (
     shutdown_runtime,
 )
 from widthsearch.supernet.train import distill_loss
-from widthsearch.supernet.trainer import resume_schedule
+from widthsearch.supernet.trainer import (
+    check_finite,
+    cosine_schedule,
+    epoch_loader,
+    epoch_seed,
+    resume_schedule,
+)
 
 from ._common import (
     output_path,
@@ -77,10 +80,6 @@ def finetune_paths(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """``(output, per-epoch checkpoint, JSON-lines log)`` of a fine-tuning run."""
     out = Path(out)
     return out, out.with_name(out.stem + ".ckpt.pt"), out.with_suffix(".jsonl")
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.default_rng([seed, epoch, 0xF1E]).integers(2**62))
 
 
 def load_teacher(
@@ -187,7 +186,7 @@ def finetune_subnet(
     Raises:
         CheckpointError: missing/corrupt/pickled subnet or teacher, teacher of another
             model, nothing (or a mismatched run) to resume.
-        WidthsearchError: the loss became NaN/inf.
+        TrainingDivergedError: the loss became NaN or infinite (before any step with it).
         ValueError: bad options.
     """
     source = None if isinstance(subnet, Mapping) else str(subnet)
@@ -351,9 +350,7 @@ def _train(
     drop_last = per_rank > batch_size
     steps_per_epoch = per_rank // batch_size if drop_last else 1
     total = max(epochs * steps_per_epoch, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
+    scheduler = cosine_schedule(optimizer, total_steps=total)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state is not None:
@@ -372,13 +369,16 @@ def _train(
     last = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, last):
         start = time.perf_counter()
-        eseed = _epoch_seed(seed, epoch)
-        torch.manual_seed(eseed + runtime.rank)
-        reseed = getattr(splits.train, "reseed", None)
-        if callable(reseed):
-            reseed(eseed + runtime.rank)  # the augmentation stream restarts: exact resume
-        loader = _epoch_loader(
-            splits.train, batch_size=batch_size, seed=eseed, drop_last=drop_last, runtime=runtime
+        # the supernet trainer's data order and seeding (epochs count from 1 there)
+        torch.manual_seed(epoch_seed(seed, epoch + 1, runtime.rank))
+        loader = epoch_loader(
+            splits.train,
+            epoch=epoch + 1,
+            seed=seed,
+            batch_size=batch_size,
+            workers=0,
+            runtime=runtime,
+            drop_last=drop_last,
         )
         student.train()
         sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, ce, kd
@@ -407,11 +407,12 @@ def _train(
             losses = allreduce_grads(
                 params, torch.stack([loss.float(), ce.float(), kd.float()]).detach(), runtime
             )
-            if not torch.isfinite(losses[0]):
-                raise WidthsearchError(
-                    f"fine-tuning diverged (loss {float(losses[0])}) in epoch {epoch + 1}; "
-                    "try a smaller --lr"
-                )
+            check_finite(
+                losses.tolist(),
+                ("fine-tuning", "label", "distillation"),
+                where=f"fine-tuning epoch {epoch + 1}",
+                hint="try a smaller --lr",
+            )
             scaler.step(optimizer)  # skipped on inf/NaN fp16 gradients
             scaler.update()
             scheduler.step()
@@ -471,28 +472,6 @@ def _train(
         ckpt_path=ckpt_path,
         export_dir=export_dir,
         runtime=runtime,
-    )
-
-
-def _epoch_loader(
-    dataset: Any, *, batch_size: int, seed: int, drop_last: bool, runtime: Runtime
-) -> Any:
-    """One epoch's batches for this rank: alone, the seeded shuffle of :func:`make_loader`;
-    under ``torchrun``, this rank's share of one seeded permutation (equal sizes, so ranks
-    step together)."""
-    indices = None
-    if runtime.distributed:
-        order = np.random.default_rng(seed).permutation(len(dataset))
-        per_rank = len(dataset) // runtime.world_size
-        indices = order[runtime.rank :: runtime.world_size][:per_rank].tolist()
-    return make_loader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=indices is None,
-        seed=seed,
-        drop_last=drop_last,
-        pin_memory=runtime.pin_memory,
-        indices=indices,
     )
 
 

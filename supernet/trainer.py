@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,8 @@ __all__ = [
     "TRAINERS",
     "SupernetTrainer",
     "TrainingDivergedError",
+    "check_finite",
+    "cosine_schedule",
     "epoch_loader",
     "epoch_seed",
     "resume_schedule",
@@ -67,10 +69,12 @@ def epoch_loader(
     batch_size: int,
     workers: int,
     runtime: Runtime,
+    drop_last: bool = True,
 ) -> DataLoader:
     """This rank's shard of epoch ``epoch``: a ``(seed, epoch)`` permutation, split like
     ``DistributedSampler`` (every rank the same number of full batches, so ranks step
-    together)."""
+    together). ``drop_last=False`` keeps a last short batch (a split smaller than a batch
+    still trains)."""
     n = len(dataset)
     perm = step_rng(seed, epoch).permutation(n)
     per_rank = n // runtime.world_size
@@ -84,7 +88,7 @@ def epoch_loader(
         batch_size=batch_size,
         shuffle=False,
         seed=rank_seed,
-        drop_last=True,
+        drop_last=drop_last,
         workers=workers,
         pin_memory=runtime.pin_memory,
         indices=indices,
@@ -99,6 +103,27 @@ def _cosine(step: int, *, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     span = max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then cosine decay to zero at
+    ``total_steps`` (stepped once per optimiser step)."""
+    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _cosine(step, total=total, warmup=warmup_steps)
+    )
+
+
+def check_finite(values: Sequence[float], names: Sequence[str], *, where: str, hint: str) -> None:
+    """Stop before an optimiser step with a NaN or infinite loss (``where``: epoch and step
+    for the message; ``hint``: what to change)."""
+    for name, value in zip(names, values, strict=True):
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"training diverged: {name} loss is {value} at {where} ({hint})"
+            )
 
 
 def resume_schedule(
@@ -182,10 +207,10 @@ class SupernetTrainer:
             weight_decay=train.weight_decay,
             nesterov=bool(train.nesterov) and momentum > 0,
         )
-        total = max(train.epochs, 1) * self.steps_per_epoch
-        warmup = round(train.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _cosine(s, total=total, warmup=warmup)
+        self.scheduler = cosine_schedule(
+            self.optimizer,
+            total_steps=max(train.epochs, 1) * self.steps_per_epoch,
+            warmup_steps=round(train.warmup_epochs * self.steps_per_epoch),
         )
         self.sampler: FairSampler | SandwichSampler | None = None
         if train.trainer == "bcnet":
@@ -267,12 +292,12 @@ class SupernetTrainer:
             x, y = self._prep(x), y.to(self.runtime.device, non_blocking=True)
             names, cfgs, losses = self._train_step(x, y)
             values = losses.tolist()
-            if not all(math.isfinite(v) for v in values):
-                bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
-                raise TrainingDivergedError(
-                    f"training diverged: {names[bad]} loss is {values[bad]} at epoch {epoch}, "
-                    f"step {self.step} (try a lower [train].lr or warmup_epochs)"
-                )
+            check_finite(
+                values,
+                names,
+                where=f"epoch {epoch}, step {self.step}",
+                hint="try a lower [train].lr or warmup_epochs",
+            )
             self.scaler.step(self.optimizer)  # skipped on inf/NaN fp16 gradients
             self.scaler.update()
             self.scheduler.step()

@@ -140,3 +140,31 @@ def test_teacher_bn_is_recalibrated_before_distilling(
     stored = [m.running_mean for m in sn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     fresh = [m.running_mean for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert not all(torch.equal(a, b) for a, b in zip(stored, fresh, strict=True))
+
+
+def test_diverging_finetune_stops_with_one_line_and_writes_nothing(subnet_path, tmp_path, capsys):
+    out = tmp_path / "nan.pt"
+    argv = ["finetune", str(subnet_path), "--out", str(out), "--epochs", "1", "--lr", "1e30"]
+    assert main([*argv, "--train-limit", "256"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged" in err[0] and "fine-tuning epoch 1" in err[0], err
+    assert "try a smaller --lr" in err[0]
+    assert not out.exists() and not finetune_paths(out)[1].exists()
+
+
+def test_finetune_lr_follows_the_shared_cosine_schedule(subnet_path, tmp_path):
+    """Cosine to zero over all optimiser steps, no warm-up: the supernet trainer's schedule."""
+    from widthsearch.supernet.trainer import cosine_schedule
+
+    opts = {"train_limit": 256, "batch_size": 64, "eval_images": 0, "log": None}
+    result = finetune_subnet(subnet_path, out=tmp_path / "s.pt", epochs=2, lr=0.1, **opts)
+    lrs = [entry["lr"] for entry in result["finetune"]["history"]]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = cosine_schedule(opt, total_steps=8)  # 2 epochs of 4 batches
+    expected = []
+    for step in range(8):
+        opt.step()
+        schedule.step()
+        if step % 4 == 3:
+            expected.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx(expected) and lrs[0] == pytest.approx(0.05) and lrs[1] == 0
