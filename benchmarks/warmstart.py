@@ -120,6 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     add("--threads", type=int, default=1, help="torch threads")
     add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add("--skip", nargs="*", default=[], choices=["ft-trained", "tp"], help="cells not to run")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
     add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
     add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
@@ -190,14 +191,16 @@ class Warmstart:
                 f"ft-best-{pct(frac)}-s{seed}",
                 lambda b=budget, f=frac: self.finetune_cell(recipe, seed, b, f),
             )
-            cells.run(
-                f"ft-trained-{pct(frac)}-s{seed}",
-                lambda b=budget, f=frac: self.trained_cell(recipe, seed, b, f),
-            )
-            cells.run(
-                f"tp-{pct(frac)}-s{seed}",
-                lambda b=budget, f=frac: self.pruning_cell(recipe, seed, b, f),
-            )
+            if "ft-trained" not in self.args.skip:
+                cells.run(
+                    f"ft-trained-{pct(frac)}-s{seed}",
+                    lambda b=budget, f=frac: self.trained_cell(recipe, seed, b, f),
+                )
+            if "tp" not in self.args.skip:
+                cells.run(
+                    f"tp-{pct(frac)}-s{seed}",
+                    lambda b=budget, f=frac: self.pruning_cell(recipe, seed, b, f),
+                )
 
     # -- cells -----------------------------------------------------------------------------
     def full_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
@@ -459,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Warmstart(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    local = ("part", "threads", "report", "device")  # where and how, not what
+    local = ("part", "threads", "report", "device", "skip")  # where, how and which, not what
     settings = {k: v for k, v in vars(args).items() if k not in local}
     for key, default in FINETUNE_DEFAULTS.items():
         if settings[key] == default:
