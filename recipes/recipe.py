@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from widthsearch.supernet import list_trainers
+
 __all__ = [
     "DEFAULT_RECIPE",
     "DataSection",
@@ -231,9 +233,11 @@ def load_recipe(name_or_path: str | None = None) -> Recipe:
         else:
             raise ValueError(f"unknown recipe section or key {key!r} in {source}")
     recipe = Recipe(**kwargs)
-    if recipe.train.trainer not in ("bcnet", "sandwich"):
+    supernet_trainers = [name for name in list_trainers() if name != "plain"]  # plain: pretrain
+    if recipe.train.trainer not in supernet_trainers:
         raise ValueError(
-            f"[train].trainer must be 'bcnet' or 'sandwich', got {recipe.train.trainer!r}"
+            f"[train].trainer must be one of {', '.join(supernet_trainers)}, "
+            f"got {recipe.train.trainer!r}"
         )
     if recipe.space.bins < 2 or not 1 <= recipe.space.min_bins <= recipe.space.bins // 2:
         raise ValueError("[space] needs bins >= 2 and 1 <= min_bins <= bins / 2")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from widthsearch.supernet import SIDES, CheckpointError, DataError
+from widthsearch.supernet import SIDES, CheckpointError, DataError, get_trainer
 from widthsearch.supernet.data import DataSplits, batch_resizer, data_spec, get_data
 
 __all__ = [
@@ -218,14 +218,14 @@ def scoring_data(
     calib, _ = load_split_images(
         calib_source, sizes.calib_batches * sizes.batch_size, seed=sizes.seed + 1
     )
-    trainer = _section(recipe, "train").get("trainer", "bcnet")
+    trainer = get_trainer(str(_section(recipe, "train").get("trainer", "bcnet")))
     return ScoringData(
         images=resize(images),
         labels=labels,
         calib=resize(calib),
         fit=extra,
         batch_size=sizes.batch_size,
-        sides=("left",) if trainer == "sandwich" else SIDES,
+        sides=trainer.sides,
     )
 
 

@@ -8,6 +8,7 @@ from .models import create_model, list_models
 from .runtime import Runtime, init_runtime, resolve_device, shutdown_runtime
 from .space import Group, WidthConfig, WidthSpace
 from .supernet import SIDES, LayerEntry, Side, Supernet
+from .trainer_kinds import TrainerKind, get_trainer, list_trainers, register_trainer
 from .warmstart import load_weights, read_state_dict, reorder_channels
 
 __all__ = [
@@ -27,19 +28,23 @@ __all__ = [
     "Side",
     "SlimLayer",
     "Supernet",
+    "TrainerKind",
     "UnsupportedModelError",
     "WidthConfig",
     "WidthSpace",
     "WidthsearchError",
     "create_model",
     "get_data",
+    "get_trainer",
     "handler_for",
     "init_runtime",
     "list_models",
+    "list_trainers",
     "load_weights",
     "make_loader",
     "read_state_dict",
     "register_layer",
+    "register_trainer",
     "reorder_channels",
     "resolve_device",
     "shutdown_runtime",

@@ -30,10 +30,11 @@ from .checkpoint import capture_rng_state, restore_rng_state
 from .data import make_loader
 from .errors import WidthsearchError
 from .runtime import Runtime, allreduce_grads, average_buffers
-from .sampling import FairSampler, SandwichSampler, step_rng
+from .sampling import step_rng
 from .space import WidthConfig
-from .steps import LossRecords, Teacher, bcnet_step, sandwich_step
+from .steps import LossRecords, Teacher
 from .supernet import Supernet
+from .trainer_kinds import StepContext, get_trainer, list_trainers
 
 __all__ = [
     "TRAINERS",
@@ -46,7 +47,7 @@ __all__ = [
     "resume_schedule",
 ]
 
-TRAINERS = ("bcnet", "sandwich", "plain")  # plain: full width only (pretraining)
+TRAINERS = list_trainers()  # bcnet, sandwich, plain (full width only: pretraining)
 
 
 class TrainingDivergedError(WidthsearchError):
@@ -176,8 +177,7 @@ class SupernetTrainer:
         progress: bool = True,
         teacher: Teacher | None = None,
     ) -> None:
-        if train.trainer not in TRAINERS:
-            raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {train.trainer!r}")
+        kind = get_trainer(train.trainer)  # ValueError naming the registered kinds
         if train.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {train.epochs}")
         self.sn = sn
@@ -212,19 +212,7 @@ class SupernetTrainer:
             total_steps=max(train.epochs, 1) * self.steps_per_epoch,
             warmup_steps=round(train.warmup_epochs * self.steps_per_epoch),
         )
-        self.sampler: FairSampler | SandwichSampler | None = None
-        if train.trainer == "bcnet":
-            self.sampler = FairSampler(
-                sn.space,
-                seed=train.seed,
-                full_every=train.full_every,
-                coverage=getattr(train, "coverage", "levels"),
-                spread=getattr(train, "level_spread", 1),
-            )
-        elif train.trainer == "sandwich":
-            self.sampler = SandwichSampler(
-                sn.space, seed=train.seed, n_random=train.sandwich_random
-            )
+        self.kind = kind(sn.space, train)
         self.scaler = self.runtime.grad_scaler()  # passes values through unless fp16
         self.records = LossRecords(g.name for g in sn.space.searchable)
         self.epoch = 0  # epochs completed
@@ -329,37 +317,16 @@ class SupernetTrainer:
             Loss names, the subnet config of each loss (for the records) and the losses.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        space = self.sn.space
-        if self.sampler is None or isinstance(self.sampler, FairSampler):
-            cfg = None if self.sampler is None else self.sampler.plan(self.step).cfg
-            out = bcnet_step(
-                self.sn,
-                x,
-                y,
-                cfg,
-                criterion=self.criterion,
-                distill=self.cfg.distill,
-                teacher=self.teacher,
-                runtime=self.runtime,
-                scaler=self.scaler,
-            )
-            names = list(out)
-            cfgs = [cfg if cfg is not None else space.max()] * len(names)
-            losses = torch.stack(list(out.values()))
-        else:
-            cfgs = self.sampler.plan(self.step)
-            step_losses = sandwich_step(
-                self.sn,
-                x,
-                y,
-                cfgs,
-                criterion=self.criterion,
-                runtime=self.runtime,
-                scaler=self.scaler,
-            )
-            losses = torch.stack(step_losses)
-            names = ["max", "min"] + ["random"] * (len(cfgs) - 2)
-        losses = allreduce_grads(self.params, losses, self.runtime)
+        context = StepContext(
+            criterion=self.criterion,
+            distill=bool(self.cfg.distill),
+            teacher=self.teacher,
+            runtime=self.runtime,
+            scaler=self.scaler,
+        )
+        planned = self.kind.step(self.sn, x, y, self.step, context)
+        names, cfgs = planned.names, planned.configs
+        losses = allreduce_grads(self.params, planned.losses, self.runtime)
         return names, cfgs, losses
 
     def evaluate(self) -> dict[str, float]:
@@ -377,11 +344,11 @@ class SupernetTrainer:
         calib_list = [b for _, b in zip(range(self.calib_batches), calib, strict=False)]
         heldout = DataLoader(self.heldout_set, batch_size=self.batch_size, shuffle=False)
         eval_list = [b for _, b in zip(range(self.cfg.eval_batches), heldout, strict=False)]
-        space = self.sn.space
-        if self.sampler is None:  # plain training: the network's own running stats
+        configs = self.kind.eval_configs()
+        if not configs:  # plain training: the network's own running stats
             top1 = subnet_top1(self.sn, None, None, eval_list, transform=self.transform)
             return {"top1_max": top1}
-        out = {}
-        for key, cfg in (("top1_max", space.max()), ("top1_min", space.min())):
-            out[key] = subnet_top1(self.sn, cfg, calib_list, eval_list, transform=self.transform)
-        return out
+        return {
+            key: subnet_top1(self.sn, cfg, calib_list, eval_list, transform=self.transform)
+            for key, cfg in configs.items()
+        }

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import widthsearch.supernet.trainer as trainer_mod
+import widthsearch.supernet.trainer_kinds as kinds_mod
 from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.sampling import channel_usage
@@ -29,7 +30,7 @@ def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(tmp_path, 
     recipe.train.label_smoothing = 0.1
     recipe.train.eval_batches = 0
     trained, lrs, smoothing = [], [], []
-    real_step = trainer_mod.bcnet_step
+    real_step = kinds_mod.bcnet_step
     real_train_step = trainer_mod.SupernetTrainer._train_step
 
     def spy_step(sn, x, y, cfg, **kwargs):
@@ -41,7 +42,7 @@ def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(tmp_path, 
         lrs.append(self.optimizer.param_groups[0]["lr"])  # the lr this step is taken with
         return real_train_step(self, x, y)
 
-    monkeypatch.setattr(trainer_mod, "bcnet_step", spy_step)
+    monkeypatch.setattr(kinds_mod, "bcnet_step", spy_step)
     monkeypatch.setattr(trainer_mod.SupernetTrainer, "_train_step", spy_train_step)
     result = train_supernet(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
     space = load_supernet(result.checkpoint)[0].space
@@ -61,3 +62,37 @@ def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(tmp_path, 
     expected += [0.1 * 0.5 * (1 + math.cos(math.pi * (s - 6) / 18)) for s in range(6, 24)]
     assert lrs == pytest.approx(expected, rel=1e-9)
     assert smoothing == [0.1] * 24
+
+
+def test_a_new_trainer_kind_is_one_class_and_its_registration(tmp_path):
+    from widthsearch.supernet import TrainerKind, get_trainer, list_trainers, register_trainer
+    from widthsearch.supernet.steps import sandwich_step
+    from widthsearch.supernet.trainer_kinds import _KINDS, StepLosses
+
+    calls = []
+
+    @register_trainer("max-only")
+    class MaxOnly(TrainerKind):
+        sides = ("left",)
+
+        def step(self, sn, x, y, index, ctx):
+            calls.append(index)
+            (loss,) = sandwich_step(sn, x, y, [self.space.max()], criterion=ctx.criterion)
+            return StepLosses(["max"], [self.space.max()], loss.reshape(1))
+
+    try:
+        assert "max-only" in list_trainers() and get_trainer("max-only") is MaxOnly
+        with pytest.raises(ValueError, match="already registered"):
+            register_trainer("max-only")(MaxOnly)
+        recipe = load_recipe(str(TINY))
+        recipe.data.train_limit = 128  # 4 steps
+        recipe.train.epochs = 1
+        recipe.train.trainer = "max-only"
+        result = train_supernet(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
+        assert calls == [0, 1, 2, 3]
+        (entry,) = result.history
+        assert entry["trainer"] == "max-only" and set(entry) >= {"loss_max", "top1_max"}
+    finally:
+        _KINDS.pop("max-only", None)
+    with pytest.raises(ValueError, match="trainer must be one of bcnet, sandwich, plain"):
+        get_trainer("max-only")
