@@ -168,3 +168,61 @@ def test_finetune_lr_follows_the_shared_cosine_schedule(subnet_path, tmp_path):
         if step % 4 == 3:
             expected.append(opt.param_groups[0]["lr"])
     assert lrs == pytest.approx(expected) and lrs[0] == pytest.approx(0.05) and lrs[1] == 0
+
+
+def test_distillation_term_is_kl_to_the_teachers_logits_on_the_students_batches(
+    subnet_path, supernet_path, tmp_path, monkeypatch
+):
+    """Per batch the teacher sees the student's (augmented) images, its logits are what the
+    KL term compares against, and the logged ``kd`` is that term's mean over the epoch."""
+    import torch.nn.functional as F
+    import widthsearch.evaluate.finetune as ft
+
+    teacher_calls, kd_calls, student_inputs = [], [], []
+    real_load, real_kd = ft.load_teacher, ft.distill_loss
+
+    def load_spy(path, meta, **kwargs):
+        model, recalibrate = real_load(path, meta, **kwargs)
+        model.register_forward_hook(
+            lambda m, args, out: teacher_calls.append((args[0].clone(), out.detach().clone()))
+        )
+        return model, recalibrate
+
+    def kd_spy(logits, teacher_logits, **kwargs):
+        value = real_kd(logits, teacher_logits, **kwargs)
+        record = (logits.detach().clone(), teacher_logits.clone(), kwargs, float(value.detach()))
+        kd_calls.append(record)
+        return value
+
+    monkeypatch.setattr(ft, "load_teacher", load_spy)
+    monkeypatch.setattr(ft, "distill_loss", kd_spy)
+    payload = read_subnet(subnet_path)
+    payload["module"].register_forward_hook(
+        lambda m, args, out: student_inputs.append(args[0].clone())
+    )
+    result = finetune_subnet(
+        payload,
+        out=tmp_path / "kd.pt",
+        epochs=1,
+        batch_size=64,
+        train_limit=256,
+        teacher=supernet_path,
+        temperature=3.0,
+        alpha=0.7,
+        eval_images=0,
+        log=None,
+    )
+    assert len(kd_calls) == len(student_inputs) == 4
+    training_calls = teacher_calls[-4:]  # the earlier ones recalibrated the teacher's BN
+    for (x_teacher, t_out), x_student, (s, t, kwargs, value) in zip(
+        training_calls, student_inputs, kd_calls, strict=True
+    ):
+        assert torch.equal(x_teacher, x_student) and torch.equal(t, t_out)
+        assert kwargs == {"temperature": 3.0}
+        by_hand = 9.0 * F.kl_div(
+            F.log_softmax(s / 3.0, dim=1), F.softmax(t / 3.0, dim=1), reduction="batchmean"
+        )
+        assert value == pytest.approx(float(by_hand), rel=1e-5)
+    (entry,) = result["finetune"]["history"]
+    assert entry["kd"] == pytest.approx(sum(c[3] for c in kd_calls) / 4, rel=1e-6)
+    assert entry["loss"] == pytest.approx(0.3 * entry["ce"] + 0.7 * entry["kd"], rel=1e-5)
