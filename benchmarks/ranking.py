@@ -1,0 +1,356 @@
+"""Search signal: how well does a supernet's score rank subnets by their real accuracy?
+
+    .venv/bin/python benchmarks/ranking.py --supernet warm=SUPERNET.pt \
+        [--supernet scratch=OTHER.pt ...] [--configs 30] [--seeds 0 1] \
+        [--truth finetune scratch] --out benchmarks/results/ranking
+    .venv/bin/python benchmarks/ranking.py --smoke --out /tmp/ranking-smoke   # about a minute
+
+1. ``configs``: ``--configs`` width configs of the first supernet's space, one per
+   equal-width stratum of 5-100 % of its full MACs, drawn (seeded) from random configs and
+   jittered uniform ones, so that large subnets are represented as well as small ones.
+2. Ground truth per config and seed, test top-1 (never used to choose anything):
+   ``finetune``: extracted from the first supernet with the pipeline's inheritance choice
+   and fine-tuned as the pipeline does (the recipe's epochs and lr, distilled from the
+   trained network the supernet carries, else its own full width); ``scratch``: the same
+   widths from random weights, trained ``--scratch-epochs``.
+3. Scores, each after BN recalibration on the held-out split the supernets' training left
+   out: per supernet, metric (``top1``, ``ce``, and ``kd`` when the supernet carries a
+   trained network) and held-out size; ``trained``: the first supernet's trained network
+   (or ``--trained FULL.pt``) with BN recalibration only, no supernet training; and MACs
+   alone.
+4. Kendall tau and Spearman rho of every score against the truth (its mean over seeds),
+   with 95 % bootstrap intervals over configs, and the scoring seconds per config.
+
+Every finished unit is a JSON cell under ``--out/cells`` (a rerun skips it; trainings
+resume per epoch); the table goes to stdout and ``--out/tables.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baselines import train_from_scratch
+from cells import Cells, log, measure, passive_openmp
+from widthsearch.evaluate import extract_subnet, finetune_subnet, save_subnet
+from widthsearch.recipes.recipe import Recipe
+from widthsearch.search import build_evaluator, scoring_data
+from widthsearch.supernet import Supernet, load_weights, read_state_dict
+from widthsearch.supernet.checkpoint import (
+    build_supernet,
+    load_supernet,
+    write_json_atomic,
+    write_text_atomic,
+)
+from widthsearch.supernet.train import train_supernet
+
+LOW, HIGH = 0.05, 1.0  # the MACs range the configs cover, as fractions of full MACs
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--supernet", action="append", default=[], metavar="NAME=PATH", help="repeatable")
+    add("--trained", help="the trained full network (default: the first supernet's teacher)")
+    add("--out", default="benchmarks/results/ranking")
+    add("--configs", type=int, default=30)
+    add("--seeds", type=int, nargs="+", default=[0, 1])
+    add("--truth", nargs="+", default=["finetune"], choices=["finetune", "scratch"])
+    add("--metrics", nargs="+", default=["top1", "ce", "kd"])
+    add("--heldout-images", type=int, nargs="+", default=[500, 2000, 5000])
+    add("--finetune-epochs", type=int, help="default: the supernet recipe's")
+    add("--scratch-epochs", type=int, default=10)
+    add("--scratch-lr", type=float, default=0.1)
+    add("--train-limit", type=int, help="truth runs on this many training images")
+    add("--bootstrap", type=int, default=2000)
+    add("--threads", type=int, default=1)
+    add("--smoke", action="store_true", help="tiny synthetic supernet, every cell kind")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.configs, args.seeds, args.heldout_images = 6, [0], [40, 80]
+        args.finetune_epochs, args.scratch_epochs, args.truth = 1, 1, ["finetune", "scratch"]
+        args.bootstrap = 200
+    elif not args.supernet:
+        parser.error("give at least one --supernet NAME=PATH (or --smoke)")
+    if args.configs < 3:
+        parser.error("need --configs >= 3")
+    return args
+
+
+def smoke_supernet(out: Path) -> Path:
+    """A one-epoch resnet20 supernet on 16x16 synthetic images (the --smoke input)."""
+    recipe = Recipe(name="ranking-smoke")
+    recipe.model.input_size = 16
+    recipe.data.name = "synthetic"
+    recipe.data.heldout_size = 200
+    recipe.data.train_limit = 320
+    recipe.data.test_limit = 100
+    recipe.data.batch_size = 32
+    recipe.space.bins = 4
+    recipe.train.epochs = 1
+    recipe.train.eval_batches = 0
+    recipe.search.calib_batches = 1
+    recipe.search.eval_batch_size = 40
+    folder = out / "work" / "smoke"
+    if not (folder / "supernet.pt").is_file():
+        train_supernet(recipe, out_dir=folder, progress=False, log=lambda line: None)
+    return folder / "supernet.pt"
+
+
+def stratified_configs(sn: Supernet, count: int, *, seed: int) -> list[dict[str, Any]]:
+    """One config per equal-width MACs stratum of [LOW, HIGH] x full MACs (seeded)."""
+    rng = np.random.default_rng(seed)
+    space, full = sn.space, sn.macs()
+    pool = [space.sample(rng) for _ in range(2000)]
+    for ratio in np.linspace(0.15, 1.0, 400):  # jittered uniform configs reach the top
+        cfg = space.uniform(float(ratio))
+        for g in space.searchable:
+            k = g.choices.index(cfg[g.name]) + int(rng.integers(-1, 2))
+            cfg[g.name] = g.choices[min(max(k, 0), len(g.choices) - 1)]
+        pool.append(cfg)
+    fractions = np.array([sn.macs(c) / full for c in pool])
+    edges = np.linspace(LOW, HIGH, count + 1)
+    configs = []
+    for lo, hi in itertools.pairwise(edges):
+        members = np.nonzero((fractions >= lo) & (fractions <= hi))[0]
+        if not len(members):  # an empty stratum: the pool's nearest config
+            members = np.array([int(np.argmin(np.abs(fractions - (lo + hi) / 2)))])
+        pick = int(rng.choice(members))
+        configs.append({"widths": pool[pick], "macs": int(sn.macs(pool[pick]))})
+    return configs
+
+
+def bootstrap(score: Sequence[float], truth: Sequence[float], *, rounds: int) -> dict[str, Any]:
+    """Kendall tau and Spearman rho with 95 % percentile intervals over resampled configs."""
+    x, y = np.asarray(score, dtype=float), np.asarray(truth, dtype=float)
+    rng = np.random.default_rng(0)
+    taus, rhos = [], []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(x), len(x))
+        if np.ptp(x[idx]) == 0 or np.ptp(y[idx]) == 0:
+            continue  # a resample without spread has no rank correlation
+        taus.append(stats.kendalltau(x[idx], y[idx]).statistic)
+        rhos.append(stats.spearmanr(x[idx], y[idx]).statistic)
+
+    def interval(values: list[float]) -> list[float]:
+        return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])] if values else []
+
+    return {
+        "kendall_tau": float(stats.kendalltau(x, y).statistic),
+        "kendall_ci": interval(taus),
+        "spearman_rho": float(stats.spearmanr(x, y).statistic),
+        "spearman_ci": interval(rhos),
+    }
+
+
+class Ranking:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.cells = Cells(self.out)
+        if args.smoke:
+            args.supernet = [f"smoke={smoke_supernet(self.out)}"]
+        self.supernets = dict(item.split("=", 1) for item in args.supernet)
+        self.reference = next(iter(self.supernets.values()))
+
+    def run(self) -> None:
+        cells, args = self.cells, self.args
+        configs = cells.run("configs", self.configs_cell)
+        if configs is None:
+            return
+        for name, path in self.supernets.items():
+            for metric in args.metrics:
+                for images in args.heldout_images:
+                    cells.run(
+                        f"score-{name}-{metric}-{images}",
+                        lambda p=path, m=metric, n=images: self.score_cell(p, m, n, configs),
+                    )
+        for images in args.heldout_images:
+            cells.run(
+                f"score-trained-top1-{images}", lambda n=images: self.trained_cell(n, configs)
+            )
+        for seed in args.seeds:
+            for i, entry in enumerate(configs["configs"]):
+                for kind in args.truth:
+                    cells.run(
+                        f"truth-{kind}-{i:02d}-s{seed}",
+                        lambda k=kind, i=i, e=entry, s=seed: self.truth_cell(k, i, e, s),
+                    )
+
+    # -- cells -----------------------------------------------------------------------------
+    def configs_cell(self) -> dict[str, Any]:
+        sn, _ = load_supernet(self.reference)
+        return {
+            "supernet": self.reference,
+            "full_macs": int(sn.macs()),
+            "configs": stratified_configs(sn, self.args.configs, seed=12345),
+        }
+
+    def _scores(self, sn: Supernet, payload: dict[str, Any], metric: str, images: int, configs):
+        evaluator = build_evaluator(sn, payload, heldout_images=images, metric=metric)
+        start = time.perf_counter()
+        scores = [evaluator.score(c["widths"]) for c in configs["configs"]]
+        seconds = time.perf_counter() - start
+        return {
+            "metric": metric,
+            "heldout_images": evaluator.num_images,
+            "sides": list(evaluator.side_names),
+            "scores": scores,
+            "seconds_per_config": round(seconds / len(scores), 4),
+        }
+
+    def score_cell(self, path: str, metric: str, images: int, configs) -> dict[str, Any]:
+        sn, payload = load_supernet(path)
+        if metric == "kd" and payload.get("teacher_state_dict") is None:
+            return {"skipped": "kd needs the trained network a warm-started supernet carries"}
+        return {"supernet": path, **self._scores(sn, payload, metric, images, configs)}
+
+    def trained_cell(self, images: int, configs) -> dict[str, Any]:
+        """The trained full network as the supernet, BN recalibrated per config, no supernet
+        training (what a search straight on a trained checkpoint relies on)."""
+        sn, payload = load_supernet(self.reference)
+        if self.args.trained:
+            state = read_state_dict(self.args.trained)
+        elif payload.get("teacher_state_dict") is not None:
+            state = payload["teacher_state_dict"]
+        else:
+            return {"skipped": "no trained network: give --trained FULL.pt"}
+        trained = build_supernet(dict(sn.meta))
+        load_weights(trained.model, state, where="the trained network")
+        return {
+            "weights": self.args.trained or "teacher",
+            **self._scores(trained.eval(), payload, "top1", images, configs),
+        }
+
+    def truth_cell(self, kind: str, i: int, entry: dict[str, Any], seed: int) -> dict[str, Any]:
+        args = self.args
+        folder = self.out / "work" / "truth"
+        folder.mkdir(parents=True, exist_ok=True)
+        start_path = folder / f"{kind}-{i:02d}-s{seed}-init.pt"
+        tuned = folder / f"{kind}-{i:02d}-s{seed}.pt"
+        if not tuned.is_file():
+            if not start_path.is_file():
+                sn, payload = load_supernet(self.reference)
+                data = scoring_data(payload, sn.meta, where="extract")
+                subnet = extract_subnet((sn, payload), widths=entry["widths"], data=data)
+                if kind == "scratch":  # the same architecture from random weights
+                    torch.manual_seed(10_000 * seed + i)
+                    for module in subnet["module"].modules():
+                        if module is not subnet["module"] and hasattr(module, "reset_parameters"):
+                            module.reset_parameters()
+                    subnet["state_dict"] = subnet["module"].state_dict()
+                    subnet["inheritance"] = {"chosen": "random-init", "scores": {}}
+                save_subnet(subnet, start_path)
+            if kind == "scratch":
+                train_from_scratch(
+                    start_path, tuned, epochs=args.scratch_epochs, lr=args.scratch_lr, seed=seed
+                )
+            else:
+                finetune_subnet(
+                    start_path,
+                    out=tuned,
+                    epochs=args.finetune_epochs,  # None: the recipe's, as the pipeline
+                    teacher=self.reference,
+                    train_limit=args.train_limit,
+                    seed=seed,
+                    eval_images=0,
+                    resume=tuned.with_name(tuned.stem + ".ckpt.pt").is_file(),
+                    progress=False,
+                    log=lambda line: log(f"  {tuned.stem}: {line}"),
+                )
+        figures = measure(tuned, latency=False)
+        return {"kind": kind, "index": i, "seed": seed, **figures}
+
+    # -- table -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        configs = self.cells.get("configs")
+        if configs is None:
+            return {}
+        n = len(configs["configs"])
+        out: dict[str, Any] = {}
+        for kind in self.args.truth:
+            truth = []
+            for i in range(n):
+                runs = [self.cells.get(f"truth-{kind}-{i:02d}-s{s}") for s in self.args.seeds]
+                runs = [r for r in runs if r is not None]
+                truth.append(float(np.mean([r["top1"] for r in runs])) if runs else None)
+            have = [i for i, t in enumerate(truth) if t is not None]
+            if len(have) < 3:
+                continue
+            target = [truth[i] for i in have]
+            rows = [
+                {
+                    "predictor": "MACs alone",
+                    "seconds_per_config": 0.0,
+                    **bootstrap(
+                        [configs["configs"][i]["macs"] for i in have],
+                        target,
+                        rounds=self.args.bootstrap,
+                    ),
+                }
+            ]
+            for cell in sorted(p.stem for p in self.cells.folder.glob("score-*.json")):
+                doc = self.cells.get(cell)
+                if doc is None or "scores" not in doc:
+                    continue
+                rows.append(
+                    {
+                        "predictor": cell.removeprefix("score-"),
+                        "seconds_per_config": doc["seconds_per_config"],
+                        **bootstrap(
+                            [doc["scores"][i] for i in have], target, rounds=self.args.bootstrap
+                        ),
+                    }
+                )
+            out[kind] = {"configs": len(have), "seeds": self.args.seeds, "rows": rows}
+        return out
+
+    def table(self) -> str:
+        lines = []
+        for kind, block in self.summary().items():
+            lines += [
+                f"Truth: {kind} test top-1, mean over seeds {block['seeds']}, "
+                f"{block['configs']} configs over {round(100 * LOW)}-{round(100 * HIGH)} % MACs",
+                "",
+                "| score (supernet-metric-held-out images) | Kendall tau [95 % CI] "
+                "| Spearman rho [95 % CI] | s / config |",
+                "|---|---:|---:|---:|",
+            ]
+            for r in sorted(block["rows"], key=lambda r: -r["kendall_tau"]):
+                tau_ci = ", ".join(f"{v:.2f}" for v in r["kendall_ci"])
+                rho_ci = ", ".join(f"{v:.2f}" for v in r["spearman_ci"])
+                lines.append(
+                    f"| {r['predictor']} | {r['kendall_tau']:.3f} [{tau_ci}] "
+                    f"| {r['spearman_rho']:.3f} [{rho_ci}] | {r['seconds_per_config']:.3f} |"
+                )
+            lines.append("")
+        return "\n".join(lines) if lines else "(no truth cells finished)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    passive_openmp()
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    bench = Ranking(args)
+    bench.run()
+    summary = bench.summary()
+    write_json_atomic(summary, bench.out / "summary.json")
+    table = bench.table()
+    write_text_atomic(table + "\n", bench.out / "tables.md")
+    print(table)
+    return 1 if bench.cells.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

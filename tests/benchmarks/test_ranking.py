@@ -1,0 +1,45 @@
+"""The ranking benchmark's statistics and config strata (benchmarks/ranking.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from widthsearch.supernet import Supernet, create_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import ranking
+
+
+def test_bootstrap_gives_the_rank_correlations_and_intervals_around_them():
+    truth = np.linspace(0.80, 0.93, 20)
+    same = ranking.bootstrap(truth * 2 + 1, truth, rounds=200)
+    assert same["kendall_tau"] == pytest.approx(1.0) and same["spearman_rho"] == pytest.approx(1)
+    assert same["kendall_ci"] == pytest.approx([1.0, 1.0])
+    reverse = ranking.bootstrap(-truth, truth, rounds=200)
+    assert reverse["kendall_tau"] == pytest.approx(-1.0)
+    rng = np.random.default_rng(1)
+    noisy = truth + rng.normal(0, 0.03, truth.size)
+    result = ranking.bootstrap(noisy, truth, rounds=500)
+    assert result["kendall_tau"] == pytest.approx(stats.kendalltau(noisy, truth).statistic)
+    low, high = result["kendall_ci"]
+    assert low < result["kendall_tau"] < high and high - low > 0.1  # 20 configs: wide
+
+
+def test_configs_cover_the_macs_range_one_per_stratum():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 8, 8), bins=8)
+    configs = ranking.stratified_configs(sn, 10, seed=3)
+    fractions = [c["macs"] / sn.macs() for c in configs]
+    assert [c["macs"] for c in configs] == [sn.macs(c["widths"]) for c in configs]
+    edges = np.linspace(ranking.LOW, ranking.HIGH, 11)
+    hits = [int(np.searchsorted(edges, f, side="right")) - 1 for f in fractions]
+    assert len(set(hits)) >= 9, fractions  # nearly every stratum has its own config
+    assert max(fractions) > 0.8 and min(fractions) < 0.2
+    assert configs == ranking.stratified_configs(sn, 10, seed=3)  # seeded
