@@ -7,6 +7,7 @@ from .handlers import ChannelEvidence, LayerHandler, SlimLayer, handler_for, reg
 from .models import create_model, list_models
 from .runtime import Runtime, init_runtime, resolve_device, shutdown_runtime
 from .space import Group, WidthConfig, WidthSpace
+from .spec import SupernetSpec
 from .supernet import SIDES, LayerEntry, Side, Supernet
 from .trainer_kinds import TrainerKind, get_trainer, list_trainers, register_trainer
 from .warmstart import load_weights, read_state_dict, reorder_channels
@@ -28,6 +29,7 @@ __all__ = [
     "Side",
     "SlimLayer",
     "Supernet",
+    "SupernetSpec",
     "TrainerKind",
     "UnsupportedModelError",
     "WidthConfig",

@@ -316,22 +316,12 @@ def restore_rng_state(rng: Mapping[str, Any]) -> None:
     set_cuda_rng_state(rng.get("cuda"))
 
 
-def build_supernet(meta: dict[str, Any]):
-    """Rebuild an untrained supernet from its ``meta`` (model name, arguments, space settings)."""
-    from .models import create_model
-    from .supernet import Supernet
+def build_supernet(meta: Mapping[str, Any]):
+    """Rebuild an untrained supernet from its ``meta`` (model name, arguments, space settings;
+    see :class:`~widthsearch.supernet.spec.SupernetSpec`)."""
+    from .spec import SupernetSpec
 
-    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
-    size = meta["input_size"]
-    example = torch.zeros(1, meta["in_chans"], size, size)
-    return Supernet.from_model(
-        model,
-        example,
-        bins=meta["bins"],
-        min_bins=meta["min_bins"],
-        round_to=meta["round_to"],
-        meta={k: meta[k] for k in ("model", "num_classes", "in_chans", "input_size")},
-    )
+    return SupernetSpec.from_meta(meta).build()
 
 
 def save_supernet(

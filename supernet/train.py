@@ -38,6 +38,7 @@ from .runtime import (
     init_runtime,
     shutdown_runtime,
 )
+from .spec import SupernetSpec
 from .steps import (
     LossRecords,
     Teacher,
@@ -109,8 +110,6 @@ def build_training(recipe: Any, *, runtime: Runtime | None = None, download: boo
         ``(splits, supernet, transform)``; ``transform`` resizes batches when
         ``[model].input_size`` differs from the dataset's size (else ``None``).
     """
-    from .models import create_model
-
     runtime = runtime or Runtime()
     d, m = recipe.data, recipe.model
     splits = get_data(
@@ -128,21 +127,15 @@ def build_training(recipe: Any, *, runtime: Runtime | None = None, download: boo
     transform = batch_resizer(spec.input_size, size) if size != spec.input_size else None
 
     torch.manual_seed(recipe.train.seed)  # same initial weights on every rank and run
-    model = create_model(m.name, num_classes=spec.num_classes, in_chans=spec.in_chans)
-    meta = {
-        "model": m.name,
-        "num_classes": spec.num_classes,
-        "in_chans": spec.in_chans,
-        "input_size": size,
-    }
-    sn = Supernet.from_model(
-        model,
-        torch.zeros(1, spec.in_chans, size, size),
+    sn = SupernetSpec(
+        model=m.name,
+        num_classes=spec.num_classes,
+        in_chans=spec.in_chans,
+        input_size=size,
         bins=recipe.space.bins,
         min_bins=recipe.space.min_bins,
         round_to=recipe.space.round_to,
-        meta=meta,
-    )
+    ).build()
     runtime.module(sn)
     return splits, sn, transform
 
