@@ -19,6 +19,7 @@ import torch
 from widthsearch.search import ScoringData, ScoringSizes, scoring_data
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import local_runtime
 
 from ._common import (
@@ -214,8 +215,8 @@ def extract_subnet(
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
     defaulted = candidates is None
     if candidates is None:
-        finetune = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
-        candidates = list(finetune.get("inheritance") or INHERITANCE)
+        inheritance = stored_recipe(payload, where=path or "supernet").finetune.inheritance
+        candidates = list(inheritance or INHERITANCE)
     for name in candidates:
         if name not in INHERITANCE:
             raise ValueError(

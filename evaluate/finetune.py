@@ -35,6 +35,7 @@ from widthsearch.search import calibration_batches, load_split_images, recipe_sp
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
+from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import (
     Runtime,
     allreduce_grads,
@@ -197,14 +198,11 @@ def finetune_subnet(
     )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
-    section = recipe.get("finetune") if isinstance(recipe.get("finetune"), Mapping) else {}
-    data_section = recipe.get("data") if isinstance(recipe.get("data"), Mapping) else {}
-    epochs = int(epochs if epochs is not None else section.get("epochs", 2))
-    lr = float(lr if lr is not None else section.get("lr", 0.02))
-    weight_decay = float(
-        weight_decay if weight_decay is not None else section.get("weight_decay", 5e-4)
-    )
-    batch_size = int(batch_size if batch_size is not None else data_section.get("batch_size", 128))
+    typed = stored_recipe(payload, where=source or "subnet")
+    epochs = int(epochs if epochs is not None else typed.finetune.epochs)
+    lr = float(lr if lr is not None else typed.finetune.lr)
+    weight_decay = float(weight_decay if weight_decay is not None else typed.finetune.weight_decay)
+    batch_size = int(batch_size if batch_size is not None else typed.data.batch_size)
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if lr <= 0 or weight_decay < 0 or batch_size < 1 or temperature <= 0:

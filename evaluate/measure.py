@@ -21,6 +21,7 @@ from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.data import make_loader
 from widthsearch.supernet.errors import CheckpointError
+from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import Runtime, local_runtime
 
 from ._common import (
@@ -193,11 +194,11 @@ def evaluate_model(
     )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
-    section = recipe.get("eval") if isinstance(recipe.get("eval"), Mapping) else {}
+    settings = stored_recipe(payload, where=path or "subnet").eval
     if latency is None:
-        latency = bool(section.get("latency", True))
+        latency = settings.latency
     if latency_seconds is None:
-        latency_seconds = float(section.get("latency_seconds", 0.5))
+        latency_seconds = float(settings.latency_seconds)
     if latency_seconds <= 0:
         raise ValueError(f"latency_seconds must be > 0, got {latency_seconds}")
     if batch_size < 1:

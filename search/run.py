@@ -12,6 +12,7 @@ from typing import Any
 
 from widthsearch.supernet import CheckpointError, Supernet
 from widthsearch.supernet.checkpoint import write_json_atomic
+from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import Runtime
 
 from .base import Timer, get_strategy
@@ -62,8 +63,7 @@ def build_evaluator(
         fit=True,  # relax fits its width logits on data: its own images, never the scored ones
         where="search",
     )
-    search = recipe.get("search") if isinstance(recipe.get("search"), Mapping) else {}
-    metric = metric or search.get("score", "top1")
+    metric = metric or stored_recipe(payload, where="search").search.score
     teacher = None
     if metric == "kd":
         state = payload.get("teacher_state_dict")

@@ -11,7 +11,7 @@ same check that the dataset fits the model and the same choice of sides.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from widthsearch.supernet import SIDES, CheckpointError, DataError, get_trainer
 from widthsearch.supernet.data import DataSplits, batch_resizer, data_spec, get_data
+from widthsearch.supernet.recipe import DataSection, Recipe, stored_recipe
 
 __all__ = [
     "ScoringData",
@@ -31,19 +32,25 @@ __all__ = [
 ]
 
 
-def _section(recipe: Any, name: str) -> Mapping[str, Any]:
-    table = recipe.get(name) if isinstance(recipe, Mapping) else None
-    return table if isinstance(table, Mapping) else {}
+def _has_section(recipe: Any, name: str) -> bool:
+    return isinstance(recipe, Mapping) and isinstance(recipe.get(name), Mapping)
+
+
+def _typed(recipe: Recipe | Mapping[str, Any] | None, where: str = "checkpoint") -> Recipe:
+    """A recipe dict stored in a file as a :class:`Recipe` (its defaults where it has none)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    return stored_recipe({"recipe": recipe}, where=where)
 
 
 @dataclass(frozen=True)
 class ScoringSizes:
     """How many images score a subnet and recalibrate its BN (the recipe's ``[search]``)."""
 
-    heldout_images: int = 1000
-    calib_batches: int = 4
-    batch_size: int = 250
-    seed: int = 0
+    heldout_images: int
+    calib_batches: int
+    batch_size: int
+    seed: int
 
     def __post_init__(self) -> None:
         for name in ("heldout_images", "calib_batches", "batch_size"):
@@ -53,27 +60,26 @@ class ScoringSizes:
     @classmethod
     def from_recipe(
         cls,
-        recipe: Any,
+        recipe: Recipe | Mapping[str, Any] | None,
         *,
         heldout_images: int | None = None,
         calib_batches: int | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
     ) -> ScoringSizes:
-        """The recipe dict's ``[search]`` sizes; arguments that are not ``None`` win."""
-        search = _section(recipe, "search")
-        given = {
-            "heldout_images": heldout_images,
-            "calib_batches": calib_batches,
-            "batch_size": batch_size,
-            "seed": seed,
-        }
-        values = {}
-        for field in fields(cls):
-            key = "eval_batch_size" if field.name == "batch_size" else field.name  # recipe's name
-            value = given[field.name]
-            values[field.name] = int(value if value is not None else search.get(key, field.default))
-        return cls(**values)
+        """The recipe's ``[search]`` sizes (a stored dict or a :class:`Recipe`); arguments
+        that are not ``None`` win."""
+        search = _typed(recipe).search
+
+        def pick(value: int | None, default: int) -> int:
+            return int(value if value is not None else default)
+
+        return cls(
+            heldout_images=pick(heldout_images, search.heldout_images),
+            calib_batches=pick(calib_batches, search.calib_batches),
+            batch_size=pick(batch_size, search.eval_batch_size),
+            seed=pick(seed, search.seed),
+        )
 
 
 @dataclass(frozen=True)
@@ -137,28 +143,27 @@ def recipe_splits(
         DataError: the dataset is missing.
     """
     if data is None:
-        settings = dict(_section(recipe, "data"))
-        if not settings:
+        if not _has_section(recipe, "data"):
             raise CheckpointError(
                 f"{where} has no recipe data settings: cannot rebuild the data splits it was "
                 "trained with (save it with save_supernet(..., recipe=recipe.to_dict()))"
             )
+        settings = _typed(recipe, where).data
     else:  # another dataset: only its test split matters, nothing to hold out
-        theirs = _section(recipe, "data")
-        settings = dict(theirs) if str(theirs.get("name", "")) == data else {"name": data}
-        settings.setdefault("heldout_size", 0)
-    limit = settings.get("test_limit") if test_limit is None else test_limit
+        theirs = _typed(recipe, where).data
+        settings = theirs if theirs.name == data else DataSection(name=data, heldout_size=0)
+    limit = settings.test_limit if test_limit is None else test_limit
     size = int(meta.get("input_size", 28))
     in_chans = int(meta.get("in_chans", 1))
-    name = str(settings.get("name", "fashion-mnist"))
+    name = settings.name
     spec_options = {"synthetic_in_chans": in_chans, "synthetic_input_size": size}
     _check_fits(data_spec(name, **spec_options), meta)  # before loading (or downloading)
     splits = get_data(
         name,
-        root=settings.get("root") or None,
-        heldout_size=int(settings.get("heldout_size", 0) or 0),
-        seed=int(settings.get("seed", 0) or 0),
-        train_limit=int(settings.get("train_limit") or 0) or None,
+        root=settings.root or None,
+        heldout_size=settings.heldout_size,
+        seed=settings.seed,
+        train_limit=settings.train_limit or None,
         test_limit=int(limit or 0) or None,
         augment=augment,
         **spec_options,
@@ -196,13 +201,14 @@ def scoring_data(
             is not the one training left out.
     """
     recipe = payload.get("recipe")
-    sizes = sizes or ScoringSizes.from_recipe(recipe)
-    if not _section(recipe, "data"):
+    if not _has_section(recipe, "data"):
         raise CheckpointError(
             "checkpoint has no recipe data settings: cannot rebuild the held-out split it was "
             "trained without (save it with save_supernet(..., recipe=recipe.to_dict()))"
         )
-    if int(_section(recipe, "data").get("heldout_size", 0) or 0) < 1:
+    typed = _typed(recipe, where)
+    sizes = sizes or ScoringSizes.from_recipe(typed)
+    if typed.data.heldout_size < 1:
         raise DataError("the supernet was trained with heldout_size=0: no held-out split to score")
     splits, resize = recipe_splits(recipe, meta, augment=False, where=where)
     stored = payload.get("data") if isinstance(payload.get("data"), Mapping) else {}
@@ -218,7 +224,7 @@ def scoring_data(
     calib, _ = load_split_images(
         calib_source, sizes.calib_batches * sizes.batch_size, seed=sizes.seed + 1
     )
-    trainer = get_trainer(str(_section(recipe, "train").get("trainer", "bcnet")))
+    trainer = get_trainer(typed.train.trainer)
     return ScoringData(
         images=resize(images),
         labels=labels,

@@ -10,6 +10,7 @@ from widthsearch.evaluate import extract_subnet
 from widthsearch.search import ScoringSizes, build_evaluator, scoring_data
 from widthsearch.search import scoring as scoring_mod
 from widthsearch.supernet import DataError
+from widthsearch.supernet.recipe import SearchSection
 
 
 def test_search_and_inheritance_score_the_same_images_and_agree(loaded):
@@ -83,7 +84,10 @@ def test_sizes_come_from_the_recipe_unless_given(loaded):
         search["eval_batch_size"],
     )
     assert ScoringSizes.from_recipe(payload["recipe"], heldout_images=7).heldout_images == 7
-    assert ScoringSizes.from_recipe({}) == ScoringSizes()  # no recipe: the defaults
+    defaults = SearchSection()  # no recipe: the recipe's defaults, held once
+    assert ScoringSizes.from_recipe({}) == ScoringSizes(
+        defaults.heldout_images, defaults.calib_batches, defaults.eval_batch_size, defaults.seed
+    )
     with pytest.raises(ValueError, match="calib_batches must be >= 1"):
         ScoringSizes.from_recipe(payload["recipe"], calib_batches=0)
 
