@@ -13,37 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from widthsearch.supernet.recipe import (
-    DEFAULT_RECIPE,
-    DataSection,
-    EvalSection,
-    FinetuneSection,
-    ModelSection,
-    PretrainSection,
-    Recipe,
-    RunSection,
-    SearchSection,
-    SpaceSection,
-    TrainSection,
-    check_train,
-)
+from widthsearch.supernet import recipe as _sections
+from widthsearch.supernet.recipe import *  # noqa: F403 (the sections are re-exported here)
+from widthsearch.supernet.recipe import DEFAULT_RECIPE, Recipe
 
-__all__ = [
-    "DEFAULT_RECIPE",
-    "DataSection",
-    "EvalSection",
-    "FinetuneSection",
-    "ModelSection",
-    "PretrainSection",
-    "Recipe",
-    "RunSection",
-    "SearchSection",
-    "SpaceSection",
-    "TrainSection",
-    "check_train",
-    "list_recipes",
-    "load_recipe",
-]
+__all__ = [*_sections.__all__, "list_recipes", "load_recipe"]
 
 
 def list_recipes() -> list[str]:
