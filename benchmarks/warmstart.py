@@ -20,6 +20,8 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
    same fine-tuning and teacher.
 6. ``scratch``: the uniform-width network at the budget (any channel count, not only the
    supernet's bins), trained from scratch.
+7. ``scratch-searched`` (``--part control``): the ``ft-best`` widths from random weights,
+   trained like ``scratch``: does the search find better shapes, or only better weights?
 
 Every finished cell is a JSON file under ``--out/cells`` and a rerun skips it; training
 resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 1-5,
@@ -114,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--smoke", action="store_true", help="tiny preset, a couple of minutes")
     add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
-    add("--part", choices=["all", "pipeline", "scratch"], default="all")
+    add("--part", choices=["all", "pipeline", "scratch", "control"], default="all")
     add("--report", action="store_true", help="only print the table of the finished cells")
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
@@ -178,6 +180,12 @@ class Warmstart:
                     self.cells.run(
                         f"scratch-{pct(frac)}-s{seed}",
                         lambda b=budget, f=frac, s=seed: self.scratch_cell(b, f, s),
+                    )
+            if self.args.part in ("all", "control"):
+                for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+                    self.cells.run(
+                        f"scratch-searched-{pct(frac)}-s{seed}",
+                        lambda b=budget, f=frac, s=seed: self.searched_scratch_cell(b, f, s),
                     )
 
     def pipeline(self, seed: int) -> None:
@@ -383,6 +391,34 @@ class Warmstart:
             **measure(tuned, latency=False),
         }
 
+    def searched_scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
+        """Control: the ``ft-best`` widths from random weights, trained like ``scratch``. Above
+        the uniform widths, the search finds better shapes; below, only its weights help."""
+        best = self.cells.get(f"ft-best-{pct(frac)}-s{seed}")
+        if best is None:
+            raise RuntimeError(f"ft-best-{pct(frac)}-s{seed} has not finished")
+        recipe = build_recipe(self.args, seed)
+        meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
+        work = self.work(seed)
+        init = work / f"scratch-searched-{pct(frac)}-init.pt"
+        tuned = work / f"scratch-searched-{pct(frac)}.pt"
+        if not init.is_file():
+            doc = random_init_subnet(meta, best["widths"], recipe, seed=1000 + seed, label="ctl")
+            save_subnet(doc, init)
+        train_from_scratch(
+            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
+        )
+        return {
+            "kind": "scratch-searched",
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            "strategy": best["strategy"],
+            "widths": best["widths"],
+            "epochs": self.args.scratch_epochs,
+            **measure(tuned, latency=False),
+        }
+
     def extract(
         self, source: tuple, result: dict[str, Any], out: Path, candidates: list[str], ckpt: Path
     ) -> None:
@@ -429,6 +465,7 @@ class Warmstart:
             ("same widths, weights from the trained network", "ft-trained"),
             ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
             ("uniform widths from scratch", "scratch"),
+            ("searched widths from scratch (control)", "scratch-searched"),
         ]
         head = " | ".join(f"{pct(f)} % MACs" for f in self.args.budgets)
         lines = [f"| method | {head} |", "|---" + "|---:" * len(self.args.budgets) + "|"]
