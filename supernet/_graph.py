@@ -46,12 +46,20 @@ _CHANNELWISE = {
     "dropout",
     "dropout2d",
     "alpha_dropout",
+    "adaptive_avg_pool1d",
     "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
     "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "avg_pool1d",
     "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
     "max_pool2d",
-    "mean",
-    "amax",
+    "max_pool3d",
+    "lp_pool1d",
+    "lp_pool2d",
     "contiguous",
     "clone",
     "float",
@@ -111,6 +119,9 @@ _JOINING = {
     "div_",
     "itruediv",
 }
+# Reductions over the dimensions named by their ``dim`` argument: they pass channels through
+# when those are spatial (global pooling written as ``x.mean((2, 3))``).
+_REDUCING = {"mean", "amax", "amin", "sum", "nansum", "nanmean", "std", "var", "logsumexp"}
 # Ops that flatten (N, C, H, W) -> (N, C*H*W).
 _FLATTENING = {"flatten", "view", "reshape"}
 _SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
@@ -374,6 +385,8 @@ def _propagate(
     first = tracked[0]
     in_shape = _shape(first)
     space, factor = info[first]
+    if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
+        return _reduce(node, in_shape, out_shape, space, factor)
     if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
         raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
     channelwise = name == "__module__" or name in _CHANNELWISE
@@ -404,3 +417,32 @@ def _propagate(
         f"{_where(node)} mixes or reorders channels (concat/split/shuffle are not supported); "
         "the supernet cannot slim across it"
     )
+
+
+def _reduce(
+    node: torch.fx.Node,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...] | None,
+    space: int,
+    factor: int,
+) -> tuple[int, int]:
+    """A reduction passes its input's channels through unless it reduces over them."""
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dims, bool):  # the old ``x.var(unbiased)``: every dimension
+        dims = None
+    dims = (dims,) if isinstance(dims, int) else dims
+    if dims is not None and not (
+        isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
+    ):
+        raise UnsupportedModelError(
+            f"{_where(node)}: reduces over dimensions fixed only at run time"
+        )
+    # no dim (or an empty one) reduces every dimension
+    reduced = {d % len(in_shape) for d in dims} if dims else set(range(len(in_shape)))
+    if 1 in reduced:
+        raise UnsupportedModelError(
+            f"{_where(node)} reduces over the channel dimension; the supernet cannot slim across it"
+        )
+    if out_shape is None or len(out_shape) < 2 or out_shape[1] != in_shape[1]:
+        raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
+    return space, factor

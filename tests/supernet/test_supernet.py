@@ -90,9 +90,9 @@ def test_max_config_reproduces_original(built):
     assert sn.params() == sum(p.numel() for p in sn.model.parameters())
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_extracted_equals_subnet_and_cost_is_exact(built, side):
-    name, sn, x, reference = built
+def _assert_extraction_exact(sn: Supernet, x: torch.Tensor, side: str, name: str) -> None:
+    """Min, uniform 0.5 and 3 random configs on ``side``: the extracted model is of the
+    original class, computes the active subnet and costs what the cost model says."""
     rng = np.random.default_rng(1)
     configs = [sn.space.min(), sn.space.uniform(0.5)] + [sn.space.sample(rng) for _ in range(3)]
     for cfg in configs:
@@ -105,9 +105,51 @@ def test_extracted_equals_subnet_and_cost_is_exact(built, side):
         assert (got - expected).abs().max().item() <= 1e-5, name
         assert sn.macs(cfg) == _counted_macs(sub, x), name
         assert sn.params(cfg) == sum(p.numel() for p in sub.parameters()), name
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_extracted_equals_subnet_and_cost_is_exact(built, side):
+    name, sn, x, reference = built
+    _assert_extraction_exact(sn, x, side, name)
     # the supernet itself is untouched by extraction and by running subnets
     with torch.no_grad():
         assert torch.equal(sn(x), reference)
+
+
+class _Reduced(nn.Module):
+    """conv -> BN -> a spatial reduction (global pooling written as an op) -> linear."""
+
+    def __init__(self, reduce) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+        self.reduce = reduce
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.reduce(torch.relu(self.bn(self.conv(x)))), 1))
+
+
+_SPATIAL = {
+    "mean": lambda x: x.mean((2, 3)),
+    "mean-keepdim": lambda x: x.mean([2, 3], keepdim=True),
+    "amax": lambda x: torch.amax(x, dim=(-2, -1)),
+    "sum": lambda x: x.sum(3).sum(dim=2),
+    "adaptive-max": lambda x: nn.functional.adaptive_max_pool2d(x, 1),
+    "adaptive-avg-module": nn.AdaptiveAvgPool2d((1, 1)),
+}
+
+
+@pytest.mark.parametrize("reduce", list(_SPATIAL.values()), ids=list(_SPATIAL))
+def test_spatial_reductions_pass_channels_through(reduce):
+    torch.manual_seed(0)
+    model = _Reduced(reduce).eval()
+    with torch.no_grad():
+        _randomise_bn(model)
+    x = torch.randn(2, 3, 8, 8)
+    sn = Supernet.from_model(model, x[:1], bins=4).eval()
+    assert [g.name for g in sn.space.searchable] == ["conv"]  # one group: conv, BN and fc
+    for side in ("left", "right"):
+        _assert_extraction_exact(sn, x, side, "reduce")
 
 
 def test_sides_differ_and_slimmed_is_smaller(built):
@@ -240,12 +282,16 @@ class _LayerNormNet(nn.Module):
         (_Concat(), ["cat", "concat"]),
         (_DataDependent(), ["cannot trace", "_DataDependent"]),
         (_LayerNormNet(), ["'norm'", "GroupNorm"]),
+        (_Reduced(lambda x: (x * x.mean(1, keepdim=True)).mean((2, 3))), ["'mean'", "channel"]),
+        (_Reduced(lambda x: (x - x.amax((1, 2, 3), keepdim=True)).mean((2, 3))), ["'amax'"]),
+        (_Reduced(lambda x: x.mean((2, 3)) / x.sum()), ["'sum'", "channel dimension"]),
     ],
 )
 def test_unsupported_models_raise_clear_errors(model, words):
     with pytest.raises(UnsupportedModelError) as info:
         Supernet.from_model(model, torch.randn(1, 3, 8, 8))
     assert all(w in str(info.value) for w in words), str(info.value)
+    assert "\n" not in str(info.value)  # one line
 
 
 def test_bad_configs_name_the_group():
