@@ -489,6 +489,59 @@ class Warmstart:
                     f"{statistics.mean(top):.4f}{spread} ({100 * macs:.1f} %, n={len(top)})"
                 )
             lines.append(f"| {label} | " + " | ".join(cols) + " |")
+        return "\n".join(lines) + "\n\n" + self.costs()
+
+    def costs(self) -> str:
+        """CPU seconds to deliver N budgets: what each method pays once and per budget (the
+        median of its finished cells' wall time, one thread each), totals and break-even."""
+
+        def median(prefix: str, per_budget: bool = True) -> float | None:
+            names = [
+                f"{prefix}-{pct(f)}-s{s}" if per_budget else f"{prefix}-s{s}"
+                for f in (self.args.budgets if per_budget else [None])
+                for s in self.args.seeds
+            ]
+            seconds = [d["wall_seconds"] for d in map(self.cells.get, names) if d]
+            return statistics.median(seconds) if seconds else None
+
+        full, supernet, ft, tp, scratch = (
+            median("full", False),
+            median("supernet", False),
+            median("ft-best"),
+            median("tp"),
+            median("scratch"),
+        )
+        searches = [self.cells.get(f"search-s{s}") for s in self.args.seeds]
+        searches = [d for d in searches if d]
+        if not searches or None in (full, supernet, ft, tp, scratch):
+            return "(cost table: cells not finished)\n"
+        # one search answers all its budgets at once: its share per budget
+        per_search = statistics.median(
+            d["wall_seconds"] / len({r["budget_macs"] for r in d["results"]}) for d in searches
+        )
+        methods = {
+            "widthsearch (pretrain + supernet once; search + fine-tune per budget)": (
+                full + supernet,
+                per_search + ft,
+            ),
+            "Torch-Pruning (pretrain once; prune + fine-tune per budget)": (full, tp),
+            "uniform from scratch (train per budget)": (0.0, scratch),
+        }
+        lines = [
+            "| method | once (s) | per budget (s) | 1 budget | 3 budgets | 10 budgets |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, (once, each) in methods.items():
+            totals = " | ".join(f"{once + n * each:,.0f}" for n in (1, 3, 10))
+            lines.append(f"| {name} | {once:,.0f} | {each:,.0f} | {totals} |")
+        ours_once, ours_each = methods[next(iter(methods))]
+        for name, (once, each) in list(methods.items())[1:]:
+            gain = each - ours_each
+            if gain > 0 and ours_once > once:
+                verdict = f"cheaper from {int((ours_once - once) / gain) + 1} budgets on"
+            else:
+                verdict = "never cheaper" if ours_once >= once else "always cheaper"
+            lines.append(f"\nAgainst {name.split(' (')[0]}: widthsearch is {verdict}.")
         return "\n".join(lines) + "\n"
 
 
@@ -509,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(path.read_text())
         if {**saved, "seeds": None} != {**settings, "seeds": None}:
             sys.exit(f"{out} holds cells made with other settings; use another --out")
-    write_json_atomic(settings, path)
-    if not args.report:
+    if not args.report:  # a report only reads
+        write_json_atomic(settings, path)
         bench.run()
     table = bench.table()
     write_text_atomic(table, out / "tables.md")
