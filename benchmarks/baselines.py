@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from cells import log
 from torch import nn
-from widthsearch.evaluate import finetune_subnet
+from widthsearch.evaluate import SubnetRecord, finetune_subnet
 from widthsearch.evaluate.measure import counted_macs
 from widthsearch.recipes.recipe import Recipe
 from widthsearch.supernet.checkpoint import build_supernet
@@ -40,21 +40,19 @@ def baseline_subnet(
 ) -> dict[str, Any]:
     """The subnet payload (:func:`~widthsearch.evaluate.save_subnet`) of a network no search
     chose: no supernet, no search score."""
-    return {
-        "module": module,
-        "widths": {k: int(v) for k, v in widths.items()},
-        "inheritance": dict(inheritance),
-        "meta": dict(meta),
-        "macs": int(macs),
-        "params": int(params),
-        "supernet": None,
-        "strategy": strategy,
-        "budget_macs": budget_macs,
-        "score": None,
-        "full_macs": int(full_macs),
-        "full_params": int(full_params),
-        "recipe": recipe.to_dict(),
-    }
+    return SubnetRecord(
+        module=module,
+        widths=widths,
+        meta=meta,
+        inheritance=inheritance,
+        macs=macs,
+        params=params,
+        full_macs=full_macs,
+        full_params=full_params,
+        recipe=recipe.to_dict(),
+        strategy=strategy,
+        budget_macs=budget_macs,
+    ).to_payload()
 
 
 def random_init_subnet(

@@ -10,7 +10,14 @@ The ``run`` pipeline calls, per (strategy, budget) of a search::
     write_report(rows, out_dir=run_dir, full=figures["full"])
 """
 
-from ._common import SUBNET_FORMAT, build_subnet, load_subnet, read_subnet, save_subnet
+from ._common import (
+    SUBNET_FORMAT,
+    SubnetRecord,
+    build_subnet,
+    load_subnet,
+    read_subnet,
+    save_subnet,
+)
 from .convert import convert_file
 from .export import (
     EXPORT_FORMATS,
@@ -44,6 +51,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "INHERITANCE",
     "SUBNET_FORMAT",
+    "SubnetRecord",
     "build_subnet",
     "candidate_indices",
     "channel_importance",

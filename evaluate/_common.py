@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,60 @@ def output_path(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
     if out.is_dir():
         raise ValueError(f"{flag} {out} is a directory, expected a file path")
     return out
+
+
+@dataclass(frozen=True)
+class SubnetRecord:
+    """What a subnet file holds besides its format: built here once by everything that makes
+    one (extraction, the benchmarks' baselines), read back as a dict by :func:`read_subnet`.
+
+    Attributes:
+        module: The plain dense network (saved as its ``state_dict``).
+        widths: Channels per width group; with ``meta`` they rebuild the architecture.
+        meta: The model's registered name, arguments and width-space settings.
+        inheritance: ``{"chosen": how the weights were inherited, "scores": {...}}``.
+        macs, params, full_macs, full_params: Its cost and the full network's (exact).
+        recipe: The recipe dict the supernet was trained with (data, fine-tune settings).
+        supernet: The supernet file it came from (``None``: no supernet, e.g. a baseline).
+        strategy: The search strategy that chose the widths (``"widths"``: given by hand).
+        budget_macs: The MACs budget it answers (``None``: none).
+        score: The supernet score the search gave it (``None``: not searched).
+    """
+
+    module: nn.Module
+    widths: Mapping[str, int]
+    meta: Mapping[str, Any]
+    inheritance: Mapping[str, Any]
+    macs: int
+    params: int
+    full_macs: int
+    full_params: int
+    recipe: Mapping[str, Any]
+    supernet: str | None = None
+    strategy: str = "widths"
+    budget_macs: int | None = None
+    score: float | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """The payload :func:`save_subnet` writes (plain ints, the module's current weights)."""
+        return {
+            "format": SUBNET_FORMAT,
+            "version": SUBNET_VERSION,
+            "module": self.module,
+            "state_dict": self.module.state_dict(),
+            "widths": plain_widths(self.widths),
+            "inheritance": dict(self.inheritance),
+            "meta": dict(self.meta),
+            "macs": int(self.macs),
+            "params": int(self.params),
+            "supernet": self.supernet,
+            "strategy": self.strategy,
+            "budget_macs": None if self.budget_macs is None else int(self.budget_macs),
+            "score": None if self.score is None else float(self.score),
+            "full_macs": int(self.full_macs),
+            "full_params": int(self.full_params),
+            "recipe": dict(self.recipe),
+        }
 
 
 def save_subnet(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

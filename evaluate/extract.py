@@ -22,13 +22,7 @@ from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import local_runtime
 
-from ._common import (
-    SUBNET_FORMAT,
-    SUBNET_VERSION,
-    output_path,
-    plain_widths,
-    save_subnet,
-)
+from ._common import SubnetRecord, output_path, save_subnet
 from .inheritance import INHERITANCE, choose_inheritance
 
 __all__ = [
@@ -253,24 +247,21 @@ def extract_subnet(
     finally:
         sn.to(home, memory_format=torch.contiguous_format)
     module = module.to("cpu", memory_format=torch.contiguous_format)
-    result: dict[str, Any] = {
-        "format": SUBNET_FORMAT,
-        "version": SUBNET_VERSION,
-        "module": module,
-        "state_dict": module.state_dict(),
-        "widths": plain_widths(cfg),
-        "inheritance": inheritance,
-        "meta": meta,
-        "macs": int(sn.macs(cfg)),
-        "params": int(sn.params(cfg)),
-        "supernet": path,
-        "strategy": strategy if strategy is not None else "widths",
-        "budget_macs": budget_macs,
-        "score": None if source_result is None else source_result.get("score"),
-        "full_macs": int(sn.macs()),
-        "full_params": int(sn.params()),
-        "recipe": dict(recipe),
-    }
+    result = SubnetRecord(
+        module=module,
+        widths=cfg,
+        meta=meta,
+        inheritance=inheritance,
+        macs=sn.macs(cfg),
+        params=sn.params(cfg),
+        full_macs=sn.macs(),
+        full_params=sn.params(),
+        recipe=recipe,
+        supernet=path,
+        strategy=strategy if strategy is not None else "widths",
+        budget_macs=budget_macs,
+        score=None if source_result is None else source_result.get("score"),
+    ).to_payload()
     if out is not None:
         save_subnet(result, out)
     if export_dir is not None:

@@ -65,3 +65,32 @@ def test_load_subnet_rebuilds_the_saved_module_exactly(name, in_chans, size, tmp
     assert not rebuilt._forward_pre_hooks and not rebuilt._forward_hooks
     with torch.no_grad():
         assert torch.equal(rebuilt(x), expected)
+
+
+def test_a_subnet_record_saves_plain_values_and_reads_back(tmp_path):
+    from widthsearch.evaluate import SubnetRecord, read_subnet
+    from widthsearch.supernet import SupernetSpec
+
+    sn = SupernetSpec("resnet20", 10, 1, 12, bins=4).build()
+    cfg = {name: np.int64(width) for name, width in sn.space.uniform(0.5).items()}
+    record = SubnetRecord(
+        module=sn.extract(cfg, side="left"),
+        widths=cfg,
+        meta=sn.meta,
+        inheritance={"chosen": "left", "scores": {"left": 0.5}},
+        macs=np.int64(sn.macs(cfg)),
+        params=sn.params(cfg),
+        full_macs=sn.macs(),
+        full_params=sn.params(),
+        recipe={"data": {"name": "synthetic"}},
+        budget_macs=np.int64(sn.macs(cfg)),
+        score=np.float32(0.5),
+    )
+    save_subnet(record.to_payload(), tmp_path / "r.pt")
+    back = read_subnet(tmp_path / "r.pt")
+    assert back["widths"] == {k: int(v) for k, v in cfg.items()}
+    assert type(back["macs"]) is int and type(back["budget_macs"]) is int
+    assert type(back["score"]) is float and back["strategy"] == "widths"
+    assert back["supernet"] is None and back["full_macs"] == sn.macs()
+    x = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(back["module"](x), record.module.eval()(x))
