@@ -95,3 +95,10 @@ def test_resolve_budgets_boundaries_and_messages(sn):
     with pytest.raises(ValueError) as none:
         resolve_budgets(sn, [])
     assert str(none.value) == "no budget given"
+
+
+def test_budget_errors_say_how_to_write_one():
+    with pytest.raises(ValueError, match=r"absolute MACs \(20M, 1\.5G, 300k, 123456\)$"):
+        parse_budget("lots", 1000)
+    with pytest.raises(ValueError, match=r"write absolute budgets as integers or with a k/M/G"):
+        parse_budget("1.5", 1000)

@@ -9,6 +9,7 @@ from widthsearch.supernet.sampling import (
     FairSampler,
     SandwichSampler,
     channel_usage,
+    step_rng,
 )
 from widthsearch.supernet.space import WidthSpace, make_group
 
@@ -232,3 +233,51 @@ def test_channel_usage_adds_sides_in_any_order():
     usage = channel_usage(space, {"g": 6}, sides=("right", "left"))["g"]
     assert usage.tolist() == [1, 1, 2, 2, 2, 2, 1, 1]
     assert channel_usage(space, {"g": 2}, sides=("left", "left"))["g"].tolist() == [2, 2] + [0] * 6
+
+
+def test_sampler_defaults_are_the_recipes():
+    from widthsearch.supernet.recipe import TrainSection
+
+    train = TrainSection()
+    fair = FairSampler(_space())
+    assert (fair.full_every, fair.spread, fair.coverage) == (
+        train.full_every,
+        train.level_spread,
+        train.coverage,
+    )
+    assert SandwichSampler(_space()).n_random == train.sandwich_random
+
+
+def test_sampler_option_errors_name_the_valid_values():
+    with pytest.raises(ValueError, match=r"^coverage must be one of levels, independent, got 'x'$"):
+        FairSampler(_space(), coverage="x")
+    with pytest.raises(ValueError, match=r"^spread must be >= 0, got -1$"):
+        FairSampler(_space(), spread=-1)
+
+
+@pytest.mark.parametrize("coverage", ["levels", "independent"])
+def test_a_group_without_complementary_bins_stays_full_and_the_others_still_move(coverage):
+    """A 1-channel group has no pair of bins that sum to its width: it keeps its channel in
+    every plan, and the groups after it are sampled as usual."""
+    space = WidthSpace(
+        [
+            make_group("input", 3, fixed=True, bins=1, min_bins=1, round_to=1),
+            make_group("one", 1, fixed=False, bins=8, min_bins=1, round_to=1),
+            make_group("wide", 64, fixed=False, bins=8, min_bins=1, round_to=1),
+        ]
+    )
+    sampler = FairSampler(space, seed=3, full_every=0, coverage=coverage, spread=0)
+    plans = [sampler.plan(t) for t in range(40)]
+    assert all(p.cfg["one"] == 1 and "one" not in p.bins for p in plans)
+    assert len({p.cfg["wide"] for p in plans}) > 2  # spread 0 still samples every level
+    usage = _usage(space, plans)
+    assert usage["wide"].min() == usage["wide"].max()  # whole pairs: exactly fair
+
+
+def test_levels_with_spread_zero_pick_the_bins_nearest_the_level():
+    space = WidthSpace([make_group("wide", 64, fixed=False, bins=8, min_bins=1, round_to=1)])
+    sampler = FairSampler(space, seed=5, full_every=0, coverage="levels", spread=0)
+    for pair in range(30):
+        plan = sampler.plan(2 * pair)
+        level = step_rng(5, pair).random() * 8  # the pair's level, as the sampler draws it
+        assert abs(plan.bins["wide"] - level) <= min(abs(k - level) for k in range(1, 8))
