@@ -123,6 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--threads", type=int, default=1, help="torch threads")
     add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add("--skip", nargs="*", default=[], choices=["ft-trained", "tp"], help="cells not to run")
+    add("--widths-seed", type=int, help="control cells train this seed's searched widths")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
     add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
     add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
@@ -394,9 +395,10 @@ class Warmstart:
     def searched_scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
         """Control: the ``ft-best`` widths from random weights, trained like ``scratch``. Above
         the uniform widths, the search finds better shapes; below, only its weights help."""
-        best = self.cells.get(f"ft-best-{pct(frac)}-s{seed}")
+        source = seed if self.args.widths_seed is None else self.args.widths_seed
+        best = self.cells.get(f"ft-best-{pct(frac)}-s{source}")
         if best is None:
-            raise RuntimeError(f"ft-best-{pct(frac)}-s{seed} has not finished")
+            raise RuntimeError(f"ft-best-{pct(frac)}-s{source} has not finished")
         recipe = build_recipe(self.args, seed)
         meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
         work = self.work(seed)
@@ -411,6 +413,7 @@ class Warmstart:
         return {
             "kind": "scratch-searched",
             "seed": seed,
+            "widths_seed": source,
             "fraction": frac,
             "budget_macs": budget,
             "strategy": best["strategy"],
@@ -552,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Warmstart(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    local = ("part", "threads", "report", "device", "skip")  # where, how and which, not what
+    local = ("part", "threads", "report", "device", "skip", "widths_seed")  # not what is run
     settings = {k: v for k, v in vars(args).items() if k not in local}
     for key, default in FINETUNE_DEFAULTS.items():
         if settings[key] == default:
