@@ -35,7 +35,7 @@ from widthsearch.search import calibration_batches, load_split_images, recipe_sp
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
-from widthsearch.supernet.recipe import stored_recipe
+from widthsearch.supernet.recipe import FINETUNE_INITS, stored_recipe
 from widthsearch.supernet.runtime import (
     Runtime,
     allreduce_grads,
@@ -57,6 +57,7 @@ from widthsearch.supernet.trainer import (
 )
 
 from ._common import (
+    build_subnet,
     output_path,
     read_subnet,
     save_subnet,
@@ -138,6 +139,7 @@ def finetune_subnet(
     train_limit: int | None = None,
     eval_images: int = 1000,
     seed: int = 0,
+    init: str | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     export_dir: str | os.PathLike[str] | None = None,
@@ -165,7 +167,11 @@ def finetune_subnet(
         batch_size: Default: the recipe's ``[data].batch_size``.
         train_limit: Use only this many training images (default: the recipe's).
         eval_images: Held-out images scored after each epoch (0: none).
-        seed: Seeds data order, augmentation and dropout.
+        seed: Seeds data order, augmentation and dropout (and the weights of ``init="random"``).
+        init: ``"inherit"``: start from the subnet's weights; ``"random"``: from the model's
+            own random initialisation at the subnet's widths (retraining the searched
+            architecture; give it a from-scratch ``lr`` and ``epochs``). Default: the
+            recipe's ``[finetune].init``.
         resume: Continue from ``<stem>.ckpt.pt``.
         stop_after: Train at most this many epochs in this call (the schedule still spans
             ``epochs``); the output is written only once all epochs are done.
@@ -203,6 +209,15 @@ def finetune_subnet(
     lr = float(lr if lr is not None else typed.finetune.lr)
     weight_decay = float(weight_decay if weight_decay is not None else typed.finetune.weight_decay)
     batch_size = int(batch_size if batch_size is not None else typed.data.batch_size)
+    init = init if init is not None else typed.finetune.init
+    if init not in FINETUNE_INITS:
+        raise ValueError(f"init must be one of {', '.join(FINETUNE_INITS)}, got {init!r}")
+    if init == "random":  # the same architecture, the model's own initialisation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            payload["module"] = build_subnet(meta, payload["widths"])
+        payload["state_dict"] = payload["module"].state_dict()
+        payload["inheritance"] = {"chosen": "random-init", "scores": {}}
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if lr <= 0 or weight_decay < 0 or batch_size < 1 or temperature <= 0:
@@ -222,6 +237,7 @@ def finetune_subnet(
         "temperature": temperature if teacher else None,
         "alpha": alpha if teacher else None,
         "seed": seed,
+        "init": init,
         "train_limit": train_limit,
         "source": source,
     }
@@ -232,7 +248,8 @@ def finetune_subnet(
         state = load_checkpoint(ckpt_path, kind=STATE_FORMAT, trust_pickle=trust_pickle)
         theirs = state.get("settings", {})
         for key, value in settings.items():
-            if key != "source" and theirs.get(key) != value:
+            recorded = theirs.get(key, "inherit" if key == "init" else None)  # older files
+            if key != "source" and recorded != value:
                 raise CheckpointError(
                     f"{ckpt_path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
                     "resume with the same options or start afresh without --resume"

@@ -80,6 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     p.add_argument("--train-limit", type=int, help="use only this many training images")
     p.add_argument("--seed", type=int, default=0, help="data order / augmentation seed")
+    p.add_argument(
+        "--init",
+        choices=["inherit", "random"],
+        help="start from the inherited weights, or retrain the widths from the model's own "
+        "random initialisation (give the lr a from-scratch run needs); default: the recipe's",
+    )
     p.add_argument("--resume", action="store_true", help="continue from FILE.ckpt.pt")
     p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now")
     p.add_argument("--export", metavar="DIR", help="also export (TorchScript, timm string, ONNX)")
@@ -176,6 +182,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         train_limit=args.train_limit,
         seed=args.seed,
+        init=args.init,
         resume=args.resume,
         stop_after=args.stop_after,
         export_dir=args.export,

@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 weight_decay=recipe.finetune.weight_decay,
                 teacher=teacher,
                 seed=recipe.search.seed,
+                init=recipe.finetune.init,
                 log=None,
                 trust_pickle=trust,
                 data_parallel=False,

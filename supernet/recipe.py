@@ -17,6 +17,7 @@ from .trainer_kinds import list_trainers
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "FINETUNE_INITS",
     "DataSection",
     "EvalSection",
     "FinetuneSection",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_RECIPE = "quick"
+FINETUNE_INITS = ("inherit", "random")  # where fine-tuning starts from
 
 
 @dataclass
@@ -116,6 +118,7 @@ class FinetuneSection:
     lr: float = 0.02  # peak SGD learning rate (cosine schedule)
     weight_decay: float = 5e-4  # SGD weight decay
     distill: bool = True  # distil from the trained network (warm start), else the supernet
+    init: str = "inherit"  # inherit (the supernet's weights) | random (retrain the widths)
     inheritance: list[str] = field(
         default_factory=lambda: ["left", "right", "l1", "bn"]
     )  # weight-inheritance candidates; the best by held-out score is kept
@@ -246,6 +249,11 @@ def check_train(recipe: Recipe) -> None:
         raise ValueError(f"[train].coverage must be 'levels' or 'independent', got {t.coverage!r}")
     if not 0.0 <= t.teacher_alpha <= 1.0 or t.teacher_temperature <= 0:
         raise ValueError("[train] needs 0 <= teacher_alpha <= 1 and teacher_temperature > 0")
+    if recipe.finetune.init not in FINETUNE_INITS:
+        raise ValueError(
+            f"[finetune].init must be one of {', '.join(FINETUNE_INITS)}, "
+            f"got {recipe.finetune.init!r}"
+        )
     if recipe.search.score not in ("top1", "ce", "kd"):
         raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
     if recipe.run.amp not in ("off", "bf16", "fp16"):

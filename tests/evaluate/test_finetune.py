@@ -226,3 +226,28 @@ def test_distillation_term_is_kl_to_the_teachers_logits_on_the_students_batches(
     (entry,) = result["finetune"]["history"]
     assert entry["kd"] == pytest.approx(sum(c[3] for c in kd_calls) / 4, rel=1e-6)
     assert entry["loss"] == pytest.approx(0.3 * entry["ce"] + 0.7 * entry["kd"], rel=1e-5)
+
+
+def test_init_random_retrains_the_widths_from_the_models_own_initialisation(
+    subnet_path, tmp_path, capsys
+):
+    from widthsearch.evaluate import build_subnet
+
+    before = read_subnet(subnet_path)
+    fresh = finetune_subnet(subnet_path, out=tmp_path / "r0.pt", epochs=0, init="random", seed=4)
+    torch.manual_seed(4)
+    expected = build_subnet(before["meta"], before["widths"]).state_dict()
+    for key, value in fresh["state_dict"].items():
+        assert torch.equal(value, expected[key]), key
+    assert not all(torch.equal(v, before["state_dict"][k]) for k, v in fresh["state_dict"].items())
+    assert fresh["widths"] == before["widths"] and fresh["macs"] == before["macs"]
+    assert fresh["inheritance"]["chosen"] == "random-init"
+    assert fresh["finetune"]["init"] == "random"
+    # the CLI flag, and a resume with the other init is refused in one line
+    out = tmp_path / "r1.pt"
+    argv = ["finetune", str(subnet_path), "--out", str(out), "--train-limit", "64"]
+    assert main([*argv, "--epochs", "2", "--init", "random", "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "init='random', now 'inherit'" in err[0], err

@@ -33,3 +33,10 @@ def test_an_invalid_stored_recipe_is_one_clear_line():
         stored_recipe({"recipe": {"search": {"heldout_images": "many"}}}, where="x.pt")
     with pytest.raises(CheckpointError, match="trainer must be one of bcnet, sandwich"):
         stored_recipe({"recipe": {"train": {"trainer": "nosuch"}}})
+
+
+def test_finetune_init_is_checked():
+    assert Recipe().finetune.init == "inherit"
+    assert Recipe.from_dict({"finetune": {"init": "random"}}).finetune.init == "random"
+    with pytest.raises(ValueError, match=r"\[finetune\].init must be one of inherit, random"):
+        Recipe.from_dict({"finetune": {"init": "pretrained"}})
