@@ -154,3 +154,21 @@ def test_depth_pruning_only_removes_the_identity_block_of_a_same_shape_pair():
     # the removed block's loose parameter (gamma: 4 values) leaves with it
     block = sum(p.numel() for p in model.plain.parameters())
     assert sn.params() - sn.params(cfg) == block
+
+
+def test_quadratic_forms_by_hand():
+    from widthsearch.supernet import GatedQuadraticForm, QuadraticForm
+
+    form = QuadraticForm(2.0, np.array([1.0, 3.0]), np.array([[0.5, 2.0], [0.0, 0.0]]))
+    # 2 + (1*1 + 3*2) + (0.5*1*1 + 2*1*2) = 13.5;  2 + 3*1 + 0.5*3*3 = 9.5
+    np.testing.assert_array_equal(form.value(np.array([[1, 2], [3, 0]])), [13.5, 9.5])
+    assert form.value([1, 2]).shape == (1,)
+    zeros = np.zeros((2, 2))
+    assert QuadraticForm(0.0, np.zeros(2), zeros).is_zero()
+    assert not QuadraticForm(1.0, np.zeros(2), zeros).is_zero()
+    assert not QuadraticForm(0.0, np.array([0.0, 1.0]), zeros).is_zero()
+    assert not QuadraticForm(0.0, np.zeros(2), np.array([[0.0, 1.0], [0.0, 0.0]])).is_zero()
+    # width 0 of group 1 removes its block's other terms: 1 + 0.5 * w0
+    gated = GatedQuadraticForm(form, {1: QuadraticForm(1.0, np.array([0.5, 0.0]), zeros)})
+    np.testing.assert_array_equal(gated.value(np.array([[1, 2], [3, 0]])), [13.5, 7.0])
+    np.testing.assert_array_equal(gated.value([3, 0]), [7.0])
