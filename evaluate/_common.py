@@ -59,6 +59,8 @@ class SubnetRecord:
         strategy: The search strategy that chose the widths (``"widths"``: given by hand).
         budget_macs: The MACs budget it answers (``None``: none).
         score: The supernet score the search gave it (``None``: not searched).
+        budget_ms: The latency budget it answers, in ms (``None``: none).
+        predicted_latency_ms: Its latency as the search's latency table predicts it.
     """
 
     module: nn.Module
@@ -74,6 +76,8 @@ class SubnetRecord:
     strategy: str = "widths"
     budget_macs: int | None = None
     score: float | None = None
+    budget_ms: float | None = None
+    predicted_latency_ms: float | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The payload :func:`save_subnet` writes (plain ints, the module's current weights)."""
@@ -91,6 +95,10 @@ class SubnetRecord:
             "strategy": self.strategy,
             "budget_macs": None if self.budget_macs is None else int(self.budget_macs),
             "score": None if self.score is None else float(self.score),
+            "budget_ms": None if self.budget_ms is None else float(self.budget_ms),
+            "predicted_latency_ms": (
+                None if self.predicted_latency_ms is None else float(self.predicted_latency_ms)
+            ),
             "full_macs": int(self.full_macs),
             "full_params": int(self.full_params),
             "recipe": dict(self.recipe),

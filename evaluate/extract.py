@@ -68,12 +68,14 @@ def find_search_result(
     """The result of ``strategy`` whose ``budget_macs`` matches ``budget`` (within 0.5 %).
 
     ``budget`` is parsed like the search CLI (``0.5``, ``50%``, ``20M``, ``123456``), as a
-    fraction of the document's ``full_macs`` (or ``full_macs``).
+    fraction of the document's ``full_macs`` (or ``full_macs``); a latency (``12ms``) matches
+    a result's ``budget_ms`` instead.
 
     Raises:
         ValueError: no such strategy or budget in the document (the message lists what is).
     """
     from widthsearch.search.budgets import format_macs, parse_budget
+    from widthsearch.search.constraints import parse_latency
 
     results = [r for r in doc.get("results", []) if isinstance(r, Mapping)]
     mine = [r for r in results if r.get("strategy") == strategy]
@@ -82,12 +84,26 @@ def find_search_result(
         raise ValueError(
             f"{source} has no results for strategy {strategy!r} (has: {', '.join(have) or 'none'})"
         )
+    ms = parse_latency(budget)
+    if ms is not None:
+        timed = [r for r in mine if r.get("budget_ms") is not None]
+        best = min(timed, key=lambda r: abs(float(r["budget_ms"]) - ms), default=None)
+        if best is None or abs(float(best["budget_ms"]) - ms) > BUDGET_TOLERANCE * ms:
+            have = ", ".join(f"{float(r['budget_ms']):.4g}ms" for r in timed) or "none"
+            raise ValueError(
+                f"{source} has no {strategy!r} result at latency budget {budget} "
+                f"(its latency budgets: {have})"
+            )
+        if not isinstance(best.get("widths"), Mapping):
+            raise ValueError(f"{source}: the {strategy!r} result has no widths")
+        return dict(best)
+    mine = [r for r in mine if r.get("budget_macs") is not None]
     full = int(doc.get("full_macs") or full_macs or 0)
     if full <= 0:
         raise ValueError(f"{source} has no full_macs to read budget {budget!r} against")
     target = parse_budget(budget, full)
-    best = min(mine, key=lambda r: abs(int(r.get("budget_macs", -1)) - target))
-    if abs(int(best.get("budget_macs", -1)) - target) > BUDGET_TOLERANCE * target:
+    best = min(mine, key=lambda r: abs(int(r["budget_macs"]) - target), default=None)
+    if best is None or abs(int(best["budget_macs"]) - target) > BUDGET_TOLERANCE * target:
         have = ", ".join(
             f"{format_macs(int(r['budget_macs']))} ({int(r['budget_macs']) / full:.1%})"
             for r in mine
@@ -195,10 +211,13 @@ def extract_subnet(
             doc, strategy=strategy, budget=budget, full_macs=sn.macs(), source=where
         )
         widths = source_result["widths"]
-        budget_macs: int | None = int(source_result["budget_macs"])
+        given = source_result.get("budget_macs")
+        budget_macs: int | None = None if given is None else int(given)
     else:
         budget_macs = None
-        if budget is not None:
+        from widthsearch.search.constraints import is_latency
+
+        if budget is not None and not is_latency(budget):
             from widthsearch.search.budgets import parse_budget
 
             budget_macs = parse_budget(budget, sn.macs())
@@ -261,6 +280,8 @@ def extract_subnet(
         strategy=strategy if strategy is not None else "widths",
         budget_macs=budget_macs,
         score=None if source_result is None else source_result.get("score"),
+        budget_ms=None if source_result is None else source_result.get("budget_ms"),
+        predicted_latency_ms=None if source_result is None else source_result.get("latency_ms"),
     ).to_payload()
     if out is not None:
         save_subnet(result, out)

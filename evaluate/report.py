@@ -47,11 +47,16 @@ def _sorted(rows: Sequence[Mapping[str, Any]], baseline: str) -> list[Mapping[st
     return sorted(
         rows,
         key=lambda r: (
-            int(r.get("budget_macs") or 0),
+            _budget_key(r),
             r["strategy"] != baseline,
             order[str(r["strategy"])],
         ),
     )
+
+
+def _budget_key(r: Mapping[str, Any]) -> tuple[float, float]:
+    """Orders and groups rows by budget: MACs budgets, then latency budgets (``budget_ms``)."""
+    return (float(r.get("budget_ms") or 0.0), float(r.get("budget_macs") or 0))
 
 
 def format_table(
@@ -65,9 +70,7 @@ def format_table(
         if "strategy" not in r:
             raise ValueError(f"report row without a strategy: {dict(r)}")
     full_macs = (full or {}).get("macs")
-    base_top1 = {
-        int(r.get("budget_macs") or 0): r.get("top1") for r in rows if r["strategy"] == baseline
-    }
+    base_top1 = {_budget_key(r): r.get("top1") for r in rows if r["strategy"] == baseline}
     header = [
         "budget",
         "strategy",
@@ -100,7 +103,9 @@ def format_table(
         label = format_macs(budget) if budget else "—"
         if budget and full_macs:
             label += f" ({budget / full_macs:.0%})"
-        top1, base = r.get("top1"), base_top1.get(budget)
+        if r.get("budget_ms") is not None:  # a latency budget (predicted)
+            label = f"{float(r['budget_ms']):.3f} ms"
+        top1, base = r.get("top1"), base_top1.get(_budget_key(r))
         delta = "—"
         if r["strategy"] == baseline:
             delta = "baseline" if base is not None else "—"
@@ -207,7 +212,7 @@ def write_report(
     table = format_table(rows, full=full, baseline=baseline)
     pareto = plot_pareto(rows, out / PARETO_NAME, full=full, title=title, baseline=baseline)
     strategies = list(dict.fromkeys(str(r["strategy"]) for r in rows))
-    budgets = sorted({int(r.get("budget_macs") or 0) for r in rows})
+    budgets = sorted({_budget_key(r) for r in rows})
     text = [
         f"# {title}",
         "",

@@ -53,6 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-batches", type=int, help="BN recalibration batches")
     p.add_argument("--batch-size", type=int, help="batch size for scoring and calibration")
     p.add_argument("--export", metavar="DIR", help="also export (TorchScript, timm string, ONNX)")
+    p.add_argument(
+        "--latency-table",
+        metavar="LAT.json",
+        help="also print the table's predicted latency next to the measured one",
+    )
     p.set_defaults(func=run_extract)
 
     p = subparsers.add_parser(
@@ -111,6 +116,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="test batch size")
     p.add_argument("--no-full", action="store_true", help="do not measure the full model")
     p.add_argument("--supernet", help="supernet for the full model (default: the recorded one)")
+    p.add_argument(
+        "--latency-table",
+        metavar="LAT.json",
+        help="also time the subnet at the table's batch and threads and report the table's "
+        "predicted latency next to the measured one",
+    )
     p.set_defaults(func=run_eval)
 
 
@@ -133,6 +144,7 @@ def run_extract(args: argparse.Namespace) -> int:
         raise ValueError("--from needs --strategy and --budget")
     widths = read_widths(args.widths) if args.widths else None
     where = runtime_options(args)
+    table = _latency_table(args, where)
     result = extract_subnet(
         args.supernet,
         widths=widths,
@@ -158,7 +170,38 @@ def run_extract(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}")
     for fmt, path in result.get("exports", {}).items():
         print(f"exported {fmt}: {path}")
+    if table is not None:
+        print(_latency_line(_check(args.out, table, where, args.trust_pickle)))
     return 0
+
+
+def _latency_table(args: argparse.Namespace, where: dict):
+    """The ``--latency-table`` file, read and checked against this device before any work."""
+    if not getattr(args, "latency_table", None):
+        return None
+    from widthsearch.search import load_latency_table
+    from widthsearch.supernet.runtime import resolve_device
+
+    table = load_latency_table(args.latency_table)
+    table.check(
+        device=str(resolve_device(where["device"])), where=f"latency table {args.latency_table}"
+    )
+    return table
+
+
+def _check(path, table, where: dict, trust_pickle: bool) -> dict:
+    from widthsearch.evaluate.profile import latency_check
+    from widthsearch.supernet.runtime import local_runtime
+
+    return latency_check(path, table, runtime=local_runtime(**where), trust_pickle=trust_pickle)
+
+
+def _latency_line(check: dict) -> str:
+    ratio = "" if check["ratio"] is None else f" (measured / predicted {check['ratio']:.2f})"
+    return (
+        f"latency at batch {check['batch']}, {check['threads']} thread(s) on {check['device']}: "
+        f"predicted {check['predicted_ms']:.3f} ms, measured {check['measured_ms']:.3f} ms{ratio}"
+    )
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -209,6 +252,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.test_limit is not None and args.test_limit < 0:
         raise ValueError(f"--test-limit must be >= 0, got {args.test_limit}")
     where = runtime_options(args)
+    table = _latency_table(args, where)
     result = evaluate_model(
         args.model,
         data=args.data,
@@ -221,5 +265,9 @@ def run_eval(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         **where,
     )
+    if table is not None:
+        check = _check(args.model, table, where, args.trust_pickle)
+        result["latency_check"] = check
+        print(_latency_line(check), file=sys.stderr)  # stdout stays one JSON object
     print(json.dumps(result))
     return 0

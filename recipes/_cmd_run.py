@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from widthsearch.recipes._cmd_train import apply_overrides
+from widthsearch.recipes._latency_flags import (
+    add_latency_flags,
+    add_limit_flags,
+    constraints_from_args,
+)
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
@@ -40,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", action="append", metavar="S", help="override [search].strategies")
     p.add_argument("--budget", action="append", metavar="B", help="override [search].budgets")
     p.add_argument("--no-latency", action="store_true", help="skip CPU latency measurement")
+    add_limit_flags(p)
+    add_latency_flags(p)
     p.set_defaults(func=run, trainer=None, seed=None)
 
 
@@ -102,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
     from widthsearch.search import (
+        budget_measure,
         build_evaluator,
         get_strategy,
+        load_latency_table,
         resolve_budgets,
         run_search,
         scoring_data,
@@ -121,8 +130,14 @@ def run(args: argparse.Namespace) -> int:
         recipe.search.strategies = list(args.strategy)
     if args.budget:
         recipe.search.budgets = list(args.budget)
+    for flag in ("latency_table", "max_macs", "max_params", "max_latency"):
+        if getattr(args, flag) is not None:  # into the recipe: a reused search must match them
+            setattr(recipe.search, flag, getattr(args, flag))
     for name in recipe.search.strategies:
         get_strategy(name)  # unknown names fail before hours of training
+    budget_measure(recipe.search.budgets)  # so do bad or mixed budgets and a missing table
+    if recipe.search.latency_table:
+        load_latency_table(recipe.search.latency_table)
     where = runtime_options(args, recipe.run)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     checkpoint = out / "supernet.pt"
@@ -170,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     if doc is not None:
         print(f"[2/4] search: reusing {search_path}")
     else:
-        budgets = resolve_budgets(sn, recipe.search.budgets)
+        constraints = constraints_from_args(args, sn, recipe.search.budgets, search_settings)
+        budgets = resolve_budgets(sn, recipe.search.budgets, constraints=constraints)
         options = search_options(
             search_settings, recipe.search.strategies, payload.get("loss_records")
         )
@@ -184,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             seed=recipe.search.seed,
             options=options,
             supernet_path=str(checkpoint),
+            constraints=constraints,
         )
         doc["recipe_search"] = search_settings
         write_json_atomic(doc, search_path)
@@ -199,14 +216,17 @@ def run(args: argparse.Namespace) -> int:
     full: dict[str, Any] | None = None
     teacher = checkpoint if recipe.finetune.distill else None
     for result in doc["results"]:
-        tag = f"{result['strategy']}-{result['budget_macs']}"
+        budget = result["budget_macs"]
+        if budget is None:  # a latency budget: the tag and the lookup use milliseconds
+            budget = f"{result['budget_ms']:g}ms"
+        tag = f"{result['strategy']}-{budget}"
         extracted, tuned = subnets / f"{tag}.pt", subnets / f"{tag}-ft.pt"
         if not _same_widths(tuned, result["widths"]):
             extract_subnet(
                 (sn, payload),
                 search=doc,
                 strategy=result["strategy"],
-                budget=result["budget_macs"],
+                budget=budget,
                 out=extracted,
                 candidates=recipe.finetune.inheritance,
                 data=data,
@@ -242,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
             {
                 "strategy": result["strategy"],
                 "budget_macs": result["budget_macs"],
+                "budget_ms": result.get("budget_ms"),
+                "predicted_latency_ms": result.get("latency_ms"),
                 "score": result["score"],
                 "top1": figures["top1"],
                 "macs": figures["macs"],

@@ -12,10 +12,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from widthsearch.recipes._latency_flags import (
+    add_latency_flags,
+    add_limit_flags,
+    constraints_from_args,
+)
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.search import (
     build_evaluator,
     format_macs,
+    format_ms,
     get_strategy,
     list_strategies,
     resolve_budgets,
@@ -44,8 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--budget",
         action="append",
         metavar="B",
-        help="MACs budget, repeatable: fraction of the full model (0.5, 50%%) or absolute "
-        "(20M, 1.5G, 300k, 123456); default: the recipe's",
+        help="budget, repeatable: MACs as a fraction of the full model (0.5, 50%%) or absolute "
+        "(20M, 1.5G, 300k, 123456), or predicted latency (12ms, 800us; needs "
+        "--latency-table); default: the recipe's",
     )
     p.add_argument("--out", help="output JSON (default: search.json next to the supernet)")
     p.add_argument("--storage", help="Optuna storage for evolution: sqlite:///F.db or F.log")
@@ -56,6 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-images", type=int, help="held-out images per score")
     p.add_argument("--calib-batches", type=int, help="BN recalibration batches per score")
     p.add_argument("--batch-size", type=int, help="batch size for scoring and calibration")
+    add_limit_flags(p)
+    add_latency_flags(p)
     p.set_defaults(func=run)
 
 
@@ -74,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     strategies = args.strategy or list(search.get("strategies") or ["bisection", "uniform"])
     for name in strategies:
         get_strategy(name)
-    budgets = resolve_budgets(sn, args.budget or list(search.get("budgets") or [0.5]))
+    raw_budgets = args.budget or list(search.get("budgets") or [0.5])
+    constraints = constraints_from_args(args, sn, raw_budgets, search)
+    budgets = resolve_budgets(sn, raw_budgets, constraints=constraints)
     seed = args.seed if args.seed is not None else int(search.get("seed", 0))
     out = Path(args.out) if args.out else Path(args.supernet).with_name("search.json")
     if out.exists() and out.is_dir():
@@ -107,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         options=options,
         supernet_path=str(args.supernet),
+        constraints=constraints,
     )
     write_json_atomic(doc, out)
     print(format_table(doc))
@@ -117,21 +129,32 @@ def run(args: argparse.Namespace) -> int:
 def format_table(doc: dict[str, Any]) -> str:
     """The results as a plain-text table (strategy x budget)."""
     full = doc["full_macs"]
+    full_ms = doc.get("full_latency_ms")
+    latency = full_ms is not None
     header = ("strategy", "budget", "MACs", "of budget", "params", "score", "evals", "seconds")
+    if latency:
+        header = (*header[:3], "latency", *header[3:])
     rows = [header]
     for r in doc["results"]:
-        rows.append(
-            (
-                r["strategy"],
-                f"{format_macs(r['budget_macs'])} ({r['budget_macs'] / full:.0%})",
-                format_macs(r["macs"]),
-                f"{r['macs'] / r['budget_macs']:.1%}",
-                format_macs(r["params"]),
-                f"{r['score']:.4f}",
-                str(r["evaluations"]),
-                f"{r['seconds']:.1f}",
-            )
+        if r.get("budget_ms") is not None:
+            budget = f"{format_ms(r['budget_ms'])} ({r['budget_ms'] / full_ms:.0%})"
+            used = f"{r['latency_ms'] / r['budget_ms']:.1%}"
+        else:
+            budget = f"{format_macs(r['budget_macs'])} ({r['budget_macs'] / full:.0%})"
+            used = f"{r['macs'] / r['budget_macs']:.1%}"
+        row = (
+            r["strategy"],
+            budget,
+            format_macs(r["macs"]),
+            used,
+            format_macs(r["params"]),
+            f"{r['score']:.4f}",
+            str(r["evaluations"]),
+            f"{r['seconds']:.1f}",
         )
+        if latency:
+            row = (*row[:3], format_ms(r.get("latency_ms")), *row[3:])
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(

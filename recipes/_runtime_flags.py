@@ -15,7 +15,7 @@ from widthsearch.supernet.runtime import AMP_MODES, DEVICE_CHOICES, resolve_devi
 
 __all__ = ["RUNTIME_COMMANDS", "add_runtime_flags", "runtime_options"]
 
-RUNTIME_COMMANDS = ("pretrain", "train", "search", "extract", "finetune", "eval", "run")
+RUNTIME_COMMANDS = ("pretrain", "train", "profile", "search", "extract", "finetune", "eval", "run")
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:

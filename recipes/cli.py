@@ -26,6 +26,7 @@ _COMMANDS = {
     "inspect": "_cmd_inspect",
     "pretrain": "_cmd_train",
     "train": "_cmd_train",
+    "profile": "_cmd_profile",
     "search": "_cmd_search",
     "extract": "_cmd_evaluate",
     "finetune": "_cmd_evaluate",
@@ -36,7 +37,16 @@ _COMMANDS = {
 
 # subcommands that open files someone else may have written: each gets --trust-pickle
 # (args.trust_pickle), without which a file needing unpickling is refused with one line
-TRUST_PICKLE_COMMANDS = ("pretrain", "train", "search", "extract", "finetune", "eval", "run")
+TRUST_PICKLE_COMMANDS = (
+    "pretrain",
+    "train",
+    "profile",
+    "search",
+    "extract",
+    "finetune",
+    "eval",
+    "run",
+)
 TRUST_PICKLE_HELP = (
     "also open files that need unpickling (older widthsearch files, pickled modules): "
     "unpickling runs any code a file carries, so only for files you trust"

@@ -2,15 +2,19 @@
 
 Strategies register by name (``bisection``, ``evolution``, ``peel``, ``relax``, ``uniform``,
 ``random``); :func:`get_strategy` builds one, :func:`run_search` runs several over many
-budgets and returns the JSON document that ``widthsearch search`` writes.
+budgets and returns the JSON document that ``widthsearch search`` writes. Budgets are MACs or
+predicted latencies (a :class:`LatencyTable` measured by ``widthsearch profile``), and
+:class:`Constraints` add limits on MACs, params and latency that every answer keeps.
 """
 
 from . import bisection, evolution, peel, random_search, relax, uniform  # noqa: F401 (register)
 from .base import SearchResult, Strategy, get_strategy, list_strategies, register_strategy
 from .bisection import Bisection, bisection_configs, group_importance
-from .budgets import format_macs, parse_budget, resolve_budgets
+from .budgets import format_macs, make_constraints, parse_budget, resolve_budgets
+from .constraints import Constraints, budget_measure, format_ms, is_latency, parse_latency
 from .evaluator import SubnetEvaluator
 from .evolution import Evolution, make_storage, prior_population, study_name_for
+from .latency import LatencyModel, LatencyTable, LayerLatency, load_latency_table
 from .peel import Peel
 from .random_search import RandomSearch
 from .relax import Relax, SoftMasks
@@ -27,7 +31,11 @@ from .uniform import Uniform
 
 __all__ = [
     "Bisection",
+    "Constraints",
     "Evolution",
+    "LatencyModel",
+    "LatencyTable",
+    "LayerLatency",
     "Peel",
     "RandomSearch",
     "Relax",
@@ -39,15 +47,21 @@ __all__ = [
     "SubnetEvaluator",
     "Uniform",
     "bisection_configs",
+    "budget_measure",
     "build_evaluator",
     "calibration_batches",
     "format_macs",
+    "format_ms",
     "get_strategy",
     "group_importance",
+    "is_latency",
     "list_strategies",
+    "load_latency_table",
     "load_split_images",
+    "make_constraints",
     "make_storage",
     "parse_budget",
+    "parse_latency",
     "prior_population",
     "recipe_splits",
     "register_strategy",

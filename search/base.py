@@ -18,6 +18,7 @@ import numpy as np
 from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
+from .constraints import NS_PER_MS, Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = [
@@ -39,7 +40,7 @@ class SearchResult:
 
     Attributes:
         strategy: Strategy name.
-        budget_macs: The budget (absolute MACs per sample).
+        budget_macs: The budget (absolute MACs per sample); ``None`` for a latency budget.
         macs: MACs of ``widths`` (<= ``budget_macs``), exact.
         params: Parameter count of the extracted subnet.
         score: Evaluator score (mean left/right held-out top-1 after BN recalibration).
@@ -48,10 +49,12 @@ class SearchResult:
             share work across budgets (``notes`` says so) this is the whole call's count.
         seconds: Wall time, with the same convention as ``evaluations``.
         notes: Anything the reader should know (shared cost, budget not closely reachable).
+        budget_ms: The latency budget (milliseconds, predicted); ``None`` for a MACs budget.
+        latency_ms: Predicted latency of ``widths`` (with a latency table, else ``None``).
     """
 
     strategy: str
-    budget_macs: int
+    budget_macs: int | None
     macs: int
     params: int
     score: float
@@ -59,13 +62,18 @@ class SearchResult:
     evaluations: int
     seconds: float
     notes: str = ""
+    budget_ms: float | None = None
+    latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["score"] = round(float(self.score), 6)
         out["seconds"] = round(float(self.seconds), 3)
-        if not self.notes:
-            del out["notes"]
+        for key in ("notes", "budget_ms", "latency_ms"):
+            if out[key] in ("", None):
+                del out[key]
+        if self.latency_ms is not None:
+            out["latency_ms"] = round(float(self.latency_ms), 6)
         return out
 
 
@@ -82,9 +90,12 @@ class Strategy(abc.ABC):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         **options: Any,
     ) -> list[SearchResult]:
-        """One result per budget (absolute MACs), in the order given."""
+        """One result per budget, in the order given: absolute MACs, or -- when
+        ``constraints.measure`` is ``"latency"`` -- nanoseconds of predicted latency. Every
+        answer also keeps the further limits of ``constraints``."""
 
     # -- helpers shared by strategies ----------------------------------------------------
     def result(
@@ -101,20 +112,27 @@ class Strategy(abc.ABC):
     ) -> SearchResult:
         """Build a checked result for index vector ``idx`` (scored if ``score`` is None)."""
         cfg = space.config(idx)
-        macs = int(space.macs(idx))
-        if macs > budget:
-            raise AssertionError(f"{self.name}: {macs} MACs over budget {budget}")
+        cost = int(space.cost(idx))
+        if cost > budget:
+            broken = space.constraints.broken(space.sn, cfg)
+            raise AssertionError(
+                f"{self.name}: cost {cost} over budget {budget}"
+                + (f" ({'; '.join(broken)})" if broken else "")
+            )
         if score is None:
             before = evaluator.evaluations
             score = evaluator.score(cfg)
             evaluations += evaluator.evaluations - before
         notes = list(notes)
-        if macs < CLOSE_ENOUGH * budget:
-            notes.append(close_note(space, macs, budget))
+        if cost < CLOSE_ENOUGH * budget:
+            notes.append(close_note(space, cost, budget))
+        latency = space.constraints.measure == "latency"
         return SearchResult(
             strategy=self.name,
-            budget_macs=int(budget),
-            macs=macs,
+            budget_macs=None if latency else int(budget),
+            budget_ms=budget / NS_PER_MS if latency else None,
+            latency_ms=space.latency_ms(idx),
+            macs=int(space.macs(idx)),
             params=space.params(idx),
             score=float(score),
             widths=cfg,
@@ -124,8 +142,9 @@ class Strategy(abc.ABC):
         )
 
 
-def close_note(space: IndexSpace, macs: int, budget: int) -> str:
-    return f"uses {macs / budget:.1%} of the budget (below {CLOSE_ENOUGH:.0%})"
+def close_note(space: IndexSpace, cost: int, budget: int) -> str:
+    note = f"uses {cost / budget:.1%} of the budget (below {CLOSE_ENOUGH:.0%})"
+    return note + ("; further limits apply" if space.constraints.limited else "")
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

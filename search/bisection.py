@@ -24,6 +24,7 @@ from widthsearch.supernet.handlers import GAMMA
 
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Bisection", "bisection_configs", "group_importance"]
@@ -51,7 +52,7 @@ def group_importance(sn: Supernet) -> np.ndarray:
 
 
 def scaled_path(space: IndexSpace, importance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All distinct configs along ``widths(a)``, a ascending: (index matrix, MACs)."""
+    """All distinct configs along ``widths(a)``, a ascending: (index matrix, their cost)."""
     rel = importance / importance.mean()
     scale = rel * space.max_channels  # target width of group g is a * scale[g]
     breaks = [0.0]
@@ -62,24 +63,28 @@ def scaled_path(space: IndexSpace, importance: np.ndarray) -> tuple[np.ndarray, 
     idx = space.snap_down(alphas[:, None] * scale[None, :])
     idx, first = np.unique(idx, axis=0, return_index=True)
     idx = idx[np.argsort(first)]  # back to ascending a
-    macs = space.macs(idx)
-    if np.any(np.diff(macs) < 0):  # cannot happen: each width is non-decreasing in a
-        raise AssertionError("bisection path is not monotone in MACs")
-    return idx, macs
+    cost = space.cost(idx)
+    if np.any(np.diff(cost) < 0):  # cannot happen: each width is non-decreasing in a
+        raise AssertionError("bisection path is not monotone in cost")
+    return idx, cost
 
 
 def bisection_configs(
-    sn: Supernet, budgets: Sequence[int], *, fill: bool = True
+    sn: Supernet,
+    budgets: Sequence[int],
+    *,
+    fill: bool = True,
+    constraints: Constraints | None = None,
 ) -> list[np.ndarray]:
     """The bisection answer (index vectors of :class:`IndexSpace`) for every budget."""
-    space = IndexSpace(sn)
+    space = IndexSpace(sn, constraints=constraints)
     importance = group_importance(sn)
-    idx, macs = scaled_path(space, importance)
+    idx, cost = scaled_path(space, importance)
     out = []
     for budget in budgets:
-        k = int(np.searchsorted(macs, budget, side="right")) - 1
+        k = int(np.searchsorted(cost, budget, side="right")) - 1
         if k < 0:
-            raise ValueError(f"budget {budget} is below the smallest reachable MACs {macs[0]}")
+            raise ValueError(f"budget {budget} is below the smallest reachable cost {cost[0]}")
         best = idx[k].copy()
         if fill:
             best = space.grow(
@@ -100,13 +105,14 @@ class Bisection(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         fill: bool = True,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
-        space = IndexSpace(supernet)
+        space = IndexSpace(supernet, constraints=constraints)
         with Timer() as shared:
-            configs = bisection_configs(supernet, budgets, fill=fill)
+            configs = bisection_configs(supernet, budgets, fill=fill, constraints=constraints)
         results = []
         for budget, idx in zip(budgets, configs, strict=True):
             with Timer() as t:

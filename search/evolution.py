@@ -37,10 +37,10 @@ import optuna
 import torch
 from widthsearch.supernet import Supernet
 
-from ._macs import MacsPolynomial
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
 from .bisection import bisection_configs
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Evolution", "make_storage", "prior_population", "repair", "study_name_for"]
@@ -73,13 +73,19 @@ def make_storage(storage: str | None) -> optuna.storages.BaseStorage | str | Non
 
 
 def study_name_for(
-    sn: Supernet, evaluator: SubnetEvaluator, *, budgets: Sequence[int], seed: int
+    sn: Supernet,
+    evaluator: SubnetEvaluator,
+    *,
+    budgets: Sequence[int],
+    seed: int,
+    constraints: Constraints | None = None,
 ) -> str:
     """A name that is the same exactly when the trials' meaning is the same.
 
     It hashes the supernet's weights and width space, the evaluator's settings, the
-    budgets (trials are repaired into them) and the seed, so a resumed search never mixes
-    in scores of another supernet or another held-out set.
+    budgets (trials are repaired into them), the constraints beyond plain MACs (the latency
+    table's predictions included) and the seed, so a resumed search never mixes in scores
+    of another supernet, another held-out set or other limits.
     """
     digest = hashlib.sha1()
     for key, value in sorted(sn.model.state_dict().items()):
@@ -91,6 +97,10 @@ def study_name_for(
         "budgets": sorted(int(b) for b in budgets),
         "seed": int(seed),
     }
+    if constraints is not None and constraints != Constraints():
+        facts["constraints"] = constraints.to_dict()
+        if constraints.latency is not None:
+            facts["latency"] = constraints.latency.table.to_dict()["layers"]
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return f"widthsearch-evolution-{digest.hexdigest()[:16]}"
 
@@ -111,18 +121,17 @@ def prior_population(
     recorded widths) and ``dMACs_g(w)`` is what width ``w`` adds to the widest uniform config
     under the budget. ``beta >= 0`` is the smallest penalty whose expected MACs (exact,
     widths independent) fit the budget. Returns up to ``count`` distinct samples under it.
+    (MACs: the space's cost -- predicted latency under a latency budget.)
     """
-    poly = MacsPolynomial(space.sn)
     ref = space.largest_uniform_under(budget)
     ref = space.min_index() if ref is None else ref
-    ref_macs = float(space.macs(ref))
+    ref_macs = float(space.cost(ref))
     losses, extra = [], []
     for g, (name, choices) in enumerate(zip(space.names, space.choices, strict=True)):
         losses.append(_group_losses(loss_records.get(name, {}), choices))
         rows = np.repeat(ref[None, :], len(choices), axis=0)
         rows[:, g] = np.arange(len(choices))
-        extra.append((space.macs(rows) - ref_macs) / budget)
-    full_width = space.sn.widths_vector(space.sn.space.max()).astype(np.float64)
+        extra.append((space.cost(rows) - ref_macs) / budget)
 
     def probs(beta: float) -> list[np.ndarray]:
         out = []
@@ -133,11 +142,7 @@ def prior_population(
         return out
 
     def expected(ps: list[np.ndarray]) -> float:
-        mean, second = full_width.copy(), full_width**2
-        for j, (p, c) in enumerate(zip(ps, space.choices, strict=True)):
-            mean[space.positions[j]] = p @ c
-            second[space.positions[j]] = p @ (c.astype(np.float64) ** 2)
-        return poly.expected(mean, second)
+        return float(space.expected_cost([torch.as_tensor(p) for p in ps]))
 
     lo, hi = 0.0, 1.0
     if expected(probs(0.0)) > budget:
@@ -155,7 +160,7 @@ def prior_population(
     for _ in range(20 * count):
         idx = np.array([rng.choice(len(p), p=p) for p in ps], dtype=np.int64)
         key = tuple(idx.tolist())
-        if key in seen or space.macs(idx) > budget:
+        if key in seen or space.cost(idx) > budget:
             continue
         seen.add(key)
         out.append(idx)
@@ -201,6 +206,7 @@ class Evolution(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         trials: int = 150,
         population: int | None = None,
         storage: str | None = None,
@@ -217,7 +223,7 @@ class Evolution(Strategy):
             raise ValueError(f"evolution: trials must be >= 1, got {trials}")
         if not 0 < window <= 1:
             raise ValueError(f"evolution: window must be in (0, 1], got {window}")
-        space = IndexSpace(supernet)
+        space = IndexSpace(supernet, constraints=constraints)
         budgets = [int(b) for b in budgets]
         before = evaluator.evaluations
         with Timer() as timer:
@@ -229,6 +235,7 @@ class Evolution(Strategy):
                 population or _population(trials),
                 storage,
                 study_name,
+                constraints,
             )
             # seed the first generation; on a resumed study only seeds it lacks, and never
             # beyond ``trials`` in total (so the study ends with exactly ``trials`` trials)
@@ -274,7 +281,7 @@ class Evolution(Strategy):
             seeded = [t for t in finished if "fixed_params" in t.system_attrs]
             best_seed = _best_under(seeded, budget, window)
             if best is None:  # nothing evaluated fits: fall back to the bisection answer
-                idx = bisection_configs(supernet, [budget])[0]
+                idx = bisection_configs(supernet, [budget], constraints=constraints)[0]
                 results.append(
                     self.result(
                         space,
@@ -306,14 +313,16 @@ class Evolution(Strategy):
         return results
 
     # -- pieces ----------------------------------------------------------------------------
-    def _study(self, sn, evaluator, budgets, seed, population, storage, study_name):
+    def _study(self, sn, evaluator, budgets, seed, population, storage, study_name, constraints):
         # Optuna >= 5 reads constraints set on the trial (``constraints_func`` is deprecated
         # there); older versions need the callback.
         legacy = {} if _HAS_SET_CONSTRAINT else {"constraints_func": _constraints}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **legacy)
-        name = study_name or study_name_for(sn, evaluator, budgets=budgets, seed=seed)
+        name = study_name or study_name_for(
+            sn, evaluator, budgets=budgets, seed=seed, constraints=constraints
+        )
         with _quiet_optuna():
             study = optuna.create_study(
                 directions=["maximize", "minimize"],
@@ -329,7 +338,8 @@ class Evolution(Strategy):
         configs topped up to the budget, BCNet prior samples, then the plain uniform configs."""
         tiers: list[list[tuple[np.ndarray, int]]] = [[], [], [], []]
         rng = np.random.default_rng([seed, 7])
-        for budget, bis in zip(budgets, bisection_configs(space.sn, budgets), strict=True):
+        bisected = bisection_configs(space.sn, budgets, constraints=space.constraints)
+        for budget, bis in zip(budgets, bisected, strict=True):
             tiers[0].append((bis, budget))
             uni = space.largest_uniform_under(budget)
             if uni is not None:
@@ -378,7 +388,7 @@ class _Objective:
         idx = repair(
             space, idx, target, self.window, rng=np.random.default_rng([self.seed, trial.number])
         )
-        macs = int(space.macs(idx))
+        macs = int(space.cost(idx))  # the budgeted cost: MACs unless constraints say otherwise
         trial.set_user_attr("target", target)
         trial.set_user_attr("idx", [int(i) for i in idx])
         trial.set_user_attr("macs", macs)
@@ -399,9 +409,9 @@ def repair(
 ) -> np.ndarray:
     """Move ``idx`` into ``[window * budget, budget]`` MACs where the space allows: narrow
     random groups until it fits, then widen random groups while it still fits."""
-    if int(space.macs(idx)) > budget:
+    if int(space.cost(idx)) > budget:
         idx = space.shrink(idx, budget, cost=lambda _i, groups, _saved: rng.random(len(groups)))
-    if int(space.macs(idx)) < window * budget:
+    if int(space.cost(idx)) < window * budget:
         idx = space.grow(idx, budget, priority=lambda _i, groups, _added: rng.random(len(groups)))
     return idx
 

@@ -15,7 +15,9 @@
    the ``pairs`` tried improves, or after ``moves`` accepted moves. Width thus flows from
    less to more informative layers in both directions, not only onto a uniform backbone.
 
-Each answer is then evaluated once (plus one evaluation per reallocation trial).
+Each answer is then evaluated once (plus one evaluation per reallocation trial). Under a
+latency budget or further limits, "MACs" above read as the search's cost (see
+:mod:`.constraints`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Peel", "informativeness"]
@@ -36,18 +39,19 @@ __all__ = ["Peel", "informativeness"]
 def informativeness(
     space: IndexSpace, evaluator: SubnetEvaluator, backbone: np.ndarray, step: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per group: (score gain per MAC of widening it by its step, that step in choices).
+    """Per group: (score gain per unit of cost (MAC or ns) of widening it by its step, that
+    step in choices).
 
     Groups already at full width get informativeness ``-inf`` and step 0.
     """
     base_score = evaluator.score(space.config(backbone))
-    base_macs = float(space.macs(backbone))
+    base_cost = float(space.cost(backbone))
     steps = np.minimum(step, space.sizes - 1 - backbone)
     info = np.full(len(space), -np.inf)
     for g in np.nonzero(steps > 0)[0]:
         wider = backbone.copy()
         wider[g] += steps[g]
-        added = float(space.macs(wider)) - base_macs
+        added = float(space.cost(wider)) - base_cost
         gain = evaluator.score(space.config(wider)) - base_score
         info[g] = gain / max(added, 1.0)
     return info, steps
@@ -62,7 +66,7 @@ def allocate(
         for k in range(int(steps[g]), 0, -1):  # its measured step, or as far as the pool allows
             trial = idx.copy()
             trial[g] += k
-            if space.macs(trial) <= budget:
+            if space.cost(trial) <= budget:
                 idx = trial
                 break
     rank = np.where(np.isfinite(info), info, -1e30)
@@ -132,7 +136,7 @@ def _fund(
         trial[donor] -= 1
         wider = trial.copy()
         wider[receiver] += 1
-        if space.macs(wider) <= budget:
+        if space.cost(wider) <= budget:
             return wider
     return None
 
@@ -150,6 +154,7 @@ class Peel(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         backbone_ratio: float = 0.75,
         step: int = 2,
         moves: int = 6,
@@ -161,7 +166,7 @@ class Peel(Strategy):
             raise ValueError(
                 "peel: need 0 < backbone_ratio < 1, step >= 1, moves >= 0 and pairs >= 1"
             )
-        space = IndexSpace(supernet)
+        space = IndexSpace(supernet, constraints=constraints)
         measured: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, int, float, list[int]]] = {}
         results = []
         for budget in budgets:
@@ -183,7 +188,8 @@ class Peel(Strategy):
                     space, evaluator, idx, budget, info, moves=moves, pairs=pairs
                 )
             note = (
-                f"backbone {int(space.macs(backbone))} MACs; its measurement "
+                f"backbone {space.constraints.describe(int(space.cost(backbone)))}; its "
+                f"measurement "
                 f"({spent} evaluations) is shared by every budget with this backbone; "
                 f"{accepted} reallocation move(s) kept"
             )

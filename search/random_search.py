@@ -18,6 +18,7 @@ from widthsearch.supernet import Supernet
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
 from .bisection import scaled_path
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["RandomSearch", "random_configs"]
@@ -29,8 +30,8 @@ def random_configs(
     """One config per direction: rescaled to the widest under ``budget``, then topped up."""
     out = []
     for direction in directions:
-        idx, macs = scaled_path(space, direction)
-        k = max(int(np.searchsorted(macs, budget, side="right")) - 1, 0)
+        idx, cost = scaled_path(space, direction)
+        k = max(int(np.searchsorted(cost, budget, side="right")) - 1, 0)
         noise = rng.random(len(space))
         out.append(space.grow(idx[k], budget, priority=lambda _i, g, _a, n=noise: n[g]))
     return out
@@ -47,13 +48,14 @@ class RandomSearch(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         samples: int = 40,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
         if samples < 1:
             raise ValueError(f"random: samples must be >= 1, got {samples}")
-        space = IndexSpace(supernet)
+        space = IndexSpace(supernet, constraints=constraints)
         rng = np.random.default_rng(seed)
         # a share in [0.05, 1) per group: wide enough to reach every corner of the space
         directions = rng.uniform(0.05, 1.0, size=(samples, len(space)))

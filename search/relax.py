@@ -17,7 +17,10 @@ Loss per step on held-out batches disjoint from the scored ones (the evaluator's
 ``fit_batches``): cross-entropy + ``penalty * (E[MACs] / budget - 1)^2``,
 where ``E[MACs]`` is exact for independent group widths: the gated quadratic forms the cost
 model publishes (``sn.cost.quadratic_form()``, see :mod:`._macs`) applied to each width's
-first two moments and its probability of 0.
+first two moments and its probability of 0. Under a latency budget the penalty is on the
+expected predicted latency instead (exact too: each layer's table entry weighted by the
+probabilities of its groups' widths); further limits (``--max-params`` ...) are left to the
+repair, which keeps every answer inside them.
 
 The answer is each group's most likely width, repaired to the budget: while over it,
 narrow the group whose step loses the least log-probability per MAC saved; then, while a
@@ -39,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 from widthsearch.supernet import Supernet
 
-from ._macs import MacsPolynomial
 from ._space import IndexSpace
 from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Relax", "SoftMasks", "repair"]
@@ -140,6 +143,7 @@ class Relax(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         steps: int = 200,
         warm_steps: int | None = None,
         lr: float = 0.1,
@@ -152,7 +156,7 @@ class Relax(Strategy):
         if steps < 0 or (warm_steps is not None and warm_steps < 0):
             raise ValueError("relax: steps and warm_steps must be >= 0")
         warm_steps = steps // 2 if warm_steps is None else warm_steps
-        space = IndexSpace(supernet, removable_zero=depth)
+        space = IndexSpace(supernet, removable_zero=depth, constraints=constraints)
         trainer = _LogitTrainer(
             supernet,
             evaluator,
@@ -171,9 +175,9 @@ class Relax(Strategy):
                 logits = trainer.train(budget, steps if rank == 0 else warm_steps, logits)
                 logp = [torch.log_softmax(x.detach(), 0).double().numpy() for x in logits]
                 idx = repair(space, logp, budget)
-            notes = [f"expected MACs after training {trainer.last_expected / budget:.1%} of budget"]
+            notes = [f"expected cost after training {trainer.last_expected / budget:.1%} of budget"]
             if rank:
-                notes.append(f"warm-started from the {int(budgets[order[rank - 1]])}-MACs logits")
+                notes.append(f"warm-started from the budget-{int(budgets[order[rank - 1]])} logits")
             removed = [
                 n for n, k, c in zip(space.names, idx, space.choices, strict=True) if int(c[k]) == 0
             ]
@@ -196,7 +200,7 @@ def repair(space: IndexSpace, logp: list[np.ndarray], budget: int) -> np.ndarray
         gain = np.array([logp[g][cur[g] + 1] - logp[g][cur[g]] for g in groups])
         return gain / np.maximum(added, 1.0)
 
-    if space.macs(idx) > budget:
+    if space.cost(idx) > budget:
         idx = space.shrink(idx, budget, cost=loss_down)
     return space.grow(idx, budget, priority=gain_up)
 
@@ -217,15 +221,12 @@ class _LogitTrainer:
     ) -> None:
         self.sn, self.space, self.evaluator = sn, space, evaluator
         self.lr, self.penalty = lr, penalty
-        self.poly = MacsPolynomial(sn)
         # fit on held-out images the scores never see (the scored ones only if none)
         batches = evaluator.fit_batches or evaluator.batches
         self.images = torch.cat([x for x, _ in batches])
         self.labels = torch.cat([y for _, y in batches])
         self.batch_size = min(batch_size, len(self.images))
         self.generator = torch.Generator().manual_seed(seed)
-        self.full = torch.as_tensor(sn.widths_vector(sn.space.max()), dtype=torch.float64)
-        self.positions = torch.as_tensor(space.positions)
         self.choices = [torch.as_tensor(c, dtype=torch.float64) for c in space.choices]
         self.can_vanish = [int(c[0]) == 0 for c in space.choices]
         # keep[i, k] = 1 when choice k keeps channel i (c_k > i)
@@ -235,20 +236,8 @@ class _LogitTrainer:
         ]
         self.last_expected = float("nan")
 
-    def expected_macs(self, probs: list[torch.Tensor]) -> torch.Tensor:
-        pairs = list(zip(probs, self.choices, strict=True))
-        means = torch.stack([p.double() @ c for p, c in pairs])
-        seconds = torch.stack([p.double() @ c**2 for p, c in pairs])
-        zeros = torch.stack(
-            [
-                p[0].double() if v else p.new_zeros((), dtype=torch.float64)
-                for p, v in zip(probs, self.can_vanish, strict=True)
-            ]
-        )
-        mean = self.full.index_put((self.positions,), means)
-        second = (self.full**2).index_put((self.positions,), seconds)
-        zero = torch.zeros_like(self.full).index_put((self.positions,), zeros)
-        return self.poly.expected_torch(mean, second, zero)
+    def expected_cost(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        return self.space.expected_cost(probs)
 
     def train(
         self, budget: int, steps: int, start: list[torch.Tensor] | None
@@ -281,7 +270,7 @@ class _LogitTrainer:
                         1 - p[0] if v else None for p, v in zip(probs, self.can_vanish, strict=True)
                     ]
                     ce = F.cross_entropy(sn(self.images[pick]), self.labels[pick])
-                    ratio = self.expected_macs(probs) / budget
+                    ratio = self.expected_cost(probs) / budget
                     loss = ce + self.penalty * (ratio - 1.0) ** 2
                     opt.zero_grad()
                     loss.backward()
@@ -294,5 +283,5 @@ class _LogitTrainer:
             sn.train(was_training)
             self.evaluator.restore_bn()
         with torch.no_grad():
-            self.last_expected = float(self.expected_macs([torch.softmax(x, 0) for x in logits]))
+            self.last_expected = float(self.expected_cost([torch.softmax(x, 0) for x in logits]))
         return logits

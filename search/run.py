@@ -17,6 +17,7 @@ from widthsearch.supernet.runtime import Runtime
 
 from .base import Timer, get_strategy
 from .budgets import resolve_budgets
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 from .scoring import ScoringSizes, scoring_data
 
@@ -126,6 +127,7 @@ def run_search(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     supernet_path: str = "",
     share_cache: bool = False,
+    constraints: Constraints | None = None,
 ) -> dict[str, Any]:
     """Run each strategy once over all budgets; return the search JSON document.
 
@@ -133,13 +135,16 @@ def run_search(
         supernet: The supernet.
         evaluator: Its evaluator.
         strategies: Registered names, run in this order.
-        budgets: Fractions (``0.5``), strings (``"20M"``) or absolute ints.
+        budgets: Fractions (``0.5``), strings (``"20M"``) or absolute ints; latencies
+            (``"12ms"``) when ``constraints.measure`` is ``"latency"``.
         seed: Seeds every strategy.
         storage: Optuna storage for ``evolution`` (resumable / multi-process).
         options: Per-strategy keyword options, ``{"evolution": {"trials": 60}, ...}``.
         supernet_path: Recorded in the document.
         share_cache: Keep evaluator scores across strategies. Off by default, so each
             strategy's evaluation count does not depend on which strategies ran before it.
+        constraints: The budgets' measure and further limits (MACs, params, predicted
+            latency) every answer keeps; default: MACs budgets, no further limit.
 
     Raises:
         ValueError: unknown strategy or option, bad or unreachable budget (before any work).
@@ -150,7 +155,7 @@ def run_search(
         raise ValueError("no strategy given")
     for name in options:
         get_strategy(name)  # an option for an unknown strategy is a typo
-    absolute = resolve_budgets(supernet, budgets)
+    absolute = resolve_budgets(supernet, budgets, constraints=constraints)
     results: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for strategy in instances:
@@ -161,7 +166,9 @@ def run_search(
             opts.setdefault("storage", storage)
         before, seconds = evaluator.evaluations, evaluator.seconds
         with Timer() as timer:
-            answers = strategy.search(supernet, evaluator, budgets=absolute, seed=seed, **opts)
+            answers = strategy.search(
+                supernet, evaluator, budgets=absolute, seed=seed, constraints=constraints, **opts
+            )
         calls.append(
             {
                 "strategy": strategy.name,
@@ -171,7 +178,7 @@ def run_search(
             }
         )
         results.extend(r.to_dict() for r in answers)
-    return {
+    doc: dict[str, Any] = {
         "supernet": str(supernet_path),
         "model": supernet.meta.get("model", ""),
         "full_macs": int(supernet.macs()),
@@ -183,3 +190,9 @@ def run_search(
         "calls": calls,
         "results": results,
     }
+    if constraints is not None and (constraints.limited or constraints.latency is not None):
+        doc["constraints"] = constraints.to_dict()
+        if constraints.latency is not None:
+            full = supernet.widths_vector(supernet.space.max())
+            doc["full_latency_ms"] = round(float(constraints.latency.predict(full)), 6)
+    return doc

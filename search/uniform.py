@@ -16,6 +16,7 @@ from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
 from .base import CLOSE_ENOUGH, SearchResult, Strategy, Timer, register_strategy, reject_options
+from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Uniform"]
@@ -32,25 +33,26 @@ class Uniform(Strategy):
         *,
         budgets: Sequence[int],
         seed: int,
+        constraints: Constraints | None = None,
         **options: Any,
     ) -> list[SearchResult]:
         reject_options(self.name, options)
-        space = IndexSpace(supernet)
+        space = IndexSpace(supernet, constraints=constraints)
         family = space.uniform_indices()
-        macs = space.macs(family)
+        costs = space.cost(family)
         results = []
         for budget in budgets:
             with Timer() as t:
-                k = int(np.searchsorted(macs, budget, side="right")) - 1
+                k = int(np.searchsorted(costs, budget, side="right")) - 1
                 if k < 0:  # the narrowest uniform config can be wider than the space minimum
                     idx, notes = space.min_index(), ["no uniform config fits: smallest config"]
                 else:
                     idx, notes = family[k], []
-                    if macs[k] < CLOSE_ENOUGH * budget and k + 1 < len(macs):
+                    if costs[k] < CLOSE_ENOUGH * budget and k + 1 < len(costs):
                         notes.append(
                             f"uniform widths cannot get closer: the next uniform config "
-                            f"needs {int(macs[k + 1])} MACs ({macs[k + 1] / budget:.0%} of the "
-                            "budget)"
+                            f"needs {space.constraints.describe(int(costs[k + 1]))} "
+                            f"({costs[k + 1] / budget:.0%} of the budget)"
                         )
                 res = self.result(
                     space, evaluator, idx, budget, evaluations=0, seconds=0.0, notes=notes

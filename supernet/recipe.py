@@ -101,7 +101,13 @@ class SearchSection:
     strategies: list[str] = field(
         default_factory=lambda: ["bisection", "evolution", "peel", "relax", "uniform", "random"]
     )  # strategy names from the registry
-    budgets: list[float | str] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # MACs budgets
+    budgets: list[float | str] = field(
+        default_factory=lambda: [0.25, 0.5, 0.75]
+    )  # MACs budgets (0.5, "20M"), or latencies ("12ms") with latency_table
+    latency_table: str = ""  # latency table from `widthsearch profile` ("": none)
+    max_macs: str = ""  # MACs limit besides each budget: "0.5" (of full) or "20M" ("": none)
+    max_params: str = ""  # parameter limit: "0.5" (of full) or "1M" ("": none)
+    max_latency: str = ""  # predicted-latency limit, "8ms" (needs latency_table; "": none)
     score: str = "top1"  # subnet score: top1 | ce (cross-entropy) | kd (vs the trained network)
     heldout_images: int = 1000  # held-out images per subnet score
     calib_batches: int = 4  # BN recalibration batches per subnet score

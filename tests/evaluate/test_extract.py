@@ -86,6 +86,18 @@ def test_budget_matches_a_result_within_half_a_percent(search_path):
         find_search_result(doc, strategy="peel", budget="0.75")
 
 
+def test_a_latency_budget_matches_a_result_by_milliseconds(search_path):
+    doc = read_search(search_path)
+    timed = dict(doc["results"][0], budget_macs=None, budget_ms=2.5, strategy="peel")
+    doc = dict(doc, results=[*doc["results"], timed])
+    for given in ("2.5ms", "2500us", "2.51ms"):
+        assert find_search_result(doc, strategy="peel", budget=given)["budget_ms"] == 2.5
+    with pytest.raises(ValueError, match=r"latency budgets: 2.5ms"):
+        find_search_result(doc, strategy="peel", budget="3ms")
+    with pytest.raises(ValueError, match="no 'peel' result at budget"):
+        find_search_result(doc, strategy="peel", budget="0.5")
+
+
 def _bad_inputs(supernet_path, search_path, tmp_path):
     misfit = tmp_path / "misfit.json"
     misfit.write_text(json.dumps({"layer1.0.conv1": 7}))

@@ -13,7 +13,7 @@ import torch
 from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, read_subnet
 from widthsearch.recipes.cli import main
 from widthsearch.search import recipe_splits
-from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
 
 
 def test_eval_cli_prints_one_json_object_with_consistent_figures(
@@ -88,3 +88,26 @@ def test_console_script_eval(subnet_path, tmp_path):
     assert result["macs"] == result["macs_counted"] > 0
     assert result["full"]["macs"] == result["full"]["macs_counted"] > result["macs"]
     assert result["test_images"] == 64
+
+
+def test_eval_prints_predicted_and_measured_latency(
+    subnet_path, supernet_path, synthetic_latency_table, tmp_path, capsys
+):
+    sn, _ = load_supernet(supernet_path)
+    table = synthetic_latency_table(sn, batch=2)
+    lat = tmp_path / "lat.json"
+    write_json_atomic(table.to_dict(), lat)
+    argv = ["eval", str(subnet_path), "--no-latency", "--no-full", "--test-limit", "16"]
+    assert main([*argv, "--latency-table", str(lat)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    check = result["latency_check"]
+    widths = read_subnet(subnet_path)["widths"]
+    assert check["predicted_ms"] == pytest.approx(table.predict_config(sn, widths), abs=1e-6)
+    assert check["measured_ms"] > 0 and (check["batch"], check["threads"]) == (2, 1)
+    assert "predicted" in captured.err and "measured" in captured.err
+    table.model = "resnet56"
+    write_json_atomic(table.to_dict(), lat)
+    assert main([*argv, "--latency-table", str(lat)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet56" in err[0] and "profile again" in err[0]

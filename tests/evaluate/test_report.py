@@ -67,3 +67,28 @@ def test_report_with_missing_values_and_no_baseline(tmp_path):
     assert paths["pareto"].stat().st_size > 0  # plotted from the supernet score
     with pytest.raises(ValueError, match="no rows"):
         write_report([], out_dir=tmp_path)
+
+
+def test_latency_budget_rows_are_labelled_and_grouped_in_milliseconds(tmp_path):
+    rows = []
+    for budget_ms in (1.5, 3.0):
+        for strategy, top1 in (("uniform", 0.8), ("peel", 0.82)):
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "budget_macs": None,
+                    "budget_ms": budget_ms,
+                    "score": top1,
+                    "top1": top1 + budget_ms / 100,
+                    "macs": 1_000_000,
+                    "params": 50_000,
+                }
+            )
+    body = _table(write_report(rows, out_dir=tmp_path)["report"].read_text())
+    assert [(row[0], row[1].strip("*")) for row in body] == [
+        ("1.500 ms", "uniform"),
+        ("1.500 ms", "peel"),
+        ("3.000 ms", "uniform"),
+        ("3.000 ms", "peel"),
+    ]
+    assert body[1][4] == "+2.00 pt" and body[3][4] == "+2.00 pt"

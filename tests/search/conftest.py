@@ -14,7 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from widthsearch.recipes.recipe import Recipe
-from widthsearch.search import SubnetEvaluator, build_evaluator
+from widthsearch.search import (
+    LatencyTable,
+    SubnetEvaluator,
+    build_evaluator,
+    load_latency_table,
+    write_json_atomic,
+)
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet, save_supernet
 from widthsearch.supernet.data import get_data, make_loader
@@ -118,3 +124,17 @@ def loaded_splits(loaded):
         synthetic_in_chans=sn.meta["in_chans"],
         synthetic_input_size=sn.meta["input_size"],
     )
+
+
+@pytest.fixture(scope="session")
+def latency_table_path(tiny_checkpoint, synthetic_latency_table) -> Path:
+    """A made-up table of the tiny supernet, written as ``widthsearch profile`` would."""
+    sn, _ = load_supernet(tiny_checkpoint)
+    path = tiny_checkpoint.with_name("lat.json")
+    write_json_atomic(synthetic_latency_table(sn).to_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def latency_table(latency_table_path) -> LatencyTable:
+    return load_latency_table(latency_table_path)

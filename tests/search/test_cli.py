@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -212,3 +213,108 @@ def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, 
     else:
         assert options["steps"] == 2 and "samples" not in options
         assert steps == [2]  # the one budget's logits were trained for exactly 2 steps
+
+
+def test_profile_writes_a_table_that_search_reads(tmp_path, capsys):
+    """`profile` on a small supernet: the table round-trips, records where it was measured,
+    and predicts the calibration subnets as the plain sum of its entries."""
+    from widthsearch.search import LatencyTable
+    from widthsearch.supernet import Supernet
+    from widthsearch.supernet.checkpoint import save_supernet
+    from widthsearch.supernet.models import create_model
+
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 8}
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 8, 8), bins=2, meta=meta)
+    path = tmp_path / "small.pt"
+    save_supernet(path, sn)
+    out = tmp_path / "lat.json"
+    argv = ["profile", str(path), "--device", "cpu", "--batch", "2", "--seconds", "0.0001"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    table = LatencyTable.from_dict(doc)
+    assert table.to_dict() == doc
+    assert (table.device, table.threads, table.batch, table.model) == ("cpu", 1, 2, "resnet20")
+    assert table.torch == torch.__version__ and table.input_size == 8
+    assert {t.name for t in table.layers} == {e.layer.name for e in sn.layers}
+    bound = table.bind(sn)
+    by_label = {row["config"]: row["predicted_ms"] for row in doc["calibration"]}
+    full = doc["overhead_ms"] + sum(
+        np.asarray(layer["ms"]).reshape(-1)[-1] for layer in doc["layers"]
+    )
+    assert bound.predict(sn.widths_vector(sn.space.max())) == pytest.approx(full, abs=1e-6)
+    assert by_label["full"] == pytest.approx(full, abs=1e-5)
+    assert not list(tmp_path.glob(".lat.json.*"))
+    msg = _one_line_error(
+        capsys, [*argv, "--threads", "0", "--out", str(tmp_path / "x.json")], tmp_path / "x.json"
+    )
+    assert "--threads" in msg
+
+
+def test_latency_budget_and_limits_from_the_command_line(
+    tiny_checkpoint, latency_table, latency_table_path, tmp_path, capsys
+):
+    sn, _ = load_supernet(tiny_checkpoint)
+    full_ms = latency_table.predict_config(sn)
+    out = tmp_path / "lat-search.json"
+    argv = [
+        "search",
+        str(tiny_checkpoint),
+        "--strategy",
+        "bisection",
+        "--strategy",
+        "uniform",
+        "--budget",
+        f"{0.7 * full_ms:.4f}ms",
+        "--max-params",
+        "0.5",
+        "--latency-table",
+        str(latency_table_path),
+        "--latency-threads",
+        "1",
+        "--heldout-images",
+        "32",
+        "--calib-batches",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "latency" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["constraints"]["measure"] == "latency"
+    assert doc["constraints"]["latency_table"]["threads"] == 1
+    assert doc["full_latency_ms"] == pytest.approx(full_ms)
+    for r in doc["results"]:
+        assert r["budget_macs"] is None and r["latency_ms"] <= r["budget_ms"]
+        assert r["latency_ms"] == pytest.approx(latency_table.predict_config(sn, r["widths"]))
+        assert r["params"] <= doc["constraints"]["max_params"] == int(0.5 * sn.params())
+        assert sn.macs(r["widths"]) == r["macs"]
+
+
+def test_bad_latency_inputs_exit_2_with_one_line(
+    tiny_checkpoint, latency_table_path, tmp_path, capsys
+):
+    out = tmp_path / "out.json"
+    base = ["search", str(tiny_checkpoint), "--strategy", "uniform", "--out", str(out)]
+    table = ["--latency-table", str(latency_table_path)]
+    msg = _one_line_error(capsys, [*base, "--budget", "12xs", *table], out)
+    assert "12xs" in msg
+    msg = _one_line_error(capsys, [*base, "--budget", "3ms"], out)
+    assert "latency table" in msg
+    for flag, value in (("--latency-threads", "2"), ("--latency-batch", "8")):
+        msg = _one_line_error(capsys, [*base, "--budget", "1ms", *table, flag, value], out)
+        assert "profile again" in msg and flag.split("-")[-1] in msg
+    msg = _one_line_error(
+        capsys, [*base, "--budget", "1ms", *table, "--latency-device", "cuda"], out
+    )
+    assert "device" in msg
+    msg = _one_line_error(capsys, [*base, "--budget", "0.5", *table, "--max-latency", "8"], out)
+    assert "--max-latency" in msg
+    msg = _one_line_error(capsys, [*base, "--budget", "0.5", "--budget", "1ms", *table], out)
+    assert "mix" in msg
+    msg = _one_line_error(
+        capsys, [*base, "--budget", "1ms", "--latency-table", str(tmp_path / "no.json")], out
+    )
+    assert "not found" in msg

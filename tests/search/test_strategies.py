@@ -11,6 +11,7 @@ from widthsearch.search import (
     build_evaluator,
     get_strategy,
     list_strategies,
+    make_constraints,
     prior_population,
     resolve_budgets,
     run_search,
@@ -67,6 +68,43 @@ def test_results_meet_budgets_and_repeat_exactly(loaded, name):
     ]
     for key, value in state.items():  # weights and BN statistics survive the search
         assert torch.equal(value, sn.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_latency_budgets_and_combined_limits_are_kept(loaded, latency_table, name):
+    """Every strategy answers latency budgets, and MACs budgets under params and latency
+    limits, inside every limit (predicted latency, exact MACs and params)."""
+    sn, payload = loaded
+    model = latency_table.bind(sn)
+    full_ms = model.predict(sn.widths_vector(sn.space.max()))
+    small_ms = model.predict(sn.widths_vector(sn.space.min()))
+    latencies = [f"{small_ms + f * (full_ms - small_ms):.4f}ms" for f in (0.3, 0.6)]
+    constraints = make_constraints(sn, latencies, table=latency_table)
+    budgets = resolve_budgets(sn, latencies, constraints=constraints)
+    evaluator = build_evaluator(sn, payload)
+    strategy = get_strategy(name)
+    results = strategy.search(
+        sn, evaluator, budgets=budgets, seed=1, constraints=constraints, **OPTIONS[name]
+    )
+    for res, budget in zip(results, budgets, strict=True):
+        assert res.budget_macs is None and res.budget_ms == pytest.approx(budget / 1e6)
+        assert res.latency_ms == pytest.approx(model.predict(sn.widths_vector(res.widths)))
+        assert res.latency_ms <= res.budget_ms
+        assert sn.macs(res.widths) == res.macs and sn.params(res.widths) == res.params
+        json.dumps(res.to_dict())
+
+    max_ms = small_ms + 0.5 * (full_ms - small_ms)
+    combined = make_constraints(
+        sn, [0.7], table=latency_table, max_params=0.4, max_latency=f"{max_ms:.4f}ms"
+    )
+    (budget,) = resolve_budgets(sn, [0.7], constraints=combined)
+    (res,) = strategy.search(
+        sn, evaluator, budgets=[budget], seed=1, constraints=combined, **OPTIONS[name]
+    )
+    assert res.macs <= budget and res.budget_macs == budget
+    assert res.params <= combined.max_params
+    assert res.latency_ms <= combined.max_latency_ms
+    assert not combined.broken(sn, res.widths)
 
 
 def test_bisection_evaluates_only_its_final_answers(loaded):

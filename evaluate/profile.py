@@ -1,0 +1,243 @@
+"""Measure a supernet's latency table on this machine (``widthsearch profile``).
+
+What is measured: every slimmable layer (conv, linear, BN) alone, as the dense layer an
+extracted subnet would have, at every combination of the width choices of the groups it
+touches, on its own input shape at batch ``batch`` -- ``torch.utils.benchmark`` medians,
+``threads`` intra-op threads, no autograd. What is not: activations, residual adds, pooling
+and the framework's per-call overhead. Those are folded in afterwards by timing a few whole
+extracted subnets (narrowest, uniform, full) and fitting ``measured = overhead + scale *
+sum of layer entries``; the table stores the layer entries times ``scale`` and the overhead,
+so a prediction is a plain sum of table entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from widthsearch.search.latency import LatencyTable, LayerLatency, layer_groups, monotone
+from widthsearch.supernet import Supernet
+from widthsearch.supernet.checkpoint import build_supernet
+from widthsearch.supernet.runtime import Runtime
+from widthsearch.supernet.supernet import slice_layer
+
+from ._common import model_input, read_subnet
+from .measure import measure_latency
+
+__all__ = ["CALIBRATION_RATIOS", "fit_overhead", "latency_check", "profile_latency"]
+
+# uniform width ratios of the whole subnets that fit the overhead and scale (besides the
+# narrowest and the full network)
+CALIBRATION_RATIOS = (0.25, 0.5, 0.75)
+
+
+@torch.no_grad()
+def profile_latency(
+    sn: Supernet,
+    *,
+    threads: int = 1,
+    batch: int = 1,
+    seconds: float = 0.05,
+    runtime: Runtime | None = None,
+    progress: bool | None = None,
+) -> LatencyTable:
+    """Measure ``sn``'s latency table on ``runtime``'s device (default: the CPU).
+
+    Args:
+        sn: The supernet (its weights do not matter for timing, its shapes do).
+        threads: Intra-op threads while timing.
+        batch: Batch size of every timed forward.
+        seconds: Minimum measuring time per table entry and per whole subnet.
+        runtime: Device and precision to time on.
+        progress: tqdm bar (``None``: only on a terminal).
+    """
+    if threads < 1 or batch < 1 or seconds <= 0:
+        raise ValueError("profile: threads and batch must be >= 1 and seconds > 0")
+    runtime = runtime or Runtime()
+    start = time.perf_counter()
+    meta = sn.meta
+    example = model_input(meta, batch)
+    shapes = _input_shapes(sn, example)
+    full = sn.extract(sn.space.max()).eval()  # plain modules: no supernet hooks
+    modules = dict(full.named_modules())
+    choices = {g.name: list(g.choices) for g in sn.space.groups}
+    entries = {entry.layer.name: entry for entry in sn.layers}
+    plan = layer_groups(sn)
+    cells = sum(int(np.prod([len(choices[g]) for g in groups])) for _, groups, _ in plan)
+    bar = tqdm(total=cells, desc="profile", unit="entry", disable=_quiet(progress))
+
+    def timed(module: nn.Module, x: torch.Tensor) -> float:
+        return measure_latency(
+            runtime.module(module),
+            runtime.batch(x),
+            min_run_time=seconds,
+            threads=threads,
+            runtime=runtime,
+        )
+
+    layers = []
+    for name, groups, follows in plan:
+        layer, in_g, _ = entries[name]
+        in_full = sn.space.groups[in_g].max_channels
+        linear = isinstance(modules[name], nn.Linear)
+        axes = [choices[g] for g in groups]
+        ms = np.zeros([len(a) for a in axes])
+        for cell in np.ndindex(*ms.shape):
+            widths = [axes[k][i] for k, i in enumerate(cell)]
+            w_in, w_out = (widths[0], widths[0]) if follows else (widths[0], widths[1])
+            module = copy.deepcopy(modules[name])
+            slice_layer(module, layer, torch.arange(w_in), torch.arange(w_out))
+            ms[cell] = sum(
+                timed(module, _input(shape, w_in, in_full, linear=linear)) for shape in shapes[name]
+            )
+            bar.update(1)
+        layers.append(LayerLatency(name, list(groups), ms))
+    bar.close()
+
+    table = LatencyTable(
+        device=str(runtime.device),
+        threads=int(threads),
+        batch=int(batch),
+        torch=torch.__version__,
+        model=str(meta.get("model", "")),
+        input_size=int(meta.get("input_size", example.shape[-1])),
+        in_chans=int(meta.get("in_chans", example.shape[1])),
+        choices=choices,
+        layers=[LayerLatency(t.name, t.groups, np.asarray(t.ms).tolist()) for t in layers],
+    )
+    model = table.bind(sn)  # raw entries, no overhead yet
+    configs = _calibration_configs(sn)
+    measured = [timed(sn.extract(cfg).eval(), example) for _, cfg in configs]
+    sums = [float(model.predict(sn.widths_vector(cfg))) for _, cfg in configs]
+    overhead, scale = fit_overhead(sums, measured)
+    table.layers = [
+        LayerLatency(t.name, t.groups, np.round(monotone(np.asarray(t.ms) * scale), 6).tolist())
+        for t in layers
+    ]
+    table.overhead_ms = round(overhead, 6)
+    table.scale = round(scale, 6)
+    model = table.bind(sn)
+    table.calibration = [
+        {
+            "config": label,
+            "measured_ms": round(ms, 6),
+            "predicted_ms": round(float(model.predict(sn.widths_vector(cfg))), 6),
+        }
+        for (label, cfg), ms in zip(configs, measured, strict=True)
+    ]
+    table.seconds = time.perf_counter() - start
+    return table
+
+
+def fit_overhead(layer_sums: list[float], measured: list[float]) -> tuple[float, float]:
+    """``(overhead, scale)`` with ``measured ~ overhead + scale * layer_sum``, both >= 0
+    (least squares; ``scale`` 1 when the sums do not vary)."""
+    s, m = np.asarray(layer_sums, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    if len(s) >= 2 and np.ptp(s) > 1e-12:
+        scale, overhead = np.polyfit(s, m, 1)
+        if scale > 0 and overhead >= 0:
+            return float(overhead), float(scale)
+        if scale > 0:  # a negative constant: through the origin instead
+            return 0.0, float((m @ s) / (s @ s))
+    return float(max(0.0, np.mean(m - s))), 1.0
+
+
+def _calibration_configs(sn: Supernet) -> list[tuple[str, dict[str, int]]]:
+    out = [("narrowest", sn.space.min()), ("full", sn.space.max())]
+    for r in CALIBRATION_RATIOS:
+        cfg = sn.space.uniform(r)
+        if all(cfg != c for _, c in out):
+            out.insert(-1, (f"uniform {r:g}", cfg))
+    return out
+
+
+def _input_shapes(sn: Supernet, example: torch.Tensor) -> dict[str, list[tuple[int, ...]]]:
+    """Per slimmable layer, the input shape of each of its calls at full width."""
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, args: Any) -> None:
+            shapes.setdefault(name, []).append(tuple(args[0].shape))
+
+        return record
+
+    was_training = sn.training
+    try:
+        for entry in sn.layers:
+            handles.append(entry.layer.module.register_forward_pre_hook(hook(entry.layer.name)))
+        with sn.active(None):
+            sn.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        sn.train(was_training)
+    return shapes
+
+
+def _input(shape: tuple[int, ...], width: int, full: int, *, linear: bool) -> torch.Tensor:
+    """A random input of ``shape`` with its channel dimension cut from ``full`` to ``width``
+    channels (a linear layer's features are channels times a per-channel factor)."""
+    dim = len(shape) - 1 if linear else 1
+    shape = list(shape)
+    shape[dim] = shape[dim] // full * width
+    return torch.randn(shape)
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+@torch.no_grad()
+def latency_check(
+    subnet: str | os.PathLike[str] | Mapping[str, Any],
+    table: LatencyTable,
+    *,
+    seconds: float = 0.2,
+    runtime: Runtime | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
+    """The table's predicted latency of a subnet file next to its measured latency, at the
+    table's batch and threads on ``runtime``'s device (which must be the table's).
+
+    Returns:
+        ``{"predicted_ms", "measured_ms", "ratio" (measured / predicted), "device",
+        "threads", "batch"}``.
+
+    Raises:
+        ValueError: the table was made for another model, width space or device.
+        CheckpointError: see :func:`~widthsearch.evaluate.read_subnet`.
+    """
+    runtime = runtime or Runtime()
+    payload = (
+        dict(subnet)
+        if isinstance(subnet, Mapping)
+        else read_subnet(subnet, trust_pickle=trust_pickle)
+    )
+    meta = payload["meta"]
+    table.check(device=str(runtime.device), model=str(meta.get("model", "")) or None)
+    with torch.random.fork_rng(devices=[]):
+        sn = build_supernet(dict(meta))
+    predicted = float(table.bind(sn).predict(sn.widths_vector(payload["widths"])))
+    measured = measure_latency(
+        runtime.module(payload["module"]),
+        runtime.batch(model_input(meta, table.batch)),
+        min_run_time=seconds,
+        threads=table.threads,
+        runtime=runtime,
+    )
+    return {
+        "predicted_ms": round(predicted, 6),
+        "measured_ms": round(measured, 6),
+        "ratio": round(measured / predicted, 4) if predicted > 0 else None,
+        "device": table.device,
+        "threads": table.threads,
+        "batch": table.batch,
+    }
