@@ -257,8 +257,9 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
     Raises:
         UnsupportedModelError: the model cannot be traced, or couples channels in a way the
-            supernet cannot slim (concat, channel shuffle, per-channel parameters outside
-            conv/BN/linear layers, ...). The message names the module or op.
+            supernet cannot slim (split, channel shuffle, reductions over the channels,
+            per-channel parameters outside conv/BN/linear layers, ...). The message names
+            the module or op.
     """
     was_training = model.training
     model.eval()  # trace the inference graph: no stochastic depth/dropout branches
