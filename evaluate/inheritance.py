@@ -51,16 +51,17 @@ def channel_importance(sn: Supernet, method: str) -> dict[str, Tensor]:
     groups = sn.space.groups
     sums: dict[str, dict[str, Tensor]] = {GAMMA: {}, L1: {}}
     with torch.no_grad():
-        for layer, _, out_g in sn.layers:
-            group = groups[out_g]
-            if group.fixed:
-                continue
+        for layer, _, out_gs in sn.layers:
             evidence = layer.handler.importance(layer)
             if evidence is None:
                 continue
-            value = evidence.per_channel(torch.float32)
-            store = sums.setdefault(evidence.source, {})
-            store[group.name] = store.get(group.name, 0) + value.cpu()
+            channels = evidence.per_channel(torch.float32).cpu()
+            for out_g, part in sn.segments(out_gs):  # a concat's BN: each group its own part
+                group = groups[out_g]
+                if group.fixed:
+                    continue
+                store = sums.setdefault(evidence.source, {})
+                store[group.name] = store.get(group.name, 0) + channels[part]
     out: dict[str, Tensor] = {}
     for group in sn.space.searchable:
         value = sums[_EVIDENCE[method]].get(group.name)

@@ -35,12 +35,13 @@ def group_importance(sn: Supernet) -> np.ndarray:
     space = IndexSpace(sn)
     sums = np.zeros(len(sn.space.groups))
     counts = np.zeros(len(sn.space.groups))
-    for layer, _in_g, out_g in sn.layers:
+    for layer, _in_gs, out_gs in sn.layers:
         evidence = layer.handler.importance(layer)
         if evidence is not None and evidence.source == GAMMA:
             gamma = evidence.values.to(torch.float64)
-            sums[out_g] += float(gamma.sum())
-            counts[out_g] += gamma.numel()
+            for out_g, part in sn.segments(out_gs):  # a concat's BN: each group its own part
+                sums[out_g] += float(gamma[part].sum())
+                counts[out_g] += gamma[part].numel()
     pos = space.positions
     has_bn = counts[pos] > 0
     imp = np.where(has_bn, sums[pos] / np.maximum(counts[pos], 1), 0.0)

@@ -66,11 +66,27 @@ class SoftMasks:
         slot = {int(p): j for j, p in enumerate(space.positions)}
         normalisers: dict[int, list[nn.Module]] = {}
         producers: dict[int, list[nn.Module]] = {}
-        for layer, _in_g, out_g in sn.layers:
-            if out_g in slot:
-                role = normalisers if layer.handler.normaliser else producers
-                role.setdefault(slot[out_g], []).append(layer.module)
-        self._targets = [(j, normalisers.get(j) or producers.get(j, [])) for j in range(len(space))]
+        for layer, _in_gs, out_gs in sn.layers:
+            for out_g in out_gs:
+                if out_g in slot:
+                    role = normalisers if layer.handler.normaliser else producers
+                    role.setdefault(slot[out_g], []).append(layer.module)
+        slots_of: dict[int, set[int]] = {}  # id(module) -> the groups it masks
+        for j in range(len(space)):
+            for module in normalisers.get(j) or producers.get(j, []):
+                slots_of.setdefault(id(module), set()).add(j)
+        # per masking module, its output's groups in order: (slot it masks or None, channels)
+        self._targets = [
+            (
+                layer.module,
+                [
+                    (slot.get(g) if slot.get(g) in slots_of[id(layer.module)] else None, size)
+                    for g, size in ((g, rows.stop - rows.start) for g, rows in sn.segments(out_gs))
+                ],
+            )
+            for layer, _in_gs, out_gs in sn.layers
+            if id(layer.module) in slots_of
+        ]
         self._block_outputs = [
             (j, _block_outputs(sn, space.names[j]))
             for j in range(len(space))
@@ -79,9 +95,8 @@ class SoftMasks:
         self._handles: list[Any] = []
 
     def __enter__(self) -> SoftMasks:
-        for j, modules in self._targets:
-            for module in modules:
-                self._handles.append(module.register_forward_hook(self._mask_hook(j)))
+        for module, parts in self._targets:
+            self._handles.append(module.register_forward_hook(self._mask_hook(parts)))
         for j, modules in self._block_outputs:
             for module in modules:
                 self._handles.append(module.register_forward_hook(self._alive_hook(j)))
@@ -92,11 +107,18 @@ class SoftMasks:
             handle.remove()
         self._handles.clear()
 
-    def _mask_hook(self, j: int):
+    def _mask_hook(self, parts: list[tuple[int | None, int]]):
         def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-            mask = self.masks[j]
-            if mask is None:
+            masks = [None if j is None else self.masks[j] for j, _ in parts]
+            if all(m is None for m in masks):
                 return output
+            # a concatenated output: each masked group's part times its mask, the rest kept
+            mask = torch.cat(
+                [
+                    output.new_ones(size) if m is None else m
+                    for m, (_, size) in zip(masks, parts, strict=True)
+                ]
+            )
             return output * mask.view([1, -1] + [1] * (output.dim() - 2))
 
         return hook

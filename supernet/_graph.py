@@ -1,11 +1,14 @@
 """Find channel groups and the per-layer table by tracing the model with torch.fx.
 
-Every tensor in the traced graph gets a *channel space* (a union-find id) for its channel
-dimension. Convolutions and linear layers create new spaces; BN, activations, pools and
-depthwise convs pass their input's space through; residual adds and gating multiplies unite
-spaces. What is left after the walk are the groups. Nothing here knows any architecture,
-nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says which spaces its
-calls read and write.
+Every tensor in the traced graph gets a *layout* for its channel dimension: the channel
+spaces (union-find ids) whose channels it concatenates, in order; one space for most
+tensors, several after ``torch.cat`` along the channels (DenseNet, SqueezeNet's Fire
+modules). Convolutions and linear layers create new spaces; BN, activations, pools, spatial
+reductions and depthwise convs pass their input's layout through; residual adds and gating
+multiplies unite spaces position by position. What is left after the walk are the groups,
+and each layer's input and output layout says which group each channel belongs to. Nothing
+here knows any architecture, nor any kind of slimmable layer: each one's handler
+(:mod:`.handlers`) says which spaces its calls read and write.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedModelError
-from .handlers import LayerCall, SlimLayer, TraceStep, handler_for, registered_labels
+from .handlers import LayerCall, Layout, SlimLayer, TraceStep, handler_for, registered_labels
 from .handlers import registered_types as slimmable_types
 
 __all__ = ["LayerCall", "SlimLayer", "TraceResult", "trace_channels"]
@@ -122,6 +125,8 @@ _JOINING = {
 # Reductions over the dimensions named by their ``dim`` argument: they pass channels through
 # when those are spatial (global pooling written as ``x.mean((2, 3))``).
 _REDUCING = {"mean", "amax", "amin", "sum", "nansum", "nanmean", "std", "var", "logsumexp"}
+# Concatenations: along the channels they concatenate layouts, elsewhere they join them.
+_CONCAT = {"cat", "concat", "concatenate"}
 # Ops that flatten (N, C, H, W) -> (N, C*H*W).
 _FLATTENING = {"flatten", "view", "reshape"}
 _SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
@@ -179,6 +184,17 @@ class _Spaces:
         self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
         return keep
 
+    def unite(self, a: Layout, b: Layout, where: str) -> Layout:
+        """Unite two layouts position by position (the same channels, one width each)."""
+        sizes_a = [self.size[self.find(s)] for s in a]
+        sizes_b = [self.size[self.find(s)] for s in b]
+        if sizes_a != sizes_b:
+            raise UnsupportedModelError(
+                f"{where}: joins channels laid out as {_sizes(sizes_a)} and {_sizes(sizes_b)} "
+                "(a concatenation joins only one of the same parts)"
+            )
+        return tuple(self.union(x, y, where) for x, y in zip(a, b, strict=True))
+
     def require_multiple(self, space: int, multiple: int) -> None:
         """Widths of ``space`` (a root) must be multiples of ``multiple`` (grouped convs)."""
         self.multiple[space] = math.lcm(self.multiple[space], multiple)
@@ -204,6 +220,10 @@ class _Tracer(torch.fx.Tracer):
         if isinstance(m, (*slimmable_types(), *self._notrace_modules)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+
+def _sizes(sizes: list[int]) -> str:
+    return " + ".join(map(str, sizes)) if len(sizes) > 1 else f"{sizes[0]} channels"
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -237,8 +257,9 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
     Raises:
         UnsupportedModelError: the model cannot be traced, or couples channels in a way the
-            supernet cannot slim (concat, channel shuffle, per-channel parameters outside
-            conv/BN/linear layers, ...). The message names the module or op.
+            supernet cannot slim (split, channel shuffle, reductions over the channels,
+            per-channel parameters outside conv/BN/linear layers, ...). The message names
+            the module or op.
     """
     was_training = model.training
     model.eval()  # trace the inference graph: no stochastic depth/dropout branches
@@ -260,7 +281,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
     modules = dict(model.named_modules())
     spaces = _Spaces()
-    info: dict[torch.fx.Node, tuple[int, int]] = {}  # node -> (space id, features per channel)
+    info: dict[torch.fx.Node, tuple[Layout, int]] = {}  # node -> (layout, features per channel)
     layers: dict[str, SlimLayer] = {}
     batch = example_inputs[0].shape[0]
 
@@ -268,14 +289,14 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         out_shape = _shape(node)
         if node.op == "placeholder":
             if out_shape is not None and len(out_shape) >= 2:
-                info[node] = (spaces.new(out_shape[1], "input", fixed=True), 1)
+                info[node] = ((spaces.new(out_shape[1], "input", fixed=True),), 1)
             continue
         if node.op == "get_attr":
             continue
         if node.op == "output":
             for arg in _flat_nodes(node.args):
-                if arg in info:
-                    spaces.fixed[spaces.find(info[arg][0])] = True
+                for space in info.get(arg, ((), 1))[0]:
+                    spaces.fixed[spaces.find(space)] = True
             continue
 
         tracked = [a for a in _flat_nodes((node.args, node.kwargs)) if a in info]
@@ -308,10 +329,11 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         root = spaces.find(i)
         if root not in roots:
             roots.append(root)
-    used = {spaces.find(s) for lay in layers.values() for s in (lay.in_space, lay.out_space)}
+    used = {spaces.find(s) for lay in layers.values() for s in (*lay.in_spaces, *lay.out_spaces)}
     roots = [r for r in roots if r in used]
     for layer in layers.values():
-        layer.in_space, layer.out_space = spaces.find(layer.in_space), spaces.find(layer.out_space)
+        layer.in_spaces = tuple(spaces.find(s) for s in layer.in_spaces)
+        layer.out_spaces = tuple(spaces.find(s) for s in layer.out_spaces)
     slim_ids = {id(m) for lay in layers.values() for m in lay.module.modules()}
     other_params_of = {
         name: sum(p.numel() for p in m.parameters(recurse=False))
@@ -335,16 +357,16 @@ def _slim_layer(
     node: torch.fx.Node,
     module: nn.Module,
     tracked: list[torch.fx.Node],
-    info: dict[torch.fx.Node, tuple[int, int]],
+    info: dict[torch.fx.Node, tuple[Layout, int]],
     spaces: _Spaces,
     layers: dict[str, SlimLayer],
     batch: int,
-) -> tuple[int, int]:
+) -> tuple[Layout, int]:
     """Record one call of a slimmable layer (its handler says which spaces it uses)."""
     name = str(node.target)
     if len(tracked) != 1:
         raise UnsupportedModelError(f"{_where(node)}: expected one input tensor")
-    in_space, in_factor = info[tracked[0]]
+    in_spaces, in_factor = info[tracked[0]]
     out_shape = _shape(node)
     assert out_shape is not None
     producer = tracked[0]
@@ -352,7 +374,7 @@ def _slim_layer(
     step = TraceStep(
         name=name,
         where=_where(node),
-        in_space=in_space,
+        in_spaces=in_spaces,
         in_factor=in_factor,
         in_shape=_shape(producer),
         out_shape=out_shape,
@@ -365,28 +387,30 @@ def _slim_layer(
     assert handler is not None
     layer = handler.trace(module, step)
     if step.existing:  # a module called more than once must see the same spaces every time
-        spaces.union(step.existing.in_space, in_space, f"{step.where} (reused)")
+        spaces.unite(step.existing.in_spaces, in_spaces, f"{step.where} (reused)")
     layers[name] = layer
     call = handler.call(step)
     if call is not None:
         layer.calls.append(call)
-    return layer.out_space, 1
+    return layer.out_spaces, 1
 
 
 def _propagate(
     node: torch.fx.Node,
     name: str,
     tracked: list[torch.fx.Node],
-    info: dict[torch.fx.Node, tuple[int, int]],
+    info: dict[torch.fx.Node, tuple[Layout, int]],
     spaces: _Spaces,
     out_shape: tuple[int, ...],
-) -> tuple[int, int]:
-    """Channel space of a non-slimmable op's output, or raise if it mixes channels."""
+) -> tuple[Layout, int]:
+    """Channel layout of a non-slimmable op's output, or raise if it mixes channels."""
     first = tracked[0]
     in_shape = _shape(first)
-    space, factor = info[first]
+    layout, factor = info[first]
+    if name in _CONCAT:
+        return _concat(node, tracked, info, spaces, out_shape)
     if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
-        return _reduce(node, in_shape, out_shape, space, factor)
+        return _reduce(node, in_shape, out_shape, layout, factor)
     if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
         raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
     channelwise = name == "__module__" or name in _CHANNELWISE
@@ -398,8 +422,8 @@ def _propagate(
                 continue  # broadcast over channels (e.g. a spatial gate)
             if info[other][1] != factor:
                 raise UnsupportedModelError(f"{_where(node)}: joins tensors of different layouts")
-            space = spaces.union(space, info[other][0], _where(node))
-        return space, factor
+            layout = spaces.unite(layout, info[other][0], _where(node))
+        return layout, factor
 
     pads = node.args[1] if name == "pad" and len(node.args) > 1 else None
     if isinstance(pads, (tuple, list)) and len(pads) > 2 * (len(in_shape) - 2):
@@ -408,24 +432,56 @@ def _propagate(
     if channelwise and out_shape[1] == in_shape[1] and len(out_shape) <= len(in_shape):
         if len(out_shape) == 2 and len(in_shape) > 2 and math.prod(in_shape[2:]) != 1:
             if name in _FLATTENING:  # (N, C, H, W) -> (N, C*H*W) with C == C*H*W: H*W == 1
-                return space, factor
+                return layout, factor
             raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
-        return space, factor
+        return layout, factor
     if name in _FLATTENING and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
-        return space, factor * math.prod(in_shape[2:])
+        return layout, factor * math.prod(in_shape[2:])
     raise UnsupportedModelError(
-        f"{_where(node)} mixes or reorders channels (concat/split/shuffle are not supported); "
+        f"{_where(node)} mixes or reorders channels (split/shuffle are not supported); "
         "the supernet cannot slim across it"
     )
+
+
+def _concat(
+    node: torch.fx.Node,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, tuple[Layout, int]],
+    spaces: _Spaces,
+    out_shape: tuple[int, ...],
+) -> tuple[Layout, int]:
+    """``torch.cat``: along the channels the output's layout is the inputs' layouts in order;
+    along any other dimension every input holds the same channels (their layouts unite)."""
+    parts = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if not isinstance(parts, (tuple, list)) or not isinstance(dim, int):
+        raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
+    if dim % len(out_shape) != 1:
+        joined, factor = info[tracked[0]]
+        for other in tracked[1:]:
+            if info[other][1] != factor:
+                raise UnsupportedModelError(f"{_where(node)}: joins tensors of different layouts")
+            joined = spaces.unite(joined, info[other][0], _where(node))
+        return joined, factor
+    layout: Layout = ()
+    for part in parts:
+        if part not in info or info[part][1] != 1:
+            what = "an untracked tensor" if part not in info else "flattened features"
+            raise UnsupportedModelError(
+                f"{_where(node)} concatenates {what} along the channels; the supernet cannot "
+                "slim across it"
+            )
+        layout += info[part][0]
+    return layout, 1
 
 
 def _reduce(
     node: torch.fx.Node,
     in_shape: tuple[int, ...],
     out_shape: tuple[int, ...] | None,
-    space: int,
+    layout: Layout,
     factor: int,
-) -> tuple[int, int]:
+) -> tuple[Layout, int]:
     """A reduction passes its input's channels through unless it reduces over them."""
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     if isinstance(dims, bool):  # the old ``x.var(unbiased)``: every dimension
@@ -445,4 +501,4 @@ def _reduce(
         )
     if out_shape is None or len(out_shape) < 2 or out_shape[1] != in_shape[1]:
         raise UnsupportedModelError(f"{_where(node)}: cannot follow channels through it")
-    return space, factor
+    return layout, factor

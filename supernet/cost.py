@@ -1,11 +1,12 @@
 """Exact analytic MACs and parameter counts of any width config, vectorised with numpy.
 
 Every conv/linear MAC count and every parameter count is a sum of terms
-``coef * w[a] * w[b]`` where ``w[a]``/``w[b]`` are group widths (or 1); each layer's handler
-adds its own terms (:meth:`LayerHandler.cost_terms`). The table of terms is built once from
-the trace; evaluating a batch of configs is then two gathers and a matrix-vector product, so
-search never waits on it. :meth:`CostModel.quadratic_form` publishes the same table as
-quadratic forms (per-group linear and pairwise coefficients) for search's expectations.
+``coef * w[a] * w[b]`` where ``w[a]``/``w[b]`` are group widths (or 1); a layer reading a
+concatenation has one term per group it reads. Each layer's handler adds its own terms
+(:meth:`LayerHandler.cost_terms`). The table of terms is built once from the trace;
+evaluating a batch of configs is then two gathers and a matrix-vector product, so search
+never waits on it. :meth:`CostModel.quadratic_form` publishes the same table as quadratic
+forms (per-group linear and pairwise coefficients) for search's expectations.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class _Terms:
         self.coef: dict[tuple[int, int, int], int] = defaultdict(int)
         self.gate = _ONE  # set while adding the terms of a layer inside a removable block
 
-    def add(self, coef: int, a: int, b: int = _ONE) -> None:
-        if coef:
-            self.coef[(a, b, self.gate)] += coef
+    def add(self, coef: int, a: int | tuple[int, ...], b: int | tuple[int, ...] = _ONE) -> None:
+        # a layout stands for the sum of its groups' widths: expand the product
+        for x in (a,) if isinstance(a, int) else a:
+            for y in (b,) if isinstance(b, int) else b:
+                if coef:
+                    self.coef[(x, y, self.gate)] += coef
 
     def arrays(self, num_groups: int) -> tuple[np.ndarray, ...]:
         keys = sorted(self.coef)
@@ -133,8 +137,8 @@ class CostModel:
         macs, params = _Terms(), _Terms()
         for layer in trace.layers:
             macs.gate = params.gate = gates.get(layer.name, _ONE)
-            out_g = group_of_space[layer.out_space]
-            in_g = group_of_space[layer.in_space]
+            out_g = tuple(group_of_space[s] for s in layer.out_spaces)
+            in_g = tuple(group_of_space[s] for s in layer.in_spaces)
             layer.handler.cost_terms(layer, in_g, out_g, macs, params)
         params.gate = _ONE
         params.add(trace.other_params - sum(trace.other_params_of.get(n, 0) for n in gates), _ONE)

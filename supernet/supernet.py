@@ -24,7 +24,7 @@ from torch import nn
 
 from ._graph import TraceResult, trace_channels
 from .cost import CostModel
-from .handlers import CallWidths, SlimLayer, span
+from .handlers import CallWidths, SlimLayer, positions, restore, span
 from .space import WidthSpace, make_group
 
 __all__ = ["SIDES", "LayerEntry", "Side", "Supernet", "slice_layer"]
@@ -35,11 +35,13 @@ SIDES: tuple[Side, Side] = ("left", "right")
 
 class LayerEntry(NamedTuple):
     """One row of :attr:`Supernet.layers`: a slimmable layer and the groups it reads and writes
-    (indices into ``space.groups``)."""
+    (indices into ``space.groups``), in the order their channels lie along the input's and
+    the output's channel dimension: one group, or several when it reads or normalises a
+    concatenation (see :meth:`Supernet.segments`)."""
 
     layer: SlimLayer
-    in_group: int
-    out_group: int
+    in_groups: tuple[int, ...]
+    out_groups: tuple[int, ...]
 
 
 class Supernet(nn.Module):
@@ -85,18 +87,24 @@ class Supernet(nn.Module):
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(bins=bins, min_bins=min_bins, round_to=round_to)
         self._layers: list[LayerEntry] = [
-            LayerEntry(layer, group_of_space[layer.in_space], group_of_space[layer.out_space])
+            LayerEntry(
+                layer,
+                tuple(group_of_space[s] for s in layer.in_spaces),
+                tuple(group_of_space[s] for s in layer.out_spaces),
+            )
             for layer in trace.layers
         ]
         self._widths: list[int] | None = None
         self._side: str = "left"
         self._saved: dict[int, list[dict[str, Any]]] = {}
         self._hook_handles: list[Any] = []
-        restore = self._make_restore_hook()
-        for layer, in_g, out_g in self._layers:
-            pre = self._make_pre_hook(layer, in_g, out_g)
+        restore_hook = self._make_restore_hook()
+        for layer, in_gs, out_gs in self._layers:
+            pre = self._make_pre_hook(layer, in_gs, out_gs)
             self._hook_handles.append(layer.module.register_forward_pre_hook(pre))
-            self._hook_handles.append(layer.module.register_forward_hook(restore, always_call=True))
+            self._hook_handles.append(
+                layer.module.register_forward_hook(restore_hook, always_call=True)
+            )
         blocks = self._find_removable_blocks(example_inputs) if example_inputs else {}
         self.space = WidthSpace(
             [
@@ -156,13 +164,33 @@ class Supernet(nn.Module):
         outside this one reads layers through it."""
         return list(self._layers)
 
+    def segments(self, groups: Sequence[int]) -> list[tuple[int, slice]]:
+        """Where each of ``groups`` (a :class:`LayerEntry`'s ``in_groups``/``out_groups``)
+        lies along the channel dimension at full width: ``(group index, positions)``."""
+        out, offset = [], 0
+        for g in groups:
+            size = self.space.groups[g].max_channels
+            out.append((g, slice(offset, offset + size)))
+            offset += size
+        return out
+
+    def layout_index(
+        self, groups: Sequence[int], per_group: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The positions along a channel dimension laid out as ``groups`` that hold each
+        group's channels ``per_group[name]`` (in order): what a layer keeps of it."""
+        parts = [
+            per_group[self.space.groups[g].name] + rows.start for g, rows in self.segments(groups)
+        ]
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
     def channel_blocks(self) -> dict[str, int]:
         """Per group, the run of channels that must stay together when choosing or
         reordering channels: the lcm of the conv-group widths of its grouped convs (1 for
         dense and depthwise convs and everything else)."""
         blocks = {g.name: 1 for g in self.space.groups}
-        for layer, _, out_g in self._layers:
-            if layer.group_width > 1:
+        for layer, _, out_gs in self._layers:
+            for out_g in out_gs if layer.group_width > 1 else ():
                 name = self.space.groups[out_g].name
                 blocks[name] = math.lcm(blocks[name], layer.group_width)
         return blocks
@@ -192,10 +220,11 @@ class Supernet(nn.Module):
         finally:
             self._widths, self._side = previous
 
-    def _make_pre_hook(self, layer: SlimLayer, in_g: int, out_g: int):
-        in_full = self.space.groups[in_g].max_channels
-        out_full = self.space.groups[out_g].max_channels
-        source_in_g = next(
+    def _make_pre_hook(self, layer: SlimLayer, in_gs: tuple[int, ...], out_gs: tuple[int, ...]):
+        in_fulls = [self.space.groups[g].max_channels for g in in_gs]
+        out_fulls = [self.space.groups[g].max_channels for g in out_gs]
+        in_full, out_full = sum(in_fulls), sum(out_fulls)
+        source_in_gs = next(
             (
                 i
                 for other, i, _ in self._layers
@@ -204,23 +233,43 @@ class Supernet(nn.Module):
             None,
         )
 
+        def parts(fulls: list[int], groups: tuple[int, ...], widths: list[int], run: int):
+            if len(groups) == 1:
+                return ()
+            kept = [widths[g] for g in groups]
+            # a stand-in width (see below) reads zeros: any ``run`` channels will do
+            return (
+                tuple(zip(fulls, kept, strict=True)) if sum(kept) == run else ((sum(fulls), run),)
+            )
+
         handler = layer.handler
 
         def pre_hook(module: nn.Module, args: Any) -> Any:
             widths = self._widths
             if widths is None:
                 return None
-            w_in, w_out = widths[in_g], widths[out_g]
+            w_in, w_out = sum(widths[g] for g in in_gs), sum(widths[g] for g in out_gs)
             # Width 0 (a removed residual block): torch has no zero-channel conv/BN, so run
             # the layer at its narrowest width on zeros and let the restore hook return an
             # empty tensor ("empty") or zeros ("dead": its input channels are all removed).
             empty = w_out == 0
-            dead = w_in == 0 or (source_in_g is not None and widths[source_in_g] == 0)
+            dead = w_in == 0 or (
+                source_in_gs is not None and not any(widths[g] for g in source_in_gs)
+            )
             run_in, run_out = handler.run_widths(layer, w_in, w_out)
             replace_input = (
                 (empty or w_in == 0) and bool(args) and args[0].shape[1] != run_in * layer.in_factor
             )
-            at = CallWidths(run_in, run_out, in_full, out_full, self._side, empty)
+            at = CallWidths(
+                run_in,
+                run_out,
+                in_full,
+                out_full,
+                self._side,
+                empty,
+                parts(in_fulls, in_gs, widths, run_in),
+                parts(out_fulls, out_gs, widths, run_out),
+            )
             saved = handler.view(layer, module, at)
             saved["__output__"] = "empty" if empty else "dead" if dead else None
             self._saved.setdefault(id(module), []).append(saved)
@@ -241,12 +290,7 @@ class Supernet(nn.Module):
                 return None
             saved = stack.pop()
             mode = saved.pop("__output__", None)
-            for key, value in saved.items():
-                if isinstance(key, tuple):
-                    store, original = value
-                    store[key[1]] = original
-                else:
-                    setattr(module, key, value)
+            restore(module, saved)
             if mode == "empty":
                 return output[:, :0]
             if mode == "dead":
@@ -255,14 +299,15 @@ class Supernet(nn.Module):
 
         return restore_hook
 
-    def active_spans(self) -> dict[int, slice]:
-        """``id(module) -> slice`` of every slimmable layer's output channels in the active
-        config (all when none); BN recalibration resets its statistics on these."""
+    def active_spans(self) -> dict[int, slice | torch.Tensor]:
+        """``id(module) ->`` the positions (a slice, or an index tensor for a concatenation)
+        of every slimmable layer's output channels in the active config (all when none); BN
+        recalibration resets its statistics on these."""
         spans = {}
-        for layer, _, out_g in self._layers:
-            full = self.space.groups[out_g].max_channels
-            width = full if self._widths is None else self._widths[out_g]
-            spans[id(layer.module)] = span(full, width, self._side)
+        for layer, _, out_gs in self._layers:
+            fulls = [self.space.groups[g].max_channels for g in out_gs]
+            widths = fulls if self._widths is None else [self._widths[g] for g in out_gs]
+            spans[id(layer.module)] = positions(tuple(zip(fulls, widths, strict=True)), self._side)
         return spans
 
     # -- depth pruning -------------------------------------------------------------------
@@ -283,10 +328,11 @@ class Supernet(nn.Module):
         full = [g.max_channels for g in self.space.groups]
         found: dict[int, str] = {}
         try:
+            shaped = self._same_shape_modules(inputs)
             for gi, group in enumerate(self.space.groups):
                 if group.fixed:
                     continue
-                names = [lay.name.split(".")[:-1] for lay, i, o in self._layers if gi in (i, o)]
+                names = [lay.name.split(".")[:-1] for lay, i, o in self._layers if gi in (*i, *o)]
                 prefix = names[0]
                 for parts in names[1:]:
                     common = 0
@@ -294,7 +340,8 @@ class Supernet(nn.Module):
                         common += 1
                     prefix = prefix[:common]
                 candidates = [".".join(prefix[:k]) for k in range(len(prefix), 0, -1)]
-                candidates = [c for c in candidates if c not in found.values()]
+                # only a module whose output has its input's shape can become the identity
+                candidates = [c for c in candidates if c not in found.values() and c in shaped]
                 if not candidates:
                     continue
                 seen: dict[str, tuple[Any, Any]] = {}
@@ -332,6 +379,30 @@ class Supernet(nn.Module):
         finally:
             self._widths = None
             self.model.train(was_training)
+        return found
+
+    def _same_shape_modules(self, inputs: tuple[torch.Tensor, ...]) -> set[str]:
+        """Names of the modules whose tensor output has the shape of their first input, in
+        one full-width forward: the only candidates for a removable block (this spares a
+        probe per group in nets without residual blocks, such as DenseNet)."""
+        found: set[str] = set()
+
+        def record(module: nn.Module, args: Any, out: Any, name: str) -> None:
+            first = args[0] if args else None
+            tensors = isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor)
+            if tensors and first.shape == out.shape:
+                found.add(name)
+
+        handles = [
+            module.register_forward_hook(functools.partial(record, name=name))
+            for name, module in self.model.named_modules()
+            if name
+        ]
+        try:
+            self.model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
         return found
 
     def _cost_gates(self, blocks: dict[int, str]) -> dict[str, int]:
@@ -420,12 +491,12 @@ class Supernet(nn.Module):
         for block in removed:  # depth pruning: the whole residual block becomes the identity
             parent_name, _, child = block.rpartition(".")
             setattr(copies[parent_name] if parent_name else model, child, nn.Identity())
-        names = [g.name for g in self.space.groups]
         with torch.no_grad():
-            for layer, in_g, out_g in self._layers:
+            for layer, in_gs, out_gs in self._layers:
                 if any(layer.name.startswith(block + ".") for block in removed):
                     continue
-                slice_layer(copies[layer.name], layer, keep[names[in_g]], keep[names[out_g]])
+                in_idx, out_idx = self.layout_index(in_gs, keep), self.layout_index(out_gs, keep)
+                slice_layer(copies[layer.name], layer, in_idx, out_idx)
         return model
 
 

@@ -155,12 +155,14 @@ def channel_importance(sn: Any) -> dict[str, np.ndarray]:
     output filters of the convs and linears that write it.
     """
     rows_of: dict[str, dict[int, list[np.ndarray]]] = {GAMMA: {}, L1: {}}
-    for layer, _, out_g in sn.layers:
+    for layer, _, out_gs in sn.layers:
         evidence = layer.handler.importance(layer)
         if evidence is not None:
-            values = evidence.per_channel(torch.float64).cpu().numpy()
-            rows = rows_of.setdefault(evidence.source, {}).setdefault(out_g, [])
-            rows.append(values / max(values.mean(), 1e-12))
+            channels = evidence.per_channel(torch.float64).cpu().numpy()
+            for out_g, part in sn.segments(out_gs):  # a concat's BN: each group its own part
+                values = channels[part]
+                rows = rows_of.setdefault(evidence.source, {}).setdefault(out_g, [])
+                rows.append(values / max(values.mean(), 1e-12))
     by_bn, by_weight = rows_of[GAMMA], rows_of[L1]
     out = {}
     for i, group in enumerate(sn.space.groups):
@@ -215,8 +217,10 @@ def permute_channels(sn: Any, perms: Mapping[str, np.ndarray]) -> None:
         size = sn.space[name].max_channels
         if sorted(idx.tolist()) != list(range(size)):
             raise ValueError(f"group {name!r}: not a permutation of its {size} channels")
-    for layer, in_g, out_g in sn.layers:
-        slice_layer(layer.module, layer, index[names[in_g]], index[names[out_g]])
+    for layer, in_gs, out_gs in sn.layers:
+        slice_layer(
+            layer.module, layer, sn.layout_index(in_gs, index), sn.layout_index(out_gs, index)
+        )
 
 
 def reorder_channels(sn: Any, order: str = "ends") -> dict[str, np.ndarray]:

@@ -38,13 +38,16 @@ __all__ = [
     "CostTerms",
     "LayerCall",
     "LayerHandler",
+    "Layout",
     "SlimLayer",
     "TraceStep",
     "handler_for",
+    "positions",
     "register_layer",
     "registered_labels",
     "registered_types",
     "replace_param",
+    "restore",
     "span",
     "swap",
     "unregister_layer",
@@ -52,6 +55,11 @@ __all__ = [
 
 GAMMA = "gamma"  # evidence from a normaliser's |scale| (BN gamma)
 L1 = "l1"  # evidence from the |weights| of the filters that write each channel
+
+
+# A tensor's channel dimension as the concatenation of whole channel spaces (or groups), in
+# order: one entry for most tensors, several after a ``torch.cat`` along the channels.
+Layout = tuple[int, ...]
 
 
 @dataclass
@@ -65,19 +73,28 @@ class LayerCall:
 class SlimLayer:
     """A slimmable layer, its handler and the channel spaces it reads and writes.
 
-    For a normaliser, ``in_space == out_space``. ``in_factor`` is the number of input
-    features per channel of a linear layer that follows a flatten of H x W maps.
+    ``in_spaces``/``out_spaces`` are layouts: the spaces whose channels the input/output's
+    channel dimension concatenates (one space unless the tensor is a concat). For a
+    normaliser, ``in_spaces == out_spaces``. ``in_factor`` is the number of input features
+    per channel of a linear layer that follows a flatten of H x W maps.
     """
 
     name: str
     module: nn.Module
     handler: LayerHandler
-    in_space: int
-    out_space: int
+    in_spaces: Layout
+    out_spaces: Layout
     in_factor: int = 1
     group_width: int = 0  # grouped/depthwise conv: input channels per conv group (0 = dense)
     source: str | None = None  # normaliser: the layer whose output it normalises directly
     calls: list[LayerCall] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # a handler may name a single space by its id
+        if isinstance(self.in_spaces, int):
+            self.in_spaces = (self.in_spaces,)
+        if isinstance(self.out_spaces, int):
+            self.out_spaces = (self.out_spaces,)
 
     @property
     def kind(self) -> str:
@@ -92,6 +109,8 @@ class ChannelSpaces(Protocol):
 
     def union(self, a: int, b: int, where: str) -> int: ...
 
+    def unite(self, a: Layout, b: Layout, where: str) -> Layout: ...
+
     def require_multiple(self, space: int, multiple: int) -> None: ...
 
 
@@ -101,7 +120,7 @@ class TraceStep:
 
     name: str  # the module's qualified name
     where: str  # how error messages name the call
-    in_space: int  # channel space of the input
+    in_spaces: Layout  # channel spaces of the input
     in_factor: int  # input features per channel (> 1 after a flatten of H x W maps)
     in_shape: tuple[int, ...] | None
     out_shape: tuple[int, ...]
@@ -112,27 +131,35 @@ class TraceStep:
 
 
 class CallWidths(NamedTuple):
-    """The widths one call of a layer runs at (see :meth:`LayerHandler.run_widths`)."""
+    """The widths one call of a layer runs at (see :meth:`LayerHandler.run_widths`).
 
-    w_in: int
+    ``in_parts``/``out_parts`` are ``(full, width)`` per group of a concatenated input or
+    output (empty: one group, ``(in_full, w_in)``).
+    """
+
+    w_in: int  # all input groups together
     w_out: int
-    in_full: int  # channels of the input group at full width
+    in_full: int  # channels of the input at full width
     out_full: int
     side: str  # "left": the first channels of each group; "right": the last
     empty: bool  # the output group is at width 0: the output is discarded
+    in_parts: tuple[tuple[int, int], ...] = ()
+    out_parts: tuple[tuple[int, int], ...] = ()
 
-    def out_span(self) -> slice:
-        return span(self.out_full, self.w_out, self.side)
+    def out_span(self) -> slice | torch.Tensor:
+        """The output channels kept: a slice, or an index tensor for a concatenation."""
+        return positions(self.out_parts or ((self.out_full, self.w_out),), self.side)
 
-    def in_span(self, factor: int = 1) -> slice:
+    def in_span(self, factor: int = 1) -> slice | torch.Tensor:
         """The input features kept (``factor`` features per channel)."""
-        return span(self.in_full * factor, self.w_in * factor, self.side)
+        return positions(self.in_parts or ((self.in_full, self.w_in),), self.side, factor)
 
 
 class CostTerms(Protocol):
-    """A sum of ``coef * w[a] * w[b]`` terms (index -1: the constant 1), see ``cost``."""
+    """A sum of ``coef * w[a] * w[b]`` terms (index -1: the constant 1), see ``cost``; a
+    layout ``a`` or ``b`` stands for the sum of its groups' widths."""
 
-    def add(self, coef: int, a: int, b: int = -1) -> None: ...
+    def add(self, coef: int, a: int | Layout, b: int | Layout = -1) -> None: ...
 
 
 @dataclass
@@ -202,10 +229,11 @@ class LayerHandler:
 
     # -- cost ----------------------------------------------------------------------------
     def cost_terms(
-        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
     ) -> None:
         """Add the layer's MACs (per sample, all calls) and parameters as terms in its input
-        group ``in_g`` and output group ``out_g``."""
+        groups ``in_g`` and output groups ``out_g`` (layouts: each stands for the sum of its
+        groups' widths, which is what the layer's input or output channel count is)."""
         raise NotImplementedError
 
     # -- importance ----------------------------------------------------------------------
@@ -263,17 +291,58 @@ def span(full: int, width: int, side: str) -> slice:
     return slice(0, width) if side == "left" else slice(full - width, full)
 
 
+def positions(
+    parts: tuple[tuple[int, int], ...], side: str, factor: int = 1
+) -> slice | torch.Tensor:
+    """The kept positions of a channel dimension made of groups ``(full, width)`` in order,
+    each keeping its BCNet side, with ``factor`` features per channel: a slice for one group,
+    an index tensor for several."""
+    if len(parts) == 1:
+        full, width = parts[0]
+        return span(full * factor, width * factor, side)
+    kept, offset = [], 0
+    for full, width in parts:
+        part = span(full, width, side)
+        kept.append(torch.arange(offset + part.start, offset + part.stop))
+        offset += full
+    channels = torch.cat(kept)
+    return (channels[:, None] * factor + torch.arange(factor)).reshape(-1)
+
+
 def swap(store: dict[str, Any], saved: dict[Any, Any], name: str, value: Any) -> None:
-    """Replace ``store[name]`` by ``value`` (or by a slice of it), remembering the original.
+    """Replace ``store[name]`` by ``value`` (or by the rows a slice or an index tensor
+    selects), remembering the original.
 
     ``store`` is a module's ``_parameters`` or ``_buffers``; writing the dict directly lets a
-    plain tensor (a differentiable view) stand in for the parameter during one call.
+    plain tensor (a differentiable view) stand in for the parameter during one call. Rows
+    picked by an index tensor are a copy, not a view: for a buffer (BN running statistics
+    updated in train mode) the restore writes the copy back.
     """
     current = store.get(name)
     if current is None:
         return
+    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+        rows = value.to(current.device)
+        store[name] = current[rows]
+        written = () if isinstance(current, nn.Parameter) else (rows, store[name])
+        saved[(id(store), name)] = (store, current, *written)
+        return
     saved[(id(store), name)] = (store, current)
     store[name] = current[value] if isinstance(value, slice) else value
+
+
+def restore(module: nn.Module, saved: dict[Any, Any]) -> None:
+    """Undo the :func:`swap` calls and attribute changes that :meth:`LayerHandler.view`
+    recorded in ``saved``."""
+    for key, value in saved.items():
+        if not isinstance(key, tuple):
+            setattr(module, key, value)
+            continue
+        store, original, *written = value
+        if written:  # an indexed copy of a buffer: keep what the call wrote into it
+            with torch.no_grad():
+                original[written[0]] = written[1]
+        store[key[1]] = original
 
 
 def replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -1,7 +1,8 @@
 """Batch norm (every ``_BatchNorm``, timm's ``BatchNormAct2d`` included): a normaliser.
 
-It reads and writes the same channels, so it passes its input's space through; its weight,
-bias and running statistics are sliced with the channels. At width 0 it runs on one channel
+It reads and writes the same channels, so it passes its input's spaces through (several
+when it normalises a concatenation, as in DenseNet); its weight, bias and running statistics
+are sliced with the channels. At width 0 it runs on one channel
 in eval mode (no statistics from the stand-in input) and its output is discarded.
 """
 
@@ -19,6 +20,7 @@ from .base import (
     ChannelEvidence,
     CostTerms,
     LayerHandler,
+    Layout,
     SlimLayer,
     TraceStep,
     register_layer,
@@ -42,7 +44,7 @@ class BatchNormHandler(LayerHandler):
         if step.in_factor != 1:
             raise UnsupportedModelError(f"{step.where}: batch norm on flattened features")
         return step.existing or SlimLayer(
-            step.name, module, self, step.in_space, step.in_space, source=step.source
+            step.name, module, self, step.in_spaces, step.in_spaces, source=step.source
         )
 
     def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:
@@ -71,7 +73,7 @@ class BatchNormHandler(LayerHandler):
                 setattr(module, name, getattr(module, name).index_select(0, out_idx).clone())
 
     def cost_terms(
-        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
     ) -> None:
         params.add(2 * int(layer.module.affine), out_g)  # weight and bias when affine
 

@@ -1,9 +1,10 @@
 """``nn.Conv2d``: dense, grouped and depthwise convolutions.
 
-A dense conv opens a new channel space for its output. A depthwise conv, or a grouped one
-with equal input and output widths, passes its input's space through (channel block ``j``
-in maps to block ``j`` out) and needs whole conv groups: the group's widths become
-multiples of its conv-group width, and extraction keeps ``groups = width / group width``.
+A dense conv opens a new channel space for its output (its input may be a concatenation of
+several). A depthwise conv, or a grouped one with equal input and output widths, passes its
+input's spaces through (channel block ``j`` in maps to block ``j`` out) and needs whole conv
+groups: the group's widths become multiples of its conv-group width, and extraction keeps
+``groups = width / group width``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .base import (
     CostTerms,
     LayerCall,
     LayerHandler,
+    Layout,
     SlimLayer,
     TraceStep,
     register_layer,
@@ -43,19 +45,25 @@ class ConvHandler(LayerHandler):
         cin, cout, groups = module.in_channels, module.out_channels, module.groups
         if groups == 1:
             return step.existing or SlimLayer(
-                step.name, module, self, step.in_space, step.spaces.new(cout, step.name)
+                step.name, module, self, step.in_spaces, (step.spaces.new(cout, step.name),)
             )
         if cin != cout:
             raise UnsupportedModelError(
                 f"{step.where}: grouped conv with {cin} -> {cout} channels in {groups} groups "
                 "(only depthwise or equal in/out grouped convs can be slimmed)"
             )
+        group_width = cin // groups
+        if group_width > 1 and len(step.in_spaces) > 1:
+            raise UnsupportedModelError(
+                f"{step.where}: grouped conv over a concatenation (only depthwise convs can "
+                "read one)"
+            )
         # depthwise (group width 1) or grouped with equal in/out widths
         layer = step.existing or SlimLayer(
-            step.name, module, self, step.in_space, step.in_space, group_width=cin // groups
+            step.name, module, self, step.in_spaces, step.in_spaces, group_width=group_width
         )
-        root = step.spaces.union(layer.out_space, step.in_space, step.where)
-        step.spaces.require_multiple(root, cin // groups)
+        for root in step.spaces.unite(layer.out_spaces, step.in_spaces, step.where):
+            step.spaces.require_multiple(root, group_width)
         return layer
 
     def call(self, step: TraceStep) -> LayerCall:
@@ -78,7 +86,7 @@ class ConvHandler(LayerHandler):
             weight = params["weight"][out_span]
             module.groups = at.w_out // layer.group_width
         else:
-            weight = params["weight"][out_span, at.in_span()]
+            weight = params["weight"][out_span][:, at.in_span()]
         module.in_channels, module.out_channels = at.w_in, at.w_out
         swap(params, saved, "weight", weight)
         swap(params, saved, "bias", out_span)
@@ -100,7 +108,7 @@ class ConvHandler(LayerHandler):
             replace_param(module, "bias", module.bias.index_select(0, out_idx))
 
     def cost_terms(
-        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
     ) -> None:
         module = layer.module
         kernel = math.prod(module.kernel_size)

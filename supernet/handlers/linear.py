@@ -1,4 +1,5 @@
-"""``nn.Linear`` on ``(N, features)``: opens a new channel space for its outputs.
+"""``nn.Linear`` on ``(N, features)``: opens a new channel space for its outputs (its input
+may be a concatenation of several).
 
 After a flatten of ``(N, C, H, W)`` maps each input channel is ``in_factor = H * W``
 consecutive features, so slicing keeps whole runs of ``in_factor`` columns.
@@ -20,6 +21,7 @@ from .base import (
     CostTerms,
     LayerCall,
     LayerHandler,
+    Layout,
     SlimLayer,
     TraceStep,
     register_layer,
@@ -45,7 +47,7 @@ class LinearHandler(LayerHandler):
         if step.existing:
             return step.existing
         out = step.spaces.new(module.out_features, step.name)
-        return SlimLayer(step.name, module, self, step.in_space, out, in_factor=step.in_factor)
+        return SlimLayer(step.name, module, self, step.in_spaces, (out,), in_factor=step.in_factor)
 
     def call(self, step: TraceStep) -> LayerCall:
         return LayerCall(positions=math.prod(step.out_shape[:-1]) // step.batch)
@@ -57,7 +59,8 @@ class LinearHandler(LayerHandler):
             "out_features": module.out_features,
         }
         out_span = at.out_span()
-        swap(params, saved, "weight", params["weight"][out_span, at.in_span(layer.in_factor)])
+        weight = params["weight"][out_span][:, at.in_span(layer.in_factor)]
+        swap(params, saved, "weight", weight)
         swap(params, saved, "bias", out_span)
         module.in_features, module.out_features = at.w_in * layer.in_factor, at.w_out
         return saved
@@ -75,7 +78,7 @@ class LinearHandler(LayerHandler):
         module.in_features, module.out_features = len(features), len(out_idx)
 
     def cost_terms(
-        self, layer: SlimLayer, in_g: int, out_g: int, macs: CostTerms, params: CostTerms
+        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
     ) -> None:
         for call in layer.calls:
             macs.add(call.positions * layer.in_factor, out_g, in_g)

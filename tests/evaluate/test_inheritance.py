@@ -141,13 +141,13 @@ def test_l1_and_bn_topk_keep_the_highest_importance_channels(loaded, config_of):
     gi = sn.space.index[group.name]
     l1 = sum(
         layer.module.weight.detach().abs().flatten(1).sum(1)
-        for layer, _, out_g in sn.layers
-        if out_g == gi and layer.kind != "bn"
+        for layer, _, out_gs in sn.layers
+        if out_gs == (gi,) and layer.kind != "bn"
     )
     bn = sum(
         layer.module.weight.detach().abs()
-        for layer, _, out_g in sn.layers
-        if out_g == gi and layer.kind == "bn"
+        for layer, _, out_gs in sn.layers
+        if out_gs == (gi,) and layer.kind == "bn"
     )
     for method, importance in (("l1", l1), ("bn", bn)):
         assert torch.allclose(channel_importance(sn, method)[group.name], importance)
@@ -160,7 +160,7 @@ def test_l1_and_bn_topk_keep_the_highest_importance_channels(loaded, config_of):
     model = inherit(sn, cfg, "l1")
     _, indices = candidate_indices(sn, cfg, "l1")
     names = [g.name for g in sn.space.groups]
-    layer, in_g, _ = next(t for t in sn.layers if t[2] == gi and t[0].kind == "conv")
+    layer, (in_g,), _ = next(t for t in sn.layers if t[2] == (gi,) and t[0].kind == "conv")
     keep_in = indices.get(names[in_g], torch.arange(sn.space.groups[in_g].max_channels))
     expected = layer.module.weight.detach()[indices[group.name]][:, keep_in]
     assert torch.equal(model.get_submodule(layer.name).weight, expected)

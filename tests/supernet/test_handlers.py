@@ -73,7 +73,7 @@ class ChannelScaleHandler(LayerHandler):
 
     def trace(self, module, step):
         return step.existing or SlimLayer(
-            step.name, module, self, step.in_space, step.in_space, source=step.source
+            step.name, module, self, step.in_spaces, step.in_spaces, source=step.source
         )
 
     def run_widths(self, layer, w_in, w_out):

@@ -26,6 +26,33 @@ def _builtin(name: str) -> nn.Module:
     return create_model(name, num_classes=10, in_chans=1)
 
 
+class _Concat(nn.Module):
+    """Two convs concatenated along the channels, then a BN over the concat and a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
+
+
+class _ConcatJoinsConv(nn.Module):
+    """A residual add of a concat (4 + 4 channels) and one conv's 8 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=1) + self.c(x)
+
+
 # (id, factory, input shape); small inputs keep the whole file to seconds
 MODELS = [
     ("resnet20", lambda: _builtin("resnet20"), (2, 1, 28, 28)),
@@ -41,7 +68,12 @@ MODELS = [
     ("timm:mobilenetv2_100", lambda: _timm("mobilenetv2_100"), (2, 3, 32, 32)),
     ("timm:efficientnet_b0", lambda: _timm("efficientnet_b0"), (2, 3, 32, 32)),
     ("timm:mobilenetv3_small_100", lambda: _timm("mobilenetv3_small_100"), (2, 3, 32, 32)),
+    # concatenation along the channels
+    ("concat", lambda: _Concat(), (2, 3, 8, 8)),
+    ("tv:squeezenet1_0", lambda: _tv("squeezenet1_0"), (2, 3, 32, 32)),
+    ("tv:densenet121", lambda: _tv("densenet121"), (2, 3, 32, 32)),
 ]
+NO_RESIDUALS = {"tv:vgg11_bn", "concat", "tv:squeezenet1_0", "tv:densenet121"}
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
@@ -205,7 +237,7 @@ def test_groups_found_by_tracing_resnet20():
 
 def test_depthwise_and_se_couplings_mobilenet_v3():
     sn = Supernet.from_model(_tv("mobilenet_v3_small"), torch.randn(1, 3, 32, 32))
-    by_layer = {layer.name: (in_g, out_g) for layer, in_g, out_g in sn.layers}
+    by_layer = {layer.name: (in_g, out_g) for layer, (in_g,), (out_g,) in sn.layers}
     # depthwise conv output is tied to its input; SE expand output is tied to the gated tensor
     dw_in, dw_out = by_layer["features.1.block.0.0"]
     assert dw_in == dw_out
@@ -218,7 +250,7 @@ def test_grouped_conv_widths_keep_whole_groups():
     sn = Supernet.from_model(_tv("regnet_x_400mf"), torch.randn(1, 3, 32, 32))
     grouped = [
         (layer, out_g)
-        for layer, _, out_g in sn.layers
+        for layer, _, (out_g,) in sn.layers
         if layer.kind == "conv" and layer.group_width > 1
     ]
     # regnet_x_400mf: one 3x3 grouped conv (group width 16) per block, 22 blocks
@@ -242,17 +274,6 @@ def test_round_to_and_bins():
             g.bin_to_width[k] + g.bin_to_width[g.bins - k] == g.max_channels
             for k in range(g.bins + 1)
         )
-
-
-class _Concat(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(3, 4, 3, padding=1)
-        self.c = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x):
-        return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
 
 
 class _DataDependent(nn.Module):
@@ -279,7 +300,7 @@ class _LayerNormNet(nn.Module):
 @pytest.mark.parametrize(
     ("model", "words"),
     [
-        (_Concat(), ["cat", "concat"]),
+        (_ConcatJoinsConv(), ["'add'", "4 + 4 and 8 channels"]),
         (_DataDependent(), ["cannot trace", "_DataDependent"]),
         (_LayerNormNet(), ["'norm'", "GroupNorm"]),
         (_Reduced(lambda x: (x * x.mean(1, keepdim=True)).mean((2, 3))), ["'mean'", "channel"]),
@@ -352,8 +373,8 @@ def test_gradients_reach_only_active_channels():
 def test_depth_pruning_removes_blocks_exactly(built, side):
     name, sn, x, _ = built
     removable = [g for g in sn.space.groups if g.removable]
-    if name == "tv:vgg11_bn":
-        assert not removable  # no residual blocks
+    if name in NO_RESIDUALS:
+        assert not removable
         return
     assert removable, name
     cfg = sn.space.uniform(0.75)

@@ -139,7 +139,7 @@ def test_bn_recalibration_gives_the_calibration_batch_statistics():
     before = {k: v.clone() for k, v in sn.model.state_dict().items()}
     cfg = _cfg(sn, 0)
     bn = sn.model.layer2[1].bn1  # a BN of a sliced group
-    group = next(sn.space.groups[o].name for layer, _, o in sn.layers if layer.module is bn)
+    group = next(sn.space.groups[o].name for layer, _, (o,) in sn.layers if layer.module is bn)
     width, full = cfg[group], sn.space[group].max_channels
     assert width < full
     seen = []
