@@ -84,7 +84,7 @@ def profile_latency(
 
     layers = []
     for name, groups, follows in plan:
-        layer, in_g, _ = entries[name]
+        layer, (in_g,), _ = entries[name]  # one group each: layer_groups checked it
         in_full = sn.space.groups[in_g].max_channels
         linear = isinstance(modules[name], nn.Linear)
         axes = [choices[g] for g in groups]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from widthsearch.supernet import Supernet
+from widthsearch.supernet import Supernet, UnsupportedModelError
 
 __all__ = [
     "LATENCY_FORMAT",
@@ -345,7 +345,13 @@ def layer_groups(sn: Supernet) -> list[tuple[str, list[str], bool]]:
     input channels follow its output group (normalisers, grouped and depthwise convs)."""
     names = [g.name for g in sn.space.groups]
     out = []
-    for layer, in_g, out_g in sn.layers:
+    for layer, in_groups, out_groups in sn.layers:
+        if len(in_groups) != 1 or len(out_groups) != 1:
+            raise UnsupportedModelError(
+                f"latency tables cover layers that read and write one width group; "
+                f"{layer.name} reads or writes a concatenation of several"
+            )
+        (in_g,), (out_g,) = in_groups, out_groups
         follows = in_g == out_g or bool(layer.group_width)
         groups = [names[out_g]] if follows else [names[in_g], names[out_g]]
         out.append((layer.name, groups, follows))
