@@ -93,3 +93,11 @@ def test_concat_supernet_trains_and_bisection_answers_a_budget(fire):
     sub = fire.extract(result.widths).eval()
     with torch.no_grad(), fire.active(result.widths):
         assert (sub(x) - fire(x)).abs().max().item() <= 1e-5
+
+
+def test_latency_tables_refuse_a_layer_that_reads_a_concatenation(fire):
+    from widthsearch.search.latency import layer_groups
+    from widthsearch.supernet import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="reads or writes a concatenation of several"):
+        layer_groups(fire)
