@@ -324,7 +324,10 @@ class Supernet(nn.Module):
         was_training = self.model.training
         self.model.eval()
         generator = torch.Generator().manual_seed(0)
-        inputs = tuple(torch.randn(x.shape, generator=generator) for x in example_inputs)
+        inputs = tuple(  # the example's dtype and device (a float64 model gets float64)
+            torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            for x in example_inputs
+        )
         full = [g.max_channels for g in self.space.groups]
         found: dict[int, str] = {}
         try:

@@ -21,7 +21,7 @@ TRAIN_TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 RUN_TINY = REPO / "tests" / "recipes" / "run_tiny.toml"
 SCRIPT = Path(sys.executable).parent / "widthsearch"
 
-COMMANDS = ("pretrain", "train", "search", "extract", "finetune", "eval", "run")
+COMMANDS = ("pretrain", "train", "profile", "search", "extract", "finetune", "eval", "run")
 
 
 @pytest.fixture()
@@ -35,6 +35,9 @@ def argv_of(supernet_path, search_path, subnet_path):
             return ["pretrain", str(TRAIN_TINY), *quick, "--out", str(out)], out / "full.pt"
         if command == "train":
             return ["train", str(TRAIN_TINY), *quick, "--out", str(out)], out / "supernet.pt"
+        if command == "profile":
+            args = ["profile", str(supernet_path), "--seconds", "0.0001"]
+            return [*args, "--out", str(out / "lat.json")], out / "lat.json"
         if command == "search":
             args = ["search", str(supernet_path), "--strategy", "uniform", "--budget", "0.5"]
             return [*args, "--out", str(out / "search.json")], out / "search.json"
@@ -86,6 +89,9 @@ def test_device_cpu_does_the_job(command, argv_of, tmp_path, monkeypatch, capsys
         _, payload = load_supernet(produced)
         assert payload["train_state"]["epoch"] == 1
         assert "device cpu" in stdout
+    elif command == "profile":
+        table = json.loads(produced.read_text())
+        assert table["device"] == "cpu" and table["layers"]
     elif command == "search":
         doc = json.loads(produced.read_text())
         assert [r["strategy"] for r in doc["results"]] == ["uniform"]
