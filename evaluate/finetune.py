@@ -5,7 +5,7 @@ split recover most of the gap. With a teacher (the supernet at full width) the l
 ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` on logits softened by the
 temperature ``T`` (Hinton et al.). The teacher is the trained network the supernet started
 from, when there is one; else the supernet's full width, whose BN statistics are
-recalibrated first (its running stats are a mix over all the widths it trained).
+recalibrated first (:mod:`widthsearch.evaluate.teacher`).
 
 Runs on the runtime's device with its mixed precision and layout, and data-parallel under
 ``torchrun`` like supernet training (each rank trains its shard of every epoch, gradients
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from widthsearch.search import calibration_batches, load_split_images, recipe_splits
 from widthsearch.supernet.bn import recalibrate_bn
-from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
+from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
 from widthsearch.supernet.recipe import FINETUNE_INITS, stored_recipe
 from widthsearch.supernet.runtime import (
@@ -64,6 +64,7 @@ from ._common import (
     top1,
     write_jsonl_atomic,
 )
+from .teacher import load_teacher
 
 __all__ = [
     "STATE_FORMAT",
@@ -75,53 +76,12 @@ __all__ = [
 
 STATE_FORMAT = "widthsearch.finetune-state"
 STATE_VERSION = 2  # 2: weights-only (no pickled module: the subnet file gives the architecture)
-_META_KEYS = ("model", "num_classes", "in_chans", "input_size")
 
 
 def finetune_paths(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """``(output, per-epoch checkpoint, JSON-lines log)`` of a fine-tuning run."""
     out = Path(out)
     return out, out.with_name(out.stem + ".ckpt.pt"), out.with_suffix(".jsonl")
-
-
-def load_teacher(
-    path: str | os.PathLike[str], meta: Mapping[str, Any], *, trust_pickle: bool = False
-) -> tuple[Any, bool]:
-    """The network to distil from: ``(frozen module, whether its BN needs recalibrating)``.
-
-    A ``full.pt`` (``widthsearch pretrain``) gives that trained network; a supernet
-    warm-started from a trained network gives the trained network stored in it (the
-    teacher its subnets learnt from); a supernet trained from scratch gives its full width,
-    whose BN statistics must be recalibrated first.
-    """
-    from widthsearch.supernet.models import create_model
-    from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
-
-    payload = load_checkpoint(
-        path, kind=(FULL_FORMAT, "widthsearch.supernet"), trust_pickle=trust_pickle
-    )
-    key = "state_dict" if payload["format"] == FULL_FORMAT else "teacher_state_dict"
-    state = payload.get(key)
-    theirs = payload.get("meta") or {}
-    for key in _META_KEYS:
-        if theirs.get(key) != meta.get(key):
-            raise CheckpointError(
-                f"teacher {path}: {key}={theirs.get(key)!r}, the subnet has {meta.get(key)!r}"
-            )
-    if state is not None:
-        model = create_model(
-            theirs["model"], num_classes=theirs["num_classes"], in_chans=theirs["in_chans"]
-        )
-        load_weights(model, state, where=f"teacher {path}")
-        recalibrate = False
-    else:
-        sn, _ = load_supernet(path, trust_pickle=trust_pickle)
-        model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
-        recalibrate = True
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, recalibrate
 
 
 def finetune_subnet(

@@ -1,0 +1,59 @@
+"""The network a subnet distils from while it is fine-tuned (the teacher).
+
+The trained network the supernet started from when there is one (a ``full.pt``, or the copy
+a warm-started supernet carries), else the supernet's own full width, whose BN statistics
+must be recalibrated first (its running stats are a mix over every width it trained).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
+from widthsearch.supernet.errors import CheckpointError
+
+__all__ = ["load_teacher"]
+
+_META_KEYS = ("model", "num_classes", "in_chans", "input_size")
+
+
+def load_teacher(
+    path: str | os.PathLike[str], meta: Mapping[str, Any], *, trust_pickle: bool = False
+) -> tuple[Any, bool]:
+    """The network to distil from: ``(frozen module, whether its BN needs recalibrating)``.
+
+    A ``full.pt`` (``widthsearch pretrain``) gives that trained network; a supernet
+    warm-started from a trained network gives the trained network stored in it (the
+    teacher its subnets learnt from); a supernet trained from scratch gives its full width,
+    whose BN statistics must be recalibrated first.
+    """
+    from widthsearch.supernet.models import create_model
+    from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
+
+    payload = load_checkpoint(
+        path, kind=(FULL_FORMAT, "widthsearch.supernet"), trust_pickle=trust_pickle
+    )
+    key = "state_dict" if payload["format"] == FULL_FORMAT else "teacher_state_dict"
+    state = payload.get(key)
+    theirs = payload.get("meta") or {}
+    for key in _META_KEYS:
+        if theirs.get(key) != meta.get(key):
+            raise CheckpointError(
+                f"teacher {path}: {key}={theirs.get(key)!r}, the subnet has {meta.get(key)!r}"
+            )
+    if state is not None:
+        model = create_model(
+            theirs["model"], num_classes=theirs["num_classes"], in_chans=theirs["in_chans"]
+        )
+        load_weights(model, state, where=f"teacher {path}")
+        recalibrate = False
+    else:
+        sn, _ = load_supernet(path, trust_pickle=trust_pickle)
+        model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
+        recalibrate = True
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, recalibrate
