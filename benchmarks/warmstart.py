@@ -372,15 +372,8 @@ class Warmstart:
         for _ in range(40):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if sn.macs(sn.space.uniform(mid)) <= budget else (lo, mid)
-        widths = sn.space.uniform(lo)
-        work = self.work(seed)
-        init, tuned = work / f"scratch-{pct(frac)}-init.pt", work / f"scratch-{pct(frac)}.pt"
-        if not init.is_file():
-            save_subnet(
-                random_init_subnet(meta, widths, recipe, seed=1000 + seed, label="scratch"), init
-            )
-        train_from_scratch(
-            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
+        tuned = self.from_scratch(
+            f"scratch-{pct(frac)}", meta, sn.space.uniform(lo), recipe, seed=seed, label="scratch"
         )
         return {
             "kind": "scratch",
@@ -399,16 +392,10 @@ class Warmstart:
         best = self.cells.get(f"ft-best-{pct(frac)}-s{source}")
         if best is None:
             raise RuntimeError(f"ft-best-{pct(frac)}-s{source} has not finished")
-        recipe = build_recipe(self.args, seed)
         meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
-        work = self.work(seed)
-        init = work / f"scratch-searched-{pct(frac)}-init.pt"
-        tuned = work / f"scratch-searched-{pct(frac)}.pt"
-        if not init.is_file():
-            doc = random_init_subnet(meta, best["widths"], recipe, seed=1000 + seed, label="ctl")
-            save_subnet(doc, init)
-        train_from_scratch(
-            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
+        recipe = build_recipe(self.args, seed)
+        tuned = self.from_scratch(
+            f"scratch-searched-{pct(frac)}", meta, best["widths"], recipe, seed=seed, label="ctl"
         )
         return {
             "kind": "scratch-searched",
@@ -421,6 +408,21 @@ class Warmstart:
             "epochs": self.args.scratch_epochs,
             **measure(tuned, latency=False),
         }
+
+    def from_scratch(
+        self, name: str, meta: dict[str, Any], widths, recipe: Recipe, *, seed: int, label: str
+    ) -> Path:
+        """``widths`` from random initialisation trained ``--scratch-epochs`` at lr 0.1 (no
+        teacher), resumable: the trained subnet file ``work/NAME.pt``."""
+        work = self.work(seed)
+        init, tuned = work / f"{name}-init.pt", work / f"{name}.pt"
+        if not init.is_file():
+            doc = random_init_subnet(meta, widths, recipe, seed=1000 + seed, label=label)
+            save_subnet(doc, init)
+        train_from_scratch(
+            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
+        )
+        return tuned
 
     def extract(
         self, source: tuple, result: dict[str, Any], out: Path, candidates: list[str], ckpt: Path
