@@ -153,3 +153,20 @@ def test_cost_keeps_every_limit_and_grows_with_widths(loaded, latency_table):
     assert (cost[~keeps] > sn.macs()).all()  # above every MACs budget
     wider = np.minimum(idx + 1, space.sizes - 1)
     assert (space.cost(wider) >= cost).all()
+
+
+def test_latency_budget_as_an_int_is_nanoseconds_and_a_macs_budget_is_refused(
+    loaded, latency_table
+):
+    sn, _ = loaded
+    full = latency_table.predict_config(sn)
+    smallest = latency_table.predict_config(sn, sn.space.min())
+    ns = round((smallest + full) / 2 * 1e6)
+    constraints = make_constraints(sn, [f"{ns / 1e6}ms"], table=latency_table)
+    assert resolve_budgets(sn, [ns], constraints=constraints) == [ns]  # absolute, like MACs
+    with pytest.raises(ValueError) as info:
+        resolve_budgets(sn, ["0.5"], constraints=constraints)
+    assert str(info.value) == (
+        "budget 0.5 is not a latency (12ms, 800us): a latency search takes latency budgets "
+        "only; give a MACs limit as --max-macs"
+    )
