@@ -170,3 +170,25 @@ def test_latency_budget_as_an_int_is_nanoseconds_and_a_macs_budget_is_refused(
         "budget 0.5 is not a latency (12ms, 800us): a latency search takes latency budgets "
         "only; give a MACs limit as --max-macs"
     )
+
+
+def test_latency_budgets_at_the_ends_and_their_messages(loaded, latency_table):
+    from widthsearch.search import format_ms
+
+    sn, _ = loaded
+    full = latency_table.predict_config(sn)
+    smallest = latency_table.predict_config(sn, sn.space.min())
+    constraints = make_constraints(sn, [f"{full}ms"], table=latency_table)
+    ends = [round(smallest * 1e6), round(full * 1e6)]  # ns: exactly the two ends are reachable
+    assert resolve_budgets(sn, ends, constraints=constraints) == ends
+    with pytest.raises(ValueError) as info:
+        resolve_budgets(sn, [ends[0] - 1], constraints=constraints)
+    assert str(info.value) == (
+        f"budget {ends[0] - 1} is below the smallest reachable subnet: predicted "
+        f"{format_ms(smallest)} ({smallest / full:.1%} of full)"
+    )
+    with pytest.raises(ValueError) as info:
+        resolve_budgets(sn, [ends[1] + 1], constraints=constraints)
+    assert str(info.value) == (
+        f"budget {ends[1] + 1} is above the full model's predicted {format_ms(full)}"
+    )
