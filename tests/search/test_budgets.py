@@ -100,5 +100,9 @@ def test_resolve_budgets_boundaries_and_messages(sn):
 def test_budget_errors_say_how_to_write_one():
     with pytest.raises(ValueError, match=r"absolute MACs \(20M, 1\.5G, 300k, 123456\)$"):
         parse_budget("lots", 1000)
-    with pytest.raises(ValueError, match=r"write absolute budgets as integers or with a k/M/G"):
+    with pytest.raises(ValueError) as info:
         parse_budget("1.5", 1000)
+    assert str(info.value) == (
+        "budget '1.5' read as a fraction of the full MACs must be in (0, 1]; "
+        "write absolute budgets as integers or with a k/M/G suffix"
+    )
