@@ -48,13 +48,12 @@ from .steps import (
     soft_cross_entropy,
 )
 from .supernet import Supernet
-from .trainer import TRAINERS, SupernetTrainer, TrainingDivergedError, epoch_loader, epoch_seed
+from .trainer import SupernetTrainer, TrainingDivergedError, epoch_loader, epoch_seed
 
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
     "PRETRAIN_NAME",
-    "TRAINERS",
     "LossRecords",
     "SupernetTrainer",
     "Teacher",

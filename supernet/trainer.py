@@ -34,10 +34,9 @@ from .sampling import step_rng
 from .space import WidthConfig
 from .steps import LossRecords, Teacher
 from .supernet import Supernet
-from .trainer_kinds import StepContext, get_trainer, list_trainers
+from .trainer_kinds import StepContext, get_trainer
 
 __all__ = [
-    "TRAINERS",
     "SupernetTrainer",
     "TrainingDivergedError",
     "check_finite",
@@ -46,8 +45,6 @@ __all__ = [
     "epoch_seed",
     "resume_schedule",
 ]
-
-TRAINERS = list_trainers()  # bcnet, sandwich, plain (full width only: pretraining)
 
 
 class TrainingDivergedError(WidthsearchError):
