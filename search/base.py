@@ -1,8 +1,10 @@
 """The strategy interface, its result type and the name registry (timm-style).
 
 A strategy answers many budgets in one call: ``search(supernet, evaluator, budgets=[...],
-seed=...)`` returns one :class:`SearchResult` per budget, in the budgets' order. Strategies
-register themselves by name with :func:`register_strategy`; :func:`get_strategy` builds one.
+seed=..., **options)`` returns one :class:`SearchResult` per budget, in the budgets' order.
+The base class turns the call into a :class:`SearchCall` (index space, validated options)
+for the strategy's :meth:`Strategy.run`. Strategies register themselves by name with
+:func:`register_strategy`; :func:`get_strategy` builds one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .evaluator import SubnetEvaluator
 
 __all__ = [
     "CLOSE_ENOUGH",
+    "NoOptions",
+    "SearchCall",
     "SearchResult",
     "Strategy",
     "get_strategy",
@@ -77,12 +81,38 @@ class SearchResult:
         return out
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a strategy that takes none."""
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """One :meth:`Strategy.search` call as its strategy's :meth:`Strategy.run` sees it.
+
+    Attributes:
+        space: The supernet's index space, with the call's constraints.
+        evaluator: Scores configs.
+        budgets: Absolute budgets, in the caller's order (MACs, or nanoseconds of predicted
+            latency when ``space.constraints.measure`` is ``"latency"``).
+        seed: Seeds everything random in the call.
+        options: The strategy's ``Options`` instance (validated).
+    """
+
+    space: IndexSpace
+    evaluator: SubnetEvaluator
+    budgets: list[int]
+    seed: int
+    options: Any
+
+
 class Strategy(abc.ABC):
-    """Base class: subclasses implement :meth:`search` and register with a name."""
+    """Base class: subclasses implement :meth:`run`, declare their keyword options as a frozen
+    dataclass ``Options`` (checked in its ``__post_init__``) and register with a name."""
 
     name: str = ""
+    Options: type = NoOptions
 
-    @abc.abstractmethod
     def search(
         self,
         supernet: Supernet,
@@ -95,7 +125,34 @@ class Strategy(abc.ABC):
     ) -> list[SearchResult]:
         """One result per budget, in the order given: absolute MACs, or -- when
         ``constraints.measure`` is ``"latency"`` -- nanoseconds of predicted latency. Every
-        answer also keeps the further limits of ``constraints``."""
+        answer also keeps the further limits of ``constraints``.
+
+        Raises:
+            ValueError: an option the strategy does not have, or a bad option value (before
+                any work).
+        """
+        opts = self.parse_options(options)
+        space = self.index_space(supernet, constraints, opts)
+        return self.run(SearchCall(space, evaluator, [int(b) for b in budgets], seed, opts))
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> Any:
+        """``options`` as the strategy's ``Options``; an unknown one is an error (a typo must
+        not silently run the default)."""
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls.Options)}
+        if unknown:
+            raise ValueError(f"strategy {cls.name!r} has no option(s) {', '.join(sorted(unknown))}")
+        return cls.Options(**options)
+
+    def index_space(
+        self, supernet: Supernet, constraints: Constraints | None, options: Any
+    ) -> IndexSpace:
+        """The space the strategy works in (override to change how it is built)."""
+        return IndexSpace(supernet, constraints=constraints)
+
+    @abc.abstractmethod
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        """The strategy itself: one checked result (:meth:`result`) per budget of ``call``."""
 
     # -- helpers shared by strategies ----------------------------------------------------
     def result(
@@ -180,12 +237,6 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(
             f"unknown strategy {name!r}; known: {', '.join(list_strategies())}"
         ) from None
-
-
-def reject_options(name: str, options: dict[str, Any]) -> None:
-    """Unknown options are an error (a typo must not silently run the default)."""
-    if options:
-        raise ValueError(f"strategy {name!r} has no option(s) {', '.join(sorted(options))}")
 
 
 class Timer:

@@ -15,7 +15,7 @@ use of the budget is then filled greedily by importance, still with the cost mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,9 +23,8 @@ from widthsearch.supernet import Supernet
 from widthsearch.supernet.handlers import GAMMA
 
 from ._space import IndexSpace
-from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
 from .constraints import Constraints
-from .evaluator import SubnetEvaluator
 
 __all__ = ["Bisection", "bisection_configs", "group_importance"]
 
@@ -99,25 +98,20 @@ def bisection_configs(
 class Bisection(Strategy):
     """AdaPruner's importance-scaled bisection; options: ``fill`` (bool, default True)."""
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        fill: bool = True,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        space = IndexSpace(supernet, constraints=constraints)
+    @dataclass(frozen=True)
+    class Options:
+        fill: bool = True  # grow each answer into what is left of its budget
+
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, budgets = call.space, call.budgets
         with Timer() as shared:
-            configs = bisection_configs(supernet, budgets, fill=fill, constraints=constraints)
+            configs = bisection_configs(
+                space.sn, budgets, fill=call.options.fill, constraints=space.constraints
+            )
         results = []
         for budget, idx in zip(budgets, configs, strict=True):
             with Timer() as t:
-                res = self.result(space, evaluator, idx, budget, evaluations=0, seconds=0.0)
+                res = self.result(space, call.evaluator, idx, budget, evaluations=0, seconds=0.0)
             res.seconds = t.seconds + shared.seconds / len(budgets)
             results.append(res)
         return results

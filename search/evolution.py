@@ -30,6 +30,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ import torch
 from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
 from .bisection import bisection_configs
 from .constraints import Constraints
 from .evaluator import SubnetEvaluator
@@ -199,32 +200,28 @@ class Evolution(Strategy):
         progress: Show Optuna's progress bar (default: when stderr is a terminal).
     """
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        trials: int = 150,
-        population: int | None = None,
-        storage: str | None = None,
-        study_name: str | None = None,
-        loss_records: Mapping[str, Mapping[Any, Sequence[float]]] | None = None,
-        prior_samples: int = 8,
-        prior_temperature: float = 0.1,
-        window: float = 0.97,
-        progress: bool | None = None,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        if trials < 1:
-            raise ValueError(f"evolution: trials must be >= 1, got {trials}")
-        if not 0 < window <= 1:
-            raise ValueError(f"evolution: window must be in (0, 1], got {window}")
-        space = IndexSpace(supernet, constraints=constraints)
-        budgets = [int(b) for b in budgets]
+    @dataclass(frozen=True)
+    class Options:
+        trials: int = 150
+        population: int | None = None
+        storage: str | None = None
+        study_name: str | None = None
+        loss_records: Mapping[str, Mapping[Any, Sequence[float]]] | None = None
+        prior_samples: int = 8
+        prior_temperature: float = 0.1
+        window: float = 0.97
+        progress: bool | None = None
+
+        def __post_init__(self) -> None:
+            if self.trials < 1:
+                raise ValueError(f"evolution: trials must be >= 1, got {self.trials}")
+            if not 0 < self.window <= 1:
+                raise ValueError(f"evolution: window must be in (0, 1], got {self.window}")
+
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, evaluator, budgets, seed = call.space, call.evaluator, call.budgets, call.seed
+        opts, supernet, constraints = call.options, call.space.sn, call.space.constraints
+        trials, window = opts.trials, opts.window
         before = evaluator.evaluations
         with Timer() as timer:
             study = self._study(
@@ -232,9 +229,9 @@ class Evolution(Strategy):
                 evaluator,
                 budgets,
                 seed,
-                population or _population(trials),
-                storage,
-                study_name,
+                opts.population or _population(trials),
+                opts.storage,
+                opts.study_name,
                 constraints,
             )
             # seed the first generation; on a resumed study only seeds it lacks, and never
@@ -246,7 +243,7 @@ class Evolution(Strategy):
             }
             room = trials - len(existing)
             for idx, target in self._seeds(
-                space, budgets, seed, loss_records, prior_samples, prior_temperature
+                space, budgets, seed, opts.loss_records, opts.prior_samples, opts.prior_temperature
             ):
                 key = tuple(int(i) for i in idx)
                 if room <= 0:
@@ -262,7 +259,9 @@ class Evolution(Strategy):
                     study.optimize(
                         objective,
                         n_trials=trials - done,
-                        show_progress_bar=sys.stderr.isatty() if progress is None else progress,
+                        show_progress_bar=(
+                            sys.stderr.isatty() if opts.progress is None else opts.progress
+                        ),
                         callbacks=[optuna.study.MaxTrialsCallback(trials, states=_DONE)],
                     )
             finished = [

@@ -22,15 +22,12 @@ latency budget or further limits, "MACs" above read as the search's cost (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
-from .constraints import Constraints
+from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
 from .evaluator import SubnetEvaluator
 
 __all__ = ["Peel", "informativeness"]
@@ -147,37 +144,32 @@ class Peel(Strategy):
     ``moves`` (accepted reallocation moves, default 6; 0: none) and ``pairs`` (donors tried
     per move, default 3)."""
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        backbone_ratio: float = 0.75,
-        step: int = 2,
-        moves: int = 6,
-        pairs: int = 3,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        if not 0 < backbone_ratio < 1 or step < 1 or moves < 0 or pairs < 1:
-            raise ValueError(
-                "peel: need 0 < backbone_ratio < 1, step >= 1, moves >= 0 and pairs >= 1"
-            )
-        space = IndexSpace(supernet, constraints=constraints)
+    @dataclass(frozen=True)
+    class Options:
+        backbone_ratio: float = 0.75
+        step: int = 2
+        moves: int = 6
+        pairs: int = 3
+
+        def __post_init__(self) -> None:
+            if not 0 < self.backbone_ratio < 1 or self.step < 1 or self.moves < 0 or self.pairs < 1:
+                raise ValueError(
+                    "peel: need 0 < backbone_ratio < 1, step >= 1, moves >= 0 and pairs >= 1"
+                )
+
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, evaluator, opts = call.space, call.evaluator, call.options
         measured: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, int, float, list[int]]] = {}
         results = []
-        for budget in budgets:
-            backbone = space.largest_uniform_under(int(backbone_ratio * budget))
+        for budget in call.budgets:
+            backbone = space.largest_uniform_under(int(opts.backbone_ratio * budget))
             if backbone is None:
                 backbone = space.min_index()
             key = tuple(int(i) for i in backbone)
             if key not in measured:
                 before = evaluator.evaluations
                 with Timer() as t:
-                    info, steps = informativeness(space, evaluator, backbone, step)
+                    info, steps = informativeness(space, evaluator, backbone, opts.step)
                 measured[key] = (info, steps, evaluator.evaluations - before, t.seconds, [])
             info, steps, spent, seconds, users = measured[key]
             users.append(budget)
@@ -185,7 +177,7 @@ class Peel(Strategy):
             with Timer() as t:
                 idx = allocate(space, backbone, budget, info, steps)
                 idx, accepted = reallocate(
-                    space, evaluator, idx, budget, info, moves=moves, pairs=pairs
+                    space, evaluator, idx, budget, info, moves=opts.moves, pairs=opts.pairs
                 )
             note = (
                 f"backbone {space.constraints.describe(int(space.cost(backbone)))}; its "

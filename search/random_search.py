@@ -9,17 +9,13 @@ that still fit. The directions are drawn once and reused for every budget.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
 from .bisection import scaled_path
-from .constraints import Constraints
-from .evaluator import SubnetEvaluator
 
 __all__ = ["RandomSearch", "random_configs"]
 
@@ -41,26 +37,21 @@ def random_configs(
 class RandomSearch(Strategy):
     """Best of ``samples`` (default 40) random configs near each budget."""
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        samples: int = 40,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        if samples < 1:
-            raise ValueError(f"random: samples must be >= 1, got {samples}")
-        space = IndexSpace(supernet, constraints=constraints)
-        rng = np.random.default_rng(seed)
+    @dataclass(frozen=True)
+    class Options:
+        samples: int = 40
+
+        def __post_init__(self) -> None:
+            if self.samples < 1:
+                raise ValueError(f"random: samples must be >= 1, got {self.samples}")
+
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, evaluator, samples = call.space, call.evaluator, call.options.samples
+        rng = np.random.default_rng(call.seed)
         # a share in [0.05, 1) per group: wide enough to reach every corner of the space
         directions = rng.uniform(0.05, 1.0, size=(samples, len(space)))
         results = []
-        for budget in budgets:
+        for budget in call.budgets:
             with Timer() as t:
                 before = evaluator.evaluations
                 candidates = random_configs(space, budget, directions, rng)

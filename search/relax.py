@@ -33,7 +33,7 @@ trains ``warm_steps`` (default ``steps // 2``) -- the shared part of the cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from torch import nn
 from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchResult, Strategy, Timer, register_strategy, reject_options
+from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
 from .constraints import Constraints
 from .evaluator import SubnetEvaluator
 
@@ -158,35 +158,35 @@ class Relax(Strategy):
         depth: Let removable groups take width 0 (block removal; default True).
     """
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        steps: int = 200,
-        warm_steps: int | None = None,
-        lr: float = 0.1,
-        penalty: float = 10.0,
-        batch_size: int | None = None,
-        depth: bool = True,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        if steps < 0 or (warm_steps is not None and warm_steps < 0):
-            raise ValueError("relax: steps and warm_steps must be >= 0")
-        warm_steps = steps // 2 if warm_steps is None else warm_steps
-        space = IndexSpace(supernet, removable_zero=depth, constraints=constraints)
+    @dataclass(frozen=True)
+    class Options:
+        steps: int = 200
+        warm_steps: int | None = None
+        lr: float = 0.1
+        penalty: float = 10.0
+        batch_size: int | None = None
+        depth: bool = True
+
+        def __post_init__(self) -> None:
+            if self.steps < 0 or (self.warm_steps is not None and self.warm_steps < 0):
+                raise ValueError("relax: steps and warm_steps must be >= 0")
+
+    def index_space(
+        self, supernet: Supernet, constraints: Constraints | None, options: Any
+    ) -> IndexSpace:
+        return IndexSpace(supernet, removable_zero=options.depth, constraints=constraints)
+
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, evaluator, budgets, opts = call.space, call.evaluator, call.budgets, call.options
+        warm_steps = opts.steps // 2 if opts.warm_steps is None else opts.warm_steps
         trainer = _LogitTrainer(
-            supernet,
+            space.sn,
             evaluator,
             space,
-            seed=seed,
-            lr=lr,
-            penalty=penalty,
-            batch_size=batch_size or evaluator.batch_size,
+            seed=call.seed,
+            lr=opts.lr,
+            penalty=opts.penalty,
+            batch_size=opts.batch_size or evaluator.batch_size,
         )
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
         out: dict[int, SearchResult] = {}
@@ -194,7 +194,7 @@ class Relax(Strategy):
         for rank, i in enumerate(order):
             budget = int(budgets[i])
             with Timer() as t:
-                logits = trainer.train(budget, steps if rank == 0 else warm_steps, logits)
+                logits = trainer.train(budget, opts.steps if rank == 0 else warm_steps, logits)
                 logp = [torch.log_softmax(x.detach(), 0).double().numpy() for x in logits]
                 idx = repair(space, logp, budget)
             notes = [f"expected cost after training {trainer.last_expected / budget:.1%} of budget"]

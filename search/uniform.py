@@ -8,16 +8,9 @@ the result's notes then say how close the uniform family gets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
-from widthsearch.supernet import Supernet
 
-from ._space import IndexSpace
-from .base import CLOSE_ENOUGH, SearchResult, Strategy, Timer, register_strategy, reject_options
-from .constraints import Constraints
-from .evaluator import SubnetEvaluator
+from .base import CLOSE_ENOUGH, SearchCall, SearchResult, Strategy, Timer, register_strategy
 
 __all__ = ["Uniform"]
 
@@ -26,22 +19,12 @@ __all__ = ["Uniform"]
 class Uniform(Strategy):
     """Largest uniform ratio under each budget; one evaluation per distinct config."""
 
-    def search(
-        self,
-        supernet: Supernet,
-        evaluator: SubnetEvaluator,
-        *,
-        budgets: Sequence[int],
-        seed: int,
-        constraints: Constraints | None = None,
-        **options: Any,
-    ) -> list[SearchResult]:
-        reject_options(self.name, options)
-        space = IndexSpace(supernet, constraints=constraints)
+    def run(self, call: SearchCall) -> list[SearchResult]:
+        space, evaluator = call.space, call.evaluator
         family = space.uniform_indices()
         costs = space.cost(family)
         results = []
-        for budget in budgets:
+        for budget in call.budgets:
             with Timer() as t:
                 k = int(np.searchsorted(costs, budget, side="right")) - 1
                 if k < 0:  # the narrowest uniform config can be wider than the space minimum
