@@ -127,14 +127,16 @@ def _resolve_latency(
     out: list[int] = []
     for item in budgets:
         # a Python int is already absolute, as for MACs: nanoseconds (what this returns)
-        is_ns = isinstance(item, int) and not isinstance(item, bool)
-        ms = item / NS_PER_MS if is_ns else parse_latency(item)
-        if ms is None:
-            raise ValueError(
-                f"budget {item} is not a latency (12ms, 800us): a latency search takes "
-                "latency budgets only; give a MACs limit as --max-macs"
-            )
-        value = item if is_ns else round(ms * NS_PER_MS)
+        if isinstance(item, int) and not isinstance(item, bool):
+            value = item
+        else:
+            ms = parse_latency(item)
+            if ms is None:
+                raise ValueError(
+                    f"budget {item} is not a latency (12ms, 800us): a latency search takes "
+                    "latency budgets only; give a MACs limit as --max-macs"
+                )
+            value = round(ms * NS_PER_MS)
         if value < round(smallest * NS_PER_MS):  # in ns, as the search compares
             raise ValueError(
                 f"budget {item} is below the smallest reachable subnet: predicted "

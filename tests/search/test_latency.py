@@ -192,3 +192,41 @@ def test_latency_budgets_at_the_ends_and_their_messages(loaded, latency_table):
     assert str(info.value) == (
         f"budget {ends[1] + 1} is above the full model's predicted {format_ms(full)}"
     )
+
+
+def test_constraint_limits_are_parsed_like_budgets(loaded, latency_table):
+    sn, _ = loaded
+    full_macs, full_params = sn.macs(), sn.params()
+    constraints = make_constraints(
+        sn, ["0.5"], table=latency_table, max_macs="0.5", max_params="0.25", max_latency="3ms"
+    )
+    assert constraints.max_macs == round(full_macs * 0.5)
+    assert constraints.max_params == round(full_params * 0.25)
+    assert constraints.max_latency_ms == 3.0 and constraints.latency is not None
+    absolute = make_constraints(sn, ["0.5"], max_macs=12345, max_params="1k")
+    assert (absolute.max_macs, absolute.max_params) == (12345, 1000)
+    with pytest.raises(ValueError) as info:
+        make_constraints(sn, ["0.5"], table=latency_table, max_latency="3")
+    assert str(info.value) == "bad --max-latency '3': give a unit (8ms, 800us)"
+
+
+def test_budget_messages_in_full(loaded, latency_table):
+    sn, _ = loaded
+    with pytest.raises(ValueError) as info:
+        resolve_budgets(sn, ["2ms"])
+    assert str(info.value) == (
+        "budget 2ms is a latency: search it with a latency table "
+        "(--latency-table LAT.json), apart from MACs budgets"
+    )
+    latency = make_constraints(sn, ["1ms"], table=latency_table)
+    for constraints in (None, latency):
+        with pytest.raises(ValueError) as info:
+            resolve_budgets(sn, [], constraints=constraints)
+        assert str(info.value) == "no budget given"
+    # the smallest subnet breaks two limits: both are named, "; " between them
+    both = make_constraints(sn, [0.5], max_params=10, max_macs=10)
+    with pytest.raises(ValueError) as info:
+        resolve_budgets(sn, [0.5], constraints=both)
+    message = str(info.value)
+    assert message.startswith("the limits exclude every subnet: the smallest one has ")
+    assert message.count("; ") == 1 and "MACs" in message and "params" in message
