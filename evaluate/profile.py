@@ -3,11 +3,13 @@
 What is measured: every slimmable layer (conv, linear, BN) alone, as the dense layer an
 extracted subnet would have, at every combination of the width choices of the groups it
 touches, on its own input shape at batch ``batch`` -- ``torch.utils.benchmark`` medians,
-``threads`` intra-op threads, no autograd. What is not: activations, residual adds, pooling
-and the framework's per-call overhead. Those are folded in afterwards by timing a few whole
-extracted subnets (narrowest, uniform, full) and fitting ``measured = overhead + scale *
-sum of layer entries``; the table stores the layer entries times ``scale`` and the overhead,
-so a prediction is a plain sum of table entries.
+``threads`` intra-op threads, no autograd. What is not: activations,
+residual adds, pooling, memory traffic between layers and the framework's per-call overhead.
+Those are folded in afterwards by timing whole extracted subnets (narrowest, uniform, full
+and a few random ones) and fitting ``measured = overhead + scale * sum of layer entries +
+activation * sum of layer output elements`` (non-negative least squares); the table stores
+each layer's entries with its share of the last two terms folded in, and the overhead, so a
+prediction is a plain sum of table entries.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import optimize
 from torch import nn
 from tqdm.auto import tqdm
 from widthsearch.search.latency import LatencyTable, LayerLatency, layer_groups, monotone
@@ -31,7 +34,7 @@ from widthsearch.supernet.supernet import slice_layer
 from ._common import model_input, read_subnet
 from .measure import measure_latency
 
-__all__ = ["CALIBRATION_RATIOS", "fit_overhead", "latency_check", "profile_latency"]
+__all__ = ["CALIBRATION_RATIOS", "fit_latency", "latency_check", "profile_latency"]
 
 # uniform width ratios of the whole subnets that fit the overhead and scale (besides the
 # narrowest and the full network)
@@ -45,6 +48,7 @@ def profile_latency(
     threads: int = 1,
     batch: int = 1,
     seconds: float = 0.05,
+    calibration: int = 8,
     runtime: Runtime | None = None,
     progress: bool | None = None,
 ) -> LatencyTable:
@@ -55,16 +59,20 @@ def profile_latency(
         threads: Intra-op threads while timing.
         batch: Batch size of every timed forward.
         seconds: Minimum measuring time per table entry and per whole subnet.
+        calibration: Random whole subnets timed for the fit, besides the narrowest, the
+            uniform ones and the full network.
         runtime: Device and precision to time on.
         progress: tqdm bar (``None``: only on a terminal).
     """
-    if threads < 1 or batch < 1 or seconds <= 0:
-        raise ValueError("profile: threads and batch must be >= 1 and seconds > 0")
+    if threads < 1 or batch < 1 or seconds <= 0 or calibration < 0:
+        raise ValueError(
+            "profile: threads and batch must be >= 1, seconds > 0 and calibration >= 0"
+        )
     runtime = runtime or Runtime()
     start = time.perf_counter()
     meta = sn.meta
     example = model_input(meta, batch)
-    shapes = _input_shapes(sn, example)
+    shapes, per_channel = _layer_shapes(sn, example)
     full = sn.extract(sn.space.max()).eval()  # plain modules: no supernet hooks
     modules = dict(full.named_modules())
     choices = {g.name: list(g.choices) for g in sn.space.groups}
@@ -110,76 +118,118 @@ def profile_latency(
         input_size=int(meta.get("input_size", example.shape[-1])),
         in_chans=int(meta.get("in_chans", example.shape[1])),
         choices=choices,
-        layers=[LayerLatency(t.name, t.groups, np.asarray(t.ms).tolist()) for t in layers],
+        layers=layers,
     )
-    model = table.bind(sn)  # raw entries, no overhead yet
-    configs = _calibration_configs(sn)
-    measured = [timed(sn.extract(cfg).eval(), example) for _, cfg in configs]
-    sums = [float(model.predict(sn.widths_vector(cfg))) for _, cfg in configs]
-    overhead, scale = fit_overhead(sums, measured)
-    table.layers = [
-        LayerLatency(t.name, t.groups, np.round(monotone(np.asarray(t.ms) * scale), 6).tolist())
+    # what the layer entries miss grows with each layer's output: a second table of output
+    # elements (millions), fitted together with the constant on whole subnets
+    elements = copy.deepcopy(table)
+    elements.layers = [
+        LayerLatency(t.name, t.groups, _output_elements(t, choices, per_channel[t.name]))
         for t in layers
+    ]
+    configs = _calibration_configs(sn, random=calibration)
+    measured = [timed(sn.extract(cfg).eval(), example) for _, cfg in configs]
+    vectors = [sn.widths_vector(cfg) for _, cfg in configs]
+    sums = [float(table.bind(sn).predict(v)) for v in vectors]
+    mega = [float(elements.bind(sn).predict(v)) for v in vectors]
+    overhead, scale, activation = fit_latency(sums, mega, measured)
+    table.layers = [
+        LayerLatency(
+            t.name,
+            t.groups,
+            np.round(
+                monotone(np.asarray(t.ms) * scale + np.asarray(e.ms) * activation), 6
+            ).tolist(),
+        )
+        for t, e in zip(layers, elements.layers, strict=True)
     ]
     table.overhead_ms = round(overhead, 6)
     table.scale = round(scale, 6)
+    table.activation_ms = round(activation, 6)
     model = table.bind(sn)
     table.calibration = [
         {
             "config": label,
             "measured_ms": round(ms, 6),
-            "predicted_ms": round(float(model.predict(sn.widths_vector(cfg))), 6),
+            "predicted_ms": round(float(model.predict(v)), 6),
         }
-        for (label, cfg), ms in zip(configs, measured, strict=True)
+        for (label, _), ms, v in zip(configs, measured, vectors, strict=True)
     ]
     table.seconds = time.perf_counter() - start
     return table
 
 
-def fit_overhead(layer_sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """``(overhead, scale)`` with ``measured ~ overhead + scale * layer_sum``, both >= 0
-    (least squares; ``scale`` 1 when the sums do not vary)."""
-    s, m = np.asarray(layer_sums, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    if len(s) >= 2 and np.ptp(s) > 1e-12:
-        scale, overhead = np.polyfit(s, m, 1)
-        if scale > 0 and overhead >= 0:
-            return float(overhead), float(scale)
-        if scale > 0:  # a negative constant: through the origin instead
-            return 0.0, float((m @ s) / (s @ s))
-    return float(max(0.0, np.mean(m - s))), 1.0
+def fit_latency(
+    layer_sums: list[float], mega_elements: list[float], measured: list[float]
+) -> tuple[float, float, float]:
+    """``(overhead, scale, activation)`` >= 0 with ``measured ~ overhead + scale * layer_sum +
+    activation * mega_elements`` (non-negative least squares; ``scale`` 1 and the rest 0 when
+    there is too little to fit)."""
+    s = np.asarray(layer_sums, dtype=np.float64)
+    e = np.asarray(mega_elements, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if len(m) < 3 or np.ptp(s) <= 1e-12:
+        return float(max(0.0, np.mean(m - s))), 1.0, 0.0
+    coef, _ = optimize.nnls(np.stack([np.ones_like(s), s, e], axis=1), m)
+    if coef[1] <= 0:  # the layers must count: fall back to layers and constant alone
+        coef = np.array([max(0.0, float(np.mean(m - s))), 1.0, 0.0])
+    return float(coef[0]), float(coef[1]), float(coef[2])
 
 
-def _calibration_configs(sn: Supernet) -> list[tuple[str, dict[str, int]]]:
+def _calibration_configs(sn: Supernet, *, random: int) -> list[tuple[str, dict[str, int]]]:
+    """Whole subnets the fit is made on: narrowest, uniform ratios, full, and ``random``
+    random ones (fixed seed): mixed widths are what searches return."""
     out = [("narrowest", sn.space.min()), ("full", sn.space.max())]
     for r in CALIBRATION_RATIOS:
         cfg = sn.space.uniform(r)
         if all(cfg != c for _, c in out):
             out.insert(-1, (f"uniform {r:g}", cfg))
+    rng = np.random.default_rng(0)
+    for i in range(random):
+        out.append((f"random {i}", {g.name: int(rng.choice(g.choices)) for g in sn.space.groups}))
     return out
 
 
-def _input_shapes(sn: Supernet, example: torch.Tensor) -> dict[str, list[tuple[int, ...]]]:
-    """Per slimmable layer, the input shape of each of its calls at full width."""
+def _output_elements(
+    layer: LayerLatency, choices: Mapping[str, list[int]], per_channel: int
+) -> list:
+    """Millions of output elements of ``layer`` at each cell of its table (the output width
+    is the table's last axis)."""
+    shape = [len(choices[g]) for g in layer.groups]
+    widths = np.asarray(choices[layer.groups[-1]], dtype=np.float64)
+    return np.broadcast_to(widths * per_channel / 1e6, shape).tolist()
+
+
+def _layer_shapes(
+    sn: Supernet, example: torch.Tensor
+) -> tuple[dict[str, list[tuple[int, ...]]], dict[str, int]]:
+    """Per slimmable layer at full width: the input shape of each of its calls, and its
+    output elements per output channel (summed over calls)."""
     shapes: dict[str, list[tuple[int, ...]]] = {}
+    per_channel: dict[str, int] = {}
     handles = []
 
-    def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, args: Any) -> None:
+    def hook(name: str, linear: bool) -> Callable[..., None]:
+        def record(_module: nn.Module, args: Any, output: torch.Tensor) -> None:
             shapes.setdefault(name, []).append(tuple(args[0].shape))
+            channels = output.shape[-1] if linear else output.shape[1]
+            per_channel[name] = per_channel.get(name, 0) + output.numel() // channels
 
         return record
 
     was_training = sn.training
     try:
         for entry in sn.layers:
-            handles.append(entry.layer.module.register_forward_pre_hook(hook(entry.layer.name)))
+            module = entry.layer.module
+            linear = isinstance(module, nn.Linear)
+            handles.append(module.register_forward_hook(hook(entry.layer.name, linear)))
         with sn.active(None):
             sn.eval()(example)
     finally:
         for handle in handles:
             handle.remove()
         sn.train(was_training)
-    return shapes
+    return shapes, per_channel
 
 
 def _input(shape: tuple[int, ...], width: int, full: int, *, linear: bool) -> torch.Tensor:

@@ -75,8 +75,10 @@ class LatencyTable:
         layers: One term per slimmable layer.
         overhead_ms: The constant term.
         scale: Factor the per-layer timings were multiplied by so that whole subnets match
-            their measured latency (layer-by-layer timing misses activations and adds, which
-            grow with the layers); informative, already applied to ``layers``.
+            their measured latency; informative, already applied to ``layers``.
+        activation_ms: Milliseconds per million elements of a layer's output, added to its
+            entries for what layer-by-layer timing misses (activations, residual adds, memory
+            traffic: they grow with the output, not the MACs); informative, already applied.
         seconds: Wall time of the measurement.
         format: Layout version.
     """
@@ -92,6 +94,7 @@ class LatencyTable:
     layers: list[LayerLatency]
     overhead_ms: float = 0.0
     scale: float = 1.0
+    activation_ms: float = 0.0
     seconds: float = 0.0
     format: int = LATENCY_FORMAT
     calibration: list[dict[str, float]] = field(default_factory=list)
@@ -109,6 +112,7 @@ class LatencyTable:
             "in_chans": self.in_chans,
             "overhead_ms": self.overhead_ms,
             "scale": self.scale,
+            "activation_ms": self.activation_ms,
             "seconds": round(float(self.seconds), 3),
             "calibration": list(self.calibration),
             "choices": {k: list(v) for k, v in self.choices.items()},
@@ -168,7 +172,8 @@ class LatencyTable:
             layers.append(LayerLatency(entry["name"], list(groups), ms.tolist()))
         if not layers:
             raise bad("no layers")
-        numbers = {k: doc.get(k, d) for k, d in (("overhead_ms", 0.0), ("scale", 1.0))}
+        defaults = {"overhead_ms": 0.0, "scale": 1.0, "activation_ms": 0.0}
+        numbers = {k: doc.get(k, d) for k, d in defaults.items()}
         for key, value in numbers.items():
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(f"{key!r} must be a finite number >= 0")
@@ -184,6 +189,7 @@ class LatencyTable:
             layers=layers,
             overhead_ms=float(numbers["overhead_ms"]),
             scale=float(numbers["scale"]),
+            activation_ms=float(numbers["activation_ms"]),
             seconds=float(doc.get("seconds", 0.0)),
             calibration=list(doc.get("calibration") or []),
         )
