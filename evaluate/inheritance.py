@@ -10,6 +10,7 @@ statistics recalibrated, and scored on held-out data; the best one is kept.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,20 +49,18 @@ def channel_importance(sn: Supernet, method: str) -> dict[str, Tensor]:
     """
     if method not in ("l1", "bn"):
         raise ValueError(f"importance method must be 'l1' or 'bn', got {method!r}")
-    groups = sn.space.groups
-    sums: dict[str, dict[str, Tensor]] = {GAMMA: {}, L1: {}}
+    names = [g.name for g in sn.space.groups]
+    # evidence source -> group -> per-channel sum (fixed groups too: never read)
+    sums: defaultdict[str, dict[str, Tensor]] = defaultdict(dict)
     with torch.no_grad():
         for layer, _, out_gs in sn.layers:
             evidence = layer.handler.importance(layer)
-            if evidence is None:
-                continue
-            channels = evidence.per_channel(torch.float32).cpu()
-            for out_g, part in sn.segments(out_gs):  # a concat's BN: each group its own part
-                group = groups[out_g]
-                if group.fixed:
-                    continue
-                store = sums.setdefault(evidence.source, {})
-                store[group.name] = store.get(group.name, 0) + channels[part]
+            if evidence is not None:
+                channels = evidence.per_channel(torch.float32).cpu()
+                store = sums[evidence.source]
+                for out_g, part in sn.segments(out_gs):  # a concat's BN: each its own part
+                    name = names[out_g]
+                    store[name] = store.get(name, 0) + channels[part]
     out: dict[str, Tensor] = {}
     for group in sn.space.searchable:
         value = sums[_EVIDENCE[method]].get(group.name)
@@ -98,7 +97,7 @@ def topk_indices(importance: Tensor, k: int, *, block: int = 1) -> Tensor:
     scores = importance.detach().reshape(-1, block).sum(1)
     order = torch.argsort(-scores, stable=True)[: k // block]
     idx = (order[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
-    return torch.sort(idx).values.to(torch.long)
+    return torch.sort(idx).values
 
 
 def candidate_indices(

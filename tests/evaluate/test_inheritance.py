@@ -229,3 +229,70 @@ def test_depth_pruned_configs_extract_with_every_candidate(loaded):
         if name in ("left", "right"):
             with torch.no_grad(), sn.active(cfg, name):
                 assert torch.allclose(model(x), sn(x), atol=1e-5)
+
+
+def _bn_and_plain_conv_supernet(dtype=torch.float32):
+    """conv + BN, then a conv whose BN has no scale: its group has only L1 evidence."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.BatchNorm2d(6, affine=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).to(dtype)
+    model.eval()  # tracing: keep the running statistics as they are
+    with torch.no_grad():
+        model[1].weight.uniform_(-2, 2)  # signed gammas: importance is |gamma|
+    return Supernet.from_model(model, torch.zeros(1, 1, 8, 8, dtype=dtype), bins=2)
+
+
+def test_importance_of_every_group_by_hand_and_bn_falls_back_to_l1():
+    sn = _bn_and_plain_conv_supernet()
+    conv1, bn, conv2 = sn.model[0], sn.model[1], sn.model[3]
+    first = conv1.weight.detach().abs().sum((1, 2, 3))
+    second = conv2.weight.detach().abs().sum((1, 2, 3))
+    by_width = {8: (first, bn.weight.detach().abs()), 6: (second, second)}
+    assert sorted(g.max_channels for g in sn.space.searchable) == [6, 8]
+    for method, column in (("l1", 0), ("bn", 1)):
+        importance = channel_importance(sn, method)
+        assert set(importance) == {g.name for g in sn.space.searchable}
+        for group in sn.space.searchable:
+            expected = by_width[group.max_channels][column]
+            assert torch.allclose(importance[group.name], expected)
+            assert importance[group.name].dtype == torch.float32
+
+
+def test_importance_is_float32_whatever_the_weights_dtype():
+    sn = _bn_and_plain_conv_supernet(torch.float64)
+    for method in ("l1", "bn"):
+        assert {v.dtype for v in channel_importance(sn, method).values()} == {torch.float32}
+
+
+def test_importance_and_topk_messages_in_full():
+    sn = _bn_and_plain_conv_supernet()
+    with pytest.raises(ValueError) as info:
+        channel_importance(sn, "taylor")
+    assert str(info.value) == "importance method must be 'l1' or 'bn', got 'taylor'"
+    importance = torch.arange(8.0)
+    with pytest.raises(ValueError) as info:
+        topk_indices(importance, 9)
+    assert str(info.value) == "cannot keep 9 of 8 channels"
+    with pytest.raises(ValueError) as info:
+        topk_indices(importance, -1)
+    assert str(info.value) == "cannot keep -1 of 8 channels"
+    for k, block in ((4, 0), (4, 3), (3, 2)):
+        with pytest.raises(ValueError) as info:
+            topk_indices(importance, k, block=block)
+        assert str(info.value) == f"{k} of 8 channels cannot be kept in whole blocks of {block}"
+
+
+def test_topk_ties_go_to_the_lower_index_on_long_rows():
+    # torch's default sort is not stable on rows this long: ties must still keep the first
+    assert topk_indices(torch.ones(5000), 10).tolist() == list(range(10))
+    assert topk_indices(torch.ones(5000), 8, block=4).tolist() == list(range(8))
+    assert topk_indices(torch.ones(6), 3).dtype == torch.int64
