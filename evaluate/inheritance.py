@@ -183,7 +183,7 @@ def choose_inheritance(
     )
     for name in bar:
         model = inherit(sn, cfg, name)
-        recalibrate_bn(model, calib, num_batches=len(calib))
+        recalibrate_bn(model, calib)
         scores[name] = top1(model, heldout, runtime=runtime)
         if log is not None:
             log(f"inheritance {name}: held-out top-1 {scores[name]:.4f}")

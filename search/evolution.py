@@ -279,24 +279,14 @@ class Evolution(Strategy):
             best = _best_under(finished, budget, window)
             seeded = [t for t in finished if "fixed_params" in t.system_attrs]
             best_seed = _best_under(seeded, budget, window)
+            notes, score = [note], None
             if best is None:  # nothing evaluated fits: fall back to the bisection answer
                 idx = bisection_configs(supernet, [budget], constraints=constraints)[0]
-                results.append(
-                    self.result(
-                        space,
-                        evaluator,
-                        idx,
-                        budget,
-                        evaluations=spent,
-                        seconds=timer.seconds,
-                        notes=[note, "no evaluated trial under the budget: bisection answer"],
-                    )
-                )
-                continue
-            idx = np.array(best.user_attrs["idx"], dtype=np.int64)
-            notes = [note]
-            if best_seed is not None and best.number == best_seed.number:
-                notes.append("no evolved trial beat the seeds (bisection, uniform, prior)")
+                notes.append("no evaluated trial under the budget: bisection answer")
+            else:
+                idx, score = np.array(best.user_attrs["idx"], dtype=np.int64), float(best.values[0])
+                if best_seed is not None and best.number == best_seed.number:
+                    notes.append("no evolved trial beat the seeds (bisection, uniform, prior)")
             results.append(
                 self.result(
                     space,
@@ -305,7 +295,7 @@ class Evolution(Strategy):
                     budget,
                     evaluations=spent,
                     seconds=timer.seconds,
-                    score=float(best.values[0]),
+                    score=score,
                     notes=notes,
                 )
             )

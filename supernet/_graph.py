@@ -28,8 +28,25 @@ from .handlers import registered_types as slimmable_types
 
 __all__ = ["LayerCall", "SlimLayer", "TraceResult", "trace_channels"]
 
-# Ops that act on each channel independently, keeping the channel dimension in place.
-_CHANNELWISE = {
+# Binary ops whose tensor operands with equal channel counts must share one width.
+_JOINING = {
+    "add",
+    "add_",
+    "iadd",
+    "sub",
+    "sub_",
+    "isub",
+    "mul",
+    "mul_",
+    "imul",
+    "truediv",
+    "div",
+    "div_",
+    "itruediv",
+}
+# Ops that act on each channel independently, keeping the channel dimension in place (the
+# joining ops too).
+_CHANNELWISE = _JOINING | {
     "relu",
     "relu_",
     "relu6",
@@ -85,19 +102,6 @@ _CHANNELWISE = {
     "rsqrt",
     "square",
     "detach",
-    "add",
-    "add_",
-    "iadd",
-    "sub",
-    "sub_",
-    "isub",
-    "mul",
-    "mul_",
-    "imul",
-    "truediv",
-    "div",
-    "div_",
-    "itruediv",
     "stochastic_depth",
     "drop_path",
     "squeeze",
@@ -105,22 +109,6 @@ _CHANNELWISE = {
     "view",
     "reshape",
     "pad",
-}
-# Binary ops whose tensor operands with equal channel counts must share one width.
-_JOINING = {
-    "add",
-    "add_",
-    "iadd",
-    "sub",
-    "sub_",
-    "isub",
-    "mul",
-    "mul_",
-    "imul",
-    "truediv",
-    "div",
-    "div_",
-    "itruediv",
 }
 # Reductions over the dimensions named by their ``dim`` argument: they pass channels through
 # when those are spatial (global pooling written as ``x.mean((2, 3))``).

@@ -117,10 +117,11 @@ def test_ties_keep_the_earlier_candidate_and_the_best_is_returned(loaded, config
     with torch.no_grad():
         assert torch.allclose(model(x), expected.eval()(x), atol=1e-5)
     assert not model.training
-    with pytest.raises(ValueError, match="no weight-inheritance candidate"):
+    with pytest.raises(ValueError) as info:
         inheritance.choose_inheritance(
             sn, cfg, calib=data.calib_batches, heldout=data.heldout_batches, candidates=[]
         )
+    assert str(info.value) == "no weight-inheritance candidate given"
     with pytest.raises(ValueError, match="unknown weight inheritance 'mid'; valid: left, right"):
         inheritance.choose_inheritance(
             sn,
@@ -296,3 +297,37 @@ def test_topk_ties_go_to_the_lower_index_on_long_rows():
     assert topk_indices(torch.ones(5000), 10).tolist() == list(range(10))
     assert topk_indices(torch.ones(5000), 8, block=4).tolist() == list(range(8))
     assert topk_indices(torch.ones(6), 3).dtype == torch.int64
+
+
+def test_inheritance_logs_each_score_and_shows_a_bar_only_when_asked(loaded, config_of, capsys):
+    from widthsearch.evaluate import inheritance
+
+    sn, payload = loaded
+    cfg = config_of(sn, seed=7)
+    data = scoring_data(payload, sn.meta, where="extract")
+    lines: list[str] = []
+    capsys.readouterr()
+    _, info = inheritance.choose_inheritance(
+        sn,
+        cfg,
+        calib=data.calib_batches,
+        heldout=data.heldout_batches,
+        candidates=["left", "l1"],
+        progress=True,
+        log=lines.append,
+    )
+    assert lines == [
+        f"inheritance {name}: held-out top-1 {info['scores'][name]:.4f}" for name in ("left", "l1")
+    ]
+    bar = capsys.readouterr().err
+    assert "inheritance: 100%" in bar and "2/2" in bar and "cand" in bar
+    for progress in (False, None):  # None: only on a terminal, and pytest's stderr is none
+        inheritance.choose_inheritance(
+            sn,
+            cfg,
+            calib=data.calib_batches,
+            heldout=data.heldout_batches,
+            candidates=["left"],
+            progress=progress,
+        )
+        assert capsys.readouterr().err == ""
