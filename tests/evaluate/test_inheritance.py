@@ -198,9 +198,11 @@ def test_grouped_conv_groups_keep_whole_conv_groups():
     group = next(g for g in sn.space.searchable)
     assert group_blocks(sn)[group.name] == 4 and group.round_to % 4 == 0
     with torch.no_grad():  # make a non-contiguous block choice the best one
-        sn.model[1].weight.copy_(torch.tensor([1.0] * 4 + [0.1] * 4 + [0.2] * 4 + [2.0] * 4))
+        gammas = [1.0] * 4 + [0.1] * 3 + [3.0] + [0.2] * 4 + [2.0] * 4  # one strong channel
+        sn.model[1].weight.copy_(torch.tensor(gammas))
     cfg = {group.name: 8}
     _, indices = candidate_indices(sn, cfg, "bn")
+    # blocks sum to 4, 3.3, 0.8, 8: blocks 3 and 0, although channel 7 alone is the strongest
     assert indices[group.name].tolist() == [0, 1, 2, 3, 12, 13, 14, 15]
     sub = inherit(sn, cfg, "bn").eval()
     conv = sub[3]
@@ -331,3 +333,30 @@ def test_inheritance_logs_each_score_and_shows_a_bar_only_when_asked(loaded, con
             progress=progress,
         )
         assert capsys.readouterr().err == ""
+
+
+def test_given_importance_decides_the_channels_and_full_groups_keep_all(loaded):
+    sn, _ = loaded
+    searchable = sn.space.searchable
+    # the first searchable group at full width, every other one at its narrowest choice
+    cfg = {g.name: (g.max_channels if i == 0 else g.choices[0]) for i, g in enumerate(searchable)}
+    reverse = {g.name: torch.arange(g.max_channels, dtype=torch.float32) for g in searchable}
+    side, indices = candidate_indices(sn, cfg, "l1", importance=reverse)
+    assert side == "left" and set(indices) == {g.name for g in searchable[1:]}
+    for group in searchable[1:]:  # the highest indices are the most important here
+        width = cfg[group.name]
+        assert indices[group.name].tolist() == list(
+            range(group.max_channels - width, group.max_channels)
+        )
+    model = inherit(sn, cfg, "l1", importance=reverse)
+    names = [g.name for g in sn.space.groups]
+    layer, (in_g,), (out_g,) = next(
+        t for t in sn.layers if t[0].kind == "conv" and names[t[2][0]] in indices
+    )
+    keep_out = indices[names[out_g]]
+    keep_in = indices.get(names[in_g], torch.arange(sn.space.groups[in_g].max_channels))
+    expected = layer.module.weight.detach()[keep_out][:, keep_in]
+    assert torch.equal(model.get_submodule(layer.name).weight, expected)
+    with pytest.raises(ValueError) as info:
+        candidate_indices(sn, cfg, "mid")
+    assert str(info.value) == "unknown weight inheritance 'mid'; valid: " + ", ".join(INHERITANCE)
