@@ -172,3 +172,29 @@ def test_quadratic_forms_by_hand():
     gated = GatedQuadraticForm(form, {1: QuadraticForm(1.0, np.array([0.5, 0.0]), zeros)})
     np.testing.assert_array_equal(gated.value(np.array([[1, 2], [3, 0]])), [13.5, 7.0])
     np.testing.assert_array_equal(gated.value([3, 0]), [7.0])
+
+
+def test_cost_model_quadratic_forms_equal_the_formulas(tiny):
+    a, b = tiny.space.searchable
+    widths = tiny.space.encode([{a.name: p, b.name: q} for p in a.choices for q in b.choices])
+    pairs = [(int(w[tiny.space.index[a.name]]), int(w[tiny.space.index[b.name]])) for w in widths]
+    macs, params = tiny.cost.quadratic_form("macs"), tiny.cost.quadratic_form("params")
+    assert macs.value(widths).tolist() == [_tiny_macs(p, q) for p, q in pairs]
+    assert params.value(widths).tolist() == [_tiny_params(p, q) for p, q in pairs]
+    assert tiny.cost.quadratic_form().value(widths).tolist() == macs.value(widths).tolist()
+    with pytest.raises(ValueError) as info:
+        tiny.cost.quadratic_form("flops")
+    assert str(info.value) == "cost must be 'macs' or 'params', got 'flops'"
+
+
+def test_gated_quadratic_forms_equal_the_costs_of_removed_blocks():
+    torch.manual_seed(0)
+    sn = Supernet.from_model(_TwoBlocks().eval(), torch.randn(1, 3, 8, 8), bins=3)
+    rng = np.random.default_rng(0)
+    cfgs = [sn.space.sample(rng) for _ in range(40)]
+    cfgs += [{**cfg, "plain.conv1": 0} for cfg in cfgs[:10]]  # the removable block removed
+    widths = sn.space.encode(cfgs)
+    for cost in ("macs", "params"):
+        form = sn.cost.quadratic_form(cost)
+        exact = getattr(sn.cost, cost)(widths)
+        assert form.value(widths).tolist() == exact.tolist(), cost
