@@ -9,6 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 torch.set_num_threads(2)
 
@@ -54,3 +55,65 @@ def _synthetic_table(sn, *, threads: int = 1, batch: int = 1):
 def synthetic_latency_table():
     """``make(sn, threads=1, batch=1)``: a latency table of ``sn`` with made-up entries."""
     return _synthetic_table
+
+
+def _train_tiny_supernet(
+    *, heldout_size: int, seed: int, train_limit: int, bins: int, full_steps: int, random_steps: int
+):
+    """resnet20 on 12x12 synthetic images, trained with a plain loop -- full width, then
+    BCNet-style random widths on both sides -- so tests do not depend on the trainer.
+
+    Returns ``(supernet in eval mode, loss records as the trainer writes them)``.
+    """
+    from widthsearch.supernet import Supernet
+    from widthsearch.supernet.data import get_data, make_loader
+    from widthsearch.supernet.models import create_model
+
+    size = 12
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": size}
+    sn = Supernet.from_model(model, torch.zeros(1, 1, size, size), bins=bins, meta=meta)
+    splits = get_data(
+        "synthetic",
+        heldout_size=heldout_size,
+        seed=seed,
+        train_limit=train_limit,
+        synthetic_in_chans=1,
+        synthetic_input_size=size,
+    )
+    loader = make_loader(splits.train, batch_size=64, shuffle=True, seed=0, drop_last=True)
+    opt = torch.optim.Adam(sn.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    records: dict[str, dict[int, list[float]]] = {}
+    step = 0
+    sn.train()
+    while step < full_steps + random_steps:
+        for x, y in loader:
+            if step >= full_steps + random_steps:
+                break
+            opt.zero_grad()
+            if step < full_steps:
+                F.cross_entropy(sn(x), y).backward()
+            else:  # bilateral step on a random config
+                cfg = sn.space.sample(rng)
+                total = 0.0
+                for side in ("left", "right"):
+                    with sn.active(cfg, side):
+                        loss = F.cross_entropy(sn(x), y)
+                    (0.5 * loss).backward()
+                    total += 0.5 * float(loss.detach())
+                for g in sn.space.searchable:
+                    rec = records.setdefault(g.name, {}).setdefault(cfg[g.name], [0.0, 0])
+                    rec[0] += total
+                    rec[1] += 1
+            opt.step()
+            step += 1
+    return sn.eval(), records
+
+
+@pytest.fixture(scope="session")
+def train_tiny_supernet():
+    """``train(heldout_size=, seed=, train_limit=, bins=, full_steps=, random_steps=)``: a tiny
+    trained supernet and its loss records (test modules cannot import conftest)."""
+    return _train_tiny_supernet

@@ -1,8 +1,9 @@
 """A tiny trained supernet (resnet20 on 12x12 synthetic images) for the evaluate tests, and a
 search JSON written by hand.
 
-Trained with a plain loop (full width, then bilateral random widths) so these tests do not
-depend on the trainer; saved with ``save_supernet(..., recipe=...)`` as training saves it.
+Trained by the root conftest's plain loop (``train_tiny_supernet``: full width, then
+bilateral random widths) so these tests do not depend on the trainer; saved with
+``save_supernet(..., recipe=...)`` as training saves it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet, save_supernet
-from widthsearch.supernet.data import get_data, make_loader
 from widthsearch.supernet.models import create_model
-
-INPUT = 12
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -46,46 +43,18 @@ def tiny_recipe(**data: Any) -> dict[str, Any]:
     return recipe
 
 
-def train_tiny(recipe: dict[str, Any], *, full_steps: int = 30, random_steps: int = 12):
-    torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, in_chans=1)
-    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": INPUT}
-    sn = Supernet.from_model(model, torch.zeros(1, 1, INPUT, INPUT), bins=4, meta=meta)
+@pytest.fixture(scope="session")
+def supernet_path(tmp_path_factory, train_tiny_supernet) -> Path:
+    recipe = tiny_recipe()
     d = recipe["data"]
-    splits = get_data(
-        "synthetic",
+    sn, _ = train_tiny_supernet(
         heldout_size=d["heldout_size"],
         seed=d["seed"],
         train_limit=d["train_limit"],
-        synthetic_in_chans=1,
-        synthetic_input_size=INPUT,
+        bins=4,
+        full_steps=30,
+        random_steps=12,
     )
-    loader = make_loader(splits.train, batch_size=64, shuffle=True, seed=0, drop_last=True)
-    opt = torch.optim.Adam(sn.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    step = 0
-    sn.train()
-    while step < full_steps + random_steps:
-        for x, y in loader:
-            if step >= full_steps + random_steps:
-                break
-            opt.zero_grad()
-            if step < full_steps:
-                F.cross_entropy(sn(x), y).backward()
-            else:
-                cfg = sn.space.sample(rng)
-                for side in ("left", "right"):
-                    with sn.active(cfg, side):
-                        (0.5 * F.cross_entropy(sn(x), y)).backward()
-            opt.step()
-            step += 1
-    return sn.eval()
-
-
-@pytest.fixture(scope="session")
-def supernet_path(tmp_path_factory) -> Path:
-    recipe = tiny_recipe()
-    sn = train_tiny(recipe)
     path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
     save_supernet(path, sn, recipe=recipe, epoch=1)
     return path

@@ -1,18 +1,16 @@
 """A tiny trained supernet (resnet20 on 12x12 synthetic images) shared by the search tests.
 
-Trained here with a plain loop -- full width, then BCNet-style random widths on both sides --
-so the tests do not depend on the trainer; saved with ``save_supernet`` (with a recipe and
-loss records, as the trainer writes them) so the CLI can load it.
+Trained by the root conftest's plain loop (``train_tiny_supernet``: full width, then
+BCNet-style random widths on both sides) so the tests do not depend on the trainer; saved
+with ``save_supernet`` (with a recipe and loss records, as the trainer writes them) so the
+CLI can load it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from widthsearch.recipes.recipe import Recipe
 from widthsearch.search import (
     LatencyTable,
@@ -21,12 +19,9 @@ from widthsearch.search import (
     load_latency_table,
     write_json_atomic,
 )
-from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet, save_supernet
-from widthsearch.supernet.data import get_data, make_loader
-from widthsearch.supernet.models import create_model
+from widthsearch.supernet.data import get_data
 
-INPUT = 12
 HELDOUT = 200  # held-out split carved from the synthetic training data
 
 
@@ -44,54 +39,17 @@ def tiny_recipe() -> Recipe:
     return recipe
 
 
-def train_tiny(recipe: Recipe, *, full_steps: int = 40, random_steps: int = 16):
-    torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10, in_chans=1)
-    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": INPUT}
-    sn = Supernet.from_model(model, torch.zeros(1, 1, INPUT, INPUT), bins=8, meta=meta)
-    splits = get_data(
-        "synthetic",
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, train_tiny_supernet) -> Path:
+    recipe = tiny_recipe()
+    sn, records = train_tiny_supernet(
         heldout_size=recipe.data.heldout_size,
         seed=recipe.data.seed,
         train_limit=recipe.data.train_limit,
-        synthetic_in_chans=1,
-        synthetic_input_size=INPUT,
+        bins=8,
+        full_steps=40,
+        random_steps=16,
     )
-    loader = make_loader(splits.train, batch_size=64, shuffle=True, seed=0, drop_last=True)
-    opt = torch.optim.Adam(sn.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    records: dict[str, dict[int, list[float]]] = {}
-    step = 0
-    sn.train()
-    while step < full_steps + random_steps:
-        for x, y in loader:
-            if step >= full_steps + random_steps:
-                break
-            opt.zero_grad()
-            if step < full_steps:
-                F.cross_entropy(sn(x), y).backward()
-            else:  # bilateral step on a random config
-                cfg = sn.space.sample(rng)
-                total = 0.0
-                for side in ("left", "right"):
-                    with sn.active(cfg, side):
-                        loss = F.cross_entropy(sn(x), y)
-                    (0.5 * loss).backward()
-                    total += 0.5 * float(loss.detach())
-                for g in sn.space.searchable:
-                    rec = records.setdefault(g.name, {}).setdefault(cfg[g.name], [0.0, 0])
-                    rec[0] += total
-                    rec[1] += 1
-            opt.step()
-            step += 1
-    sn.eval()
-    return sn, records
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    recipe = tiny_recipe()
-    sn, records = train_tiny(recipe)
     path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
     save_supernet(path, sn, recipe=recipe.to_dict(), loss_records=records, epoch=1)
     return path
