@@ -3,7 +3,10 @@ chosen candidate is the best by held-out score."""
 
 from __future__ import annotations
 
+import io
 import math
+import re
+import sys
 
 import pytest
 import torch
@@ -322,7 +325,8 @@ def test_inheritance_logs_each_score_and_shows_a_bar_only_when_asked(loaded, con
         f"inheritance {name}: held-out top-1 {info['scores'][name]:.4f}" for name in ("left", "l1")
     ]
     bar = capsys.readouterr().err
-    assert "inheritance: 100%" in bar and "2/2" in bar and "cand" in bar
+    assert "inheritance: 100%" in bar and "2/2" in bar
+    assert re.search(r"[\d.]+cand/s|s/cand\]", bar), bar  # the unit, either way round
     for progress in (False, None):  # None: only on a terminal, and pytest's stderr is none
         inheritance.choose_inheritance(
             sn,
@@ -360,3 +364,46 @@ def test_given_importance_decides_the_channels_and_full_groups_keep_all(loaded):
     with pytest.raises(ValueError) as info:
         candidate_indices(sn, cfg, "mid")
     assert str(info.value) == "unknown weight inheritance 'mid'; valid: " + ", ".join(INHERITANCE)
+
+
+def test_inheritance_bar_by_default_only_on_a_terminal(loaded, config_of, monkeypatch):
+    from widthsearch.evaluate import inheritance
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    sn, payload = loaded
+    data = scoring_data(payload, sn.meta, where="extract")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    inheritance.choose_inheritance(
+        sn,
+        config_of(sn, seed=7),
+        calib=data.calib_batches,
+        heldout=data.heldout_batches,
+        candidates=["left"],
+    )
+    assert "inheritance: 100%" in terminal.getvalue()
+
+
+def test_inheritance_scores_on_the_given_runtime(loaded, config_of, monkeypatch):
+    from widthsearch.evaluate import inheritance
+    from widthsearch.supernet.runtime import Runtime
+
+    sn, payload = loaded
+    data = scoring_data(payload, sn.meta, where="extract")
+    seen = []
+    monkeypatch.setattr(
+        inheritance, "top1", lambda model, batches, runtime=None: seen.append(runtime) or 0.5
+    )
+    runtime = Runtime()
+    inheritance.choose_inheritance(
+        sn,
+        config_of(sn, seed=7),
+        calib=data.calib_batches,
+        heldout=data.heldout_batches,
+        candidates=["left", "right"],
+        runtime=runtime,
+    )
+    assert seen == [runtime, runtime] and all(r is runtime for r in seen)
