@@ -52,3 +52,26 @@ def test_cli_defaults_openmp_to_passive_waits_but_respects_the_user():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert user.stdout.strip() == "ACTIVE", user.stderr
+
+
+def test_inspect_all_reports_each_torchvision_classifier_and_the_coverage(capsys, monkeypatch):
+    import torchvision
+
+    names = ["squeezenet1_0", "shufflenet_v2_x0_5", "mobilenet_v2"]
+    monkeypatch.setattr(torchvision.models, "list_models", lambda module=None: names)
+    assert main(["inspect", "--all", "--input-size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[:3]}
+    assert by_name["tv:squeezenet1_0"][0] == "supported"
+    assert by_name["tv:mobilenet_v2"][0] == "supported"
+    refused, reason = by_name["tv:shufflenet_v2_x0_5"]
+    assert refused == "refused" and "mixes or reorders channels" in reason  # its shuffle
+    assert lines[3] == "coverage: 2 of 3 torchvision classifiers (67%)"
+
+
+def test_inspect_needs_a_model_or_all_but_not_both(capsys):
+    for argv in (["inspect"], ["inspect", "resnet20", "--all"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["widthsearch inspect: error: give a MODEL or --all, not both"]
