@@ -67,9 +67,7 @@ def error_cell(model: str, *, batch: int, threads: int, args: argparse.Namespace
     predictor = table.bind(sn)
     example = torch.randn(batch, chans, size, size)
     rng = np.random.default_rng(args.seed + 1)  # not the table's own calibration subnets
-    configs = [
-        {g.name: int(rng.choice(g.choices)) for g in sn.space.groups} for _ in range(args.subnets)
-    ]
+    configs = [sn.space.sample(rng) for _ in range(args.subnets)]
     modules = [sn.extract(cfg).eval() for cfg in configs]
     # rounds over all subnets, the fastest round per subnet (as timeit advises): a burst of
     # load elsewhere on this shared machine then slows some rounds, not the figure

@@ -15,7 +15,7 @@ prediction is a plain sum of table entries.
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -98,18 +98,19 @@ def profile_latency(
         linear = isinstance(modules[name], nn.Linear)
         axes = [choices[g] for g in groups]
         ms = np.zeros([len(a) for a in axes])
+        inputs: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}  # this layer's, reused
         for cell in np.ndindex(*ms.shape):
             widths = [axes[k][i] for k, i in enumerate(cell)]
             w_in, w_out = (widths[0], widths[0]) if follows else (widths[0], widths[1])
             module = copy.deepcopy(modules[name])
             slice_layer(module, layer, torch.arange(w_in), torch.arange(w_out))
-            ms[cell] = sum(
-                timed(module, _input(shape, w_in, in_full, linear=linear)) for shape in shapes[name]
-            )
+            for shape in shapes[name]:  # at batch 32 drawing an input costs more than timing
+                if (shape, w_in) not in inputs:
+                    inputs[shape, w_in] = _input(shape, w_in, in_full, linear=linear)
+            ms[cell] = sum(timed(module, inputs[shape, w_in]) for shape in shapes[name])
             bar.update(1)
         layers.append(LayerLatency(name, list(groups), ms))
     bar.close()
-    _input.cache_clear()  # up to hundreds of MB at batch 32
 
     table = LatencyTable(
         device=str(runtime.device),
@@ -124,16 +125,18 @@ def profile_latency(
     )
     # what the layer entries miss grows with each layer's output: a second table of output
     # elements (millions), fitted together with the constant on whole subnets
-    elements = copy.deepcopy(table)
-    elements.layers = [
-        LayerLatency(t.name, t.groups, _output_elements(t, choices, per_channel[t.name]))
-        for t in layers
-    ]
+    elements = dataclasses.replace(
+        table,
+        layers=[
+            LayerLatency(t.name, t.groups, _output_elements(t, choices, per_channel[t.name]))
+            for t in layers
+        ],
+    )
     configs = _calibration_configs(sn, random=calibration)
     measured = [timed(sn.extract(cfg).eval(), example) for _, cfg in configs]
-    vectors = [sn.widths_vector(cfg) for _, cfg in configs]
-    sums = [float(table.bind(sn).predict(v)) for v in vectors]
-    mega = [float(elements.bind(sn).predict(v)) for v in vectors]
+    vectors = np.stack([sn.widths_vector(cfg) for _, cfg in configs])
+    sums = table.bind(sn).predict(vectors).tolist()
+    mega = elements.bind(sn).predict(vectors).tolist()
     overhead, scale, activation = fit_latency(sums, mega, measured)
     table.layers = [
         LayerLatency(
@@ -150,12 +153,8 @@ def profile_latency(
     table.activation_ms = round(activation, 6)
     model = table.bind(sn)
     table.calibration = [
-        {
-            "config": label,
-            "measured_ms": round(ms, 6),
-            "predicted_ms": round(float(model.predict(v)), 6),
-        }
-        for (label, _), ms, v in zip(configs, measured, vectors, strict=True)
+        {"config": label, "measured_ms": round(ms, 6), "predicted_ms": round(float(p), 6)}
+        for (label, _), ms, p in zip(configs, measured, model.predict(vectors), strict=True)
     ]
     table.seconds = time.perf_counter() - start
     return table
@@ -188,7 +187,7 @@ def _calibration_configs(sn: Supernet, *, random: int) -> list[tuple[str, dict[s
             out.insert(-1, (f"uniform {r:g}", cfg))
     rng = np.random.default_rng(0)
     for i in range(random):
-        out.append((f"random {i}", {g.name: int(rng.choice(g.choices)) for g in sn.space.groups}))
+        out.append((f"random {i}", sn.space.sample(rng)))
     return out
 
 
@@ -234,11 +233,9 @@ def _layer_shapes(
     return shapes, per_channel
 
 
-@functools.lru_cache(maxsize=8)
 def _input(shape: tuple[int, ...], width: int, full: int, *, linear: bool) -> torch.Tensor:
     """A random input of ``shape`` with its channel dimension cut from ``full`` to ``width``
-    channels (a linear layer's features are channels times a per-channel factor). Cached:
-    a layer's cells reuse it, and at batch 32 drawing it costs more than timing the layer."""
+    channels (a linear layer's features are channels times a per-channel factor)."""
     dim = len(shape) - 1 if linear else 1
     shape = list(shape)
     shape[dim] = shape[dim] // full * width
