@@ -85,34 +85,28 @@ def find_search_result(
             f"{source} has no results for strategy {strategy!r} (has: {', '.join(have) or 'none'})"
         )
     ms = parse_latency(budget)
-    if ms is not None:
-        timed = [r for r in mine if r.get("budget_ms") is not None]
-        best = min(timed, key=lambda r: abs(float(r["budget_ms"]) - ms), default=None)
-        if best is None or abs(float(best["budget_ms"]) - ms) > BUDGET_TOLERANCE * ms:
-            have = ", ".join(f"{float(r['budget_ms']):.4g}ms" for r in timed) or "none"
-            raise ValueError(
-                f"{source} has no {strategy!r} result at latency budget {budget} "
-                f"(its latency budgets: {have})"
-            )
-        if not isinstance(best.get("widths"), Mapping):
-            raise ValueError(f"{source}: the {strategy!r} result has no widths")
-        return dict(best)
-    mine = [r for r in mine if r.get("budget_macs") is not None]
-    full = int(doc.get("full_macs") or full_macs or 0)
-    if full <= 0:
-        raise ValueError(f"{source} has no full_macs to read budget {budget!r} against")
-    target = parse_budget(budget, full)
-    best = min(mine, key=lambda r: abs(int(r["budget_macs"]) - target), default=None)
-    if best is None or abs(int(best["budget_macs"]) - target) > BUDGET_TOLERANCE * target:
-        have = ", ".join(
-            f"{format_macs(int(r['budget_macs']))} ({int(r['budget_macs']) / full:.1%})"
-            for r in mine
-            if "budget_macs" in r
-        )
-        raise ValueError(
-            f"{source} has no {strategy!r} result at budget {budget} = {target} MACs "
-            f"(its budgets: {have})"
-        )
+    if ms is not None:  # a latency budget matches budget_ms
+        key, target = "budget_ms", ms
+        wanted = f"latency budget {budget}"
+
+        def label(value: float) -> str:
+            return f"{value:.4g}ms"
+    else:
+        full = int(doc.get("full_macs") or full_macs or 0)
+        if full <= 0:
+            raise ValueError(f"{source} has no full_macs to read budget {budget!r} against")
+        key, target = "budget_macs", parse_budget(budget, full)
+        wanted = f"budget {budget} = {target} MACs"
+
+        def label(value: float) -> str:
+            return f"{format_macs(int(value))} ({value / full:.1%})"
+
+    candidates = [r for r in mine if r.get(key) is not None]
+    best = min(candidates, key=lambda r: abs(float(r[key]) - target), default=None)
+    if best is None or abs(float(best[key]) - target) > BUDGET_TOLERANCE * target:
+        have = ", ".join(label(float(r[key])) for r in candidates) or "none"
+        kind = "latency budgets" if key == "budget_ms" else "budgets"
+        raise ValueError(f"{source} has no {strategy!r} result at {wanted} (its {kind}: {have})")
     if not isinstance(best.get("widths"), Mapping):
         raise ValueError(f"{source}: the {strategy!r} result has no widths")
     return dict(best)
