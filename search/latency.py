@@ -37,6 +37,17 @@ __all__ = [
 
 LATENCY_FORMAT = 1  # version of the JSON layout below
 
+# What a table was measured with and for: required fields of the file, checked by type.
+_SETTINGS = (
+    ("device", str),
+    ("threads", int),
+    ("batch", int),
+    ("torch", str),
+    ("model", str),
+    ("input_size", int),
+    ("in_chans", int),
+)
+
 
 @dataclass
 class LayerLatency:
@@ -103,13 +114,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
-            "device": self.device,
-            "threads": self.threads,
-            "batch": self.batch,
-            "torch": self.torch,
-            "model": self.model,
-            "input_size": self.input_size,
-            "in_chans": self.in_chans,
+            **{key: getattr(self, key) for key, _ in _SETTINGS},
             "overhead_ms": self.overhead_ms,
             "scale": self.scale,
             "activation_ms": self.activation_ms,
@@ -130,15 +135,7 @@ class LatencyTable:
             raise bad("not a JSON object")
         if doc.get("format") != LATENCY_FORMAT:
             raise bad(f"format {doc.get('format')!r}, expected {LATENCY_FORMAT}")
-        for key, kind in (
-            ("device", str),
-            ("threads", int),
-            ("batch", int),
-            ("torch", str),
-            ("model", str),
-            ("input_size", int),
-            ("in_chans", int),
-        ):
+        for key, kind in _SETTINGS:
             if not isinstance(doc.get(key), kind) or isinstance(doc.get(key), bool):
                 raise bad(f"{key!r} missing or not a {kind.__name__}")
         if doc["threads"] < 1 or doc["batch"] < 1:
@@ -178,13 +175,7 @@ class LatencyTable:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(f"{key!r} must be a finite number >= 0")
         return cls(
-            device=doc["device"],
-            threads=doc["threads"],
-            batch=doc["batch"],
-            torch=doc["torch"],
-            model=doc["model"],
-            input_size=doc["input_size"],
-            in_chans=doc["in_chans"],
+            **{key: doc[key] for key, _ in _SETTINGS},
             choices={k: list(v) for k, v in choices.items()},
             layers=layers,
             overhead_ms=float(numbers["overhead_ms"]),
