@@ -47,6 +47,8 @@ _SETTINGS = (
     ("input_size", int),
     ("in_chans", int),
 )
+# The fitted and informative numbers: optional in the file (these defaults), finite and >= 0.
+_NUMBERS = {"overhead_ms": 0.0, "scale": 1.0, "activation_ms": 0.0}
 
 
 @dataclass
@@ -115,9 +117,7 @@ class LatencyTable:
         return {
             "format": self.format,
             **{key: getattr(self, key) for key, _ in _SETTINGS},
-            "overhead_ms": self.overhead_ms,
-            "scale": self.scale,
-            "activation_ms": self.activation_ms,
+            **{key: getattr(self, key) for key in _NUMBERS},
             "seconds": round(float(self.seconds), 3),
             "calibration": list(self.calibration),
             "choices": {k: list(v) for k, v in self.choices.items()},
@@ -169,8 +169,7 @@ class LatencyTable:
             layers.append(LayerLatency(entry["name"], list(groups), ms.tolist()))
         if not layers:
             raise bad("no layers")
-        defaults = {"overhead_ms": 0.0, "scale": 1.0, "activation_ms": 0.0}
-        numbers = {k: doc.get(k, d) for k, d in defaults.items()}
+        numbers = {k: doc.get(k, d) for k, d in _NUMBERS.items()}
         for key, value in numbers.items():
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(f"{key!r} must be a finite number >= 0")
@@ -178,9 +177,7 @@ class LatencyTable:
             **{key: doc[key] for key, _ in _SETTINGS},
             choices={k: list(v) for k, v in choices.items()},
             layers=layers,
-            overhead_ms=float(numbers["overhead_ms"]),
-            scale=float(numbers["scale"]),
-            activation_ms=float(numbers["activation_ms"]),
+            **{key: float(value) for key, value in numbers.items()},
             seconds=float(doc.get("seconds", 0.0)),
             calibration=list(doc.get("calibration") or []),
         )
