@@ -20,14 +20,8 @@ import sys
 import time
 
 import torch
-from widthsearch.search import (
-    build_evaluator,
-    format_macs,
-    get_strategy,
-    list_strategies,
-    resolve_budgets,
-    search_options,
-)
+from widthsearch.recipes.search_flags import search_inputs
+from widthsearch.search import format_macs, get_strategy, list_strategies, resolve_budgets
 from widthsearch.supernet.checkpoint import load_supernet
 
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -55,20 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     strategies = args.strategy or list_strategies()
     if "uniform" not in strategies:
         strategies.append("uniform")
-    options = search_options(
-        search,
-        strategies,
-        payload.get("loss_records"),
-        trials=args.trials,
-        samples=args.samples,
-        relax_steps=args.relax_steps,
-    )
-    evaluator = build_evaluator(
-        sn,
-        payload,
-        heldout_images=args.heldout_images,
-        calib_batches=args.calib_batches,
-        seed=args.seed,
+    # the flags `widthsearch search` has, read as it reads them (no --batch-size: the recipe's)
+    options, evaluator = search_inputs(
+        sn, payload, args, strategies=strategies, search=search, seed=args.seed
     )
 
     rows: dict[str, list] = {}

@@ -18,15 +18,14 @@ from widthsearch.recipes._latency_flags import (
     constraints_from_args,
 )
 from widthsearch.recipes._runtime_flags import runtime_options
+from widthsearch.recipes.search_flags import search_inputs
 from widthsearch.search import (
-    build_evaluator,
     format_macs,
     format_ms,
     get_strategy,
     list_strategies,
     resolve_budgets,
     run_search,
-    search_options,
     write_json_atomic,
 )
 from widthsearch.supernet.checkpoint import load_supernet
@@ -91,23 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and out.is_dir():
         raise ValueError(f"--out {out} is a directory")
 
-    options = search_options(
-        search,
-        strategies,
-        payload.get("loss_records"),
-        trials=args.trials,
-        samples=args.samples,
-        relax_steps=args.relax_steps,
-    )
-
-    evaluator = build_evaluator(
-        sn,
-        payload,
-        heldout_images=args.heldout_images,
-        calib_batches=args.calib_batches,
-        batch_size=args.batch_size,
-        seed=seed,
-        runtime=runtime,
+    options, evaluator = search_inputs(
+        sn, payload, args, strategies=strategies, search=search, seed=seed, runtime=runtime
     )
     doc = run_search(
         sn,
