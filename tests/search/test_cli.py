@@ -42,29 +42,27 @@ def _validate(doc: dict, checkpoint: Path, strategies: list[str], n_budgets: int
         assert 0.0 <= r["score"] <= 1.0
 
 
+def _search_argv(
+    checkpoint: Path, out: Path, strategies: list[str], budgets: list[str], *flags: str
+) -> list[str]:
+    """``search CHECKPOINT --strategy S ... --budget B ... FLAGS --out OUT``, scoring on 32
+    held-out images and one calibration batch (fast)."""
+    return [
+        "search",
+        str(checkpoint),
+        *(word for s in strategies for word in ("--strategy", s)),
+        *(word for b in budgets for word in ("--budget", b)),
+        *flags,
+        *("--heldout-images", "32", "--calib-batches", "1", "--out", str(out)),
+    ]
+
+
 def test_console_script_end_to_end(tiny_checkpoint, tmp_path):
     out = tmp_path / "search.json"
-    cmd = [
-        str(SCRIPT),
-        "search",
-        str(tiny_checkpoint),
-        "--strategy",
-        "bisection",
-        "--strategy",
-        "uniform",
-        "--budget",
-        "0.5",
-        "--budget",
-        "2M",
-        "--out",
-        str(out),
-        "--seed",
-        "0",
-        "--heldout-images",
-        "32",
-        "--calib-batches",
-        "1",
-    ]
+    argv = _search_argv(
+        tiny_checkpoint, out, ["bisection", "uniform"], ["0.5", "2M"], "--seed", "0"
+    )
+    cmd = [str(SCRIPT), *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -131,24 +129,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(tiny_checkpoint, tmp_path, 
 def test_storage_flag_makes_evolution_resumable(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "evo.json"
     journal = tmp_path / "evo.journal"
-    argv = [
-        "search",
-        str(tiny_checkpoint),
-        "--strategy",
-        "evolution",
-        "--budget",
-        "0.4",
-        "--budget",
-        "0.6",
-        "--storage",
-        str(journal),
-        "--heldout-images",
-        "32",
-        "--calib-batches",
-        "1",
-        "--out",
-        str(out),
-    ]
+    argv = _search_argv(
+        tiny_checkpoint, out, ["evolution"], ["0.4", "0.6"], "--storage", str(journal)
+    )
     assert main([*argv, "--trials", "6"]) == 0
     assert main([*argv, "--trials", "9"]) == 0
     capsys.readouterr()
@@ -184,25 +167,7 @@ def test_strategy_flags_reach_the_strategies(tiny_checkpoint, tmp_path, capsys, 
 
     monkeypatch.setattr(cls, "search", spy_search)
     monkeypatch.setattr(relax._LogitTrainer, "train", spy_train)
-    assert (
-        main(
-            [
-                "search",
-                str(tiny_checkpoint),
-                "--strategy",
-                strategy,
-                "--budget",
-                "0.5",
-                flag,
-                "2",
-                "--heldout-images",
-                "32",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(_search_argv(tiny_checkpoint, out, [strategy], ["0.5"], flag, "2")) == 0
     capsys.readouterr()
     doc = json.loads(out.read_text())
     _validate(doc, tiny_checkpoint, [strategy], 1)
@@ -258,28 +223,11 @@ def test_latency_budget_and_limits_from_the_command_line(
     sn, _ = load_supernet(tiny_checkpoint)
     full_ms = latency_table.predict_config(sn)
     out = tmp_path / "lat-search.json"
-    argv = [
-        "search",
-        str(tiny_checkpoint),
-        "--strategy",
-        "bisection",
-        "--strategy",
-        "uniform",
-        "--budget",
-        f"{0.7 * full_ms:.4f}ms",
-        "--max-params",
-        "0.5",
-        "--latency-table",
-        str(latency_table_path),
-        "--latency-threads",
-        "1",
-        "--heldout-images",
-        "32",
-        "--calib-batches",
-        "1",
-        "--out",
-        str(out),
-    ]
+    budget = f"{0.7 * full_ms:.4f}ms"
+    limits = ("--max-params", "0.5", "--latency-table", str(latency_table_path))
+    argv = _search_argv(
+        tiny_checkpoint, out, ["bisection", "uniform"], [budget], *limits, "--latency-threads", "1"
+    )
     assert main(argv) == 0
     assert "latency" in capsys.readouterr().out
     doc = json.loads(out.read_text())
