@@ -43,13 +43,9 @@ def test_expected_macs_is_exact_for_independent_widths(loaded):
     assert float(torch_value) == pytest.approx(exact, rel=1e-12)
 
 
-def test_hard_soft_masks_equal_the_left_subnet(loaded):
-    """With one-hot width distributions the masked full-width net *is* the left subnet."""
-    sn, _ = loaded
-    space = IndexSpace(sn, removable_zero=True)
-    cfg = sn.space.sample(3)
-    cfg["layer2.1.conv1"] = 0  # a removed basic block (depth pruning)
-    x = torch.randn(5, 1, sn.meta["input_size"], sn.meta["input_size"])
+def _left_and_one_hot_masked(sn, space, cfg, x):
+    """The left subnet of ``cfg`` on ``x``, and the full-width net under the one-hot soft
+    masks (and alive gates of removable groups) that stand for ``cfg``."""
     with torch.no_grad():
         with sn.active(cfg, "left"):
             expected = sn(x)
@@ -62,6 +58,18 @@ def test_hard_soft_masks_equal_the_left_subnet(loaded):
                 for n, c in zip(space.names, space.choices, strict=True)
             ]
             got = sn(x)
+    return expected, got
+
+
+def test_hard_soft_masks_equal_the_left_subnet(loaded):
+    """With one-hot width distributions the masked full-width net *is* the left subnet."""
+    sn, _ = loaded
+    space = IndexSpace(sn, removable_zero=True)
+    cfg = sn.space.sample(3)
+    cfg["layer2.1.conv1"] = 0  # a removed basic block (depth pruning)
+    x = torch.randn(5, 1, sn.meta["input_size"], sn.meta["input_size"])
+    expected, got = _left_and_one_hot_masked(sn, space, cfg, x)
+    with torch.no_grad():
         plain = sn(x)  # hooks removed on exit
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, expected)
@@ -125,17 +133,5 @@ def test_removed_blocks_are_exact_in_polynomial_expectation_and_masks():
     # one-hot masks with a removed block == the supernet with that block at width 0
     cfg = sn.space.sample(1)
     cfg[removable[0]] = 0
-    x = torch.randn(3, 1, 6, 6)
-    with torch.no_grad():
-        with sn.active(cfg, "left"):
-            expected = sn(x)
-        with SoftMasks(sn, space) as masks:
-            masks.masks = [
-                (torch.arange(gr.max_channels) < cfg[gr.name]).float() for gr in sn.space.searchable
-            ]
-            masks.alive = [
-                torch.tensor(float(cfg[n] > 0)) if c[0] == 0 else None
-                for n, c in zip(space.names, space.choices, strict=True)
-            ]
-            got = sn(x)
+    expected, got = _left_and_one_hot_masked(sn, space, cfg, torch.randn(3, 1, 6, 6))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
