@@ -90,18 +90,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def smoke_supernet(out: Path) -> Path:
     """A one-epoch resnet20 supernet on 16x16 synthetic images (the --smoke input)."""
-    recipe = Recipe(name="ranking-smoke")
-    recipe.model.input_size = 16
-    recipe.data.name = "synthetic"
-    recipe.data.heldout_size = 200
-    recipe.data.train_limit = 320
-    recipe.data.test_limit = 100
-    recipe.data.batch_size = 32
-    recipe.space.bins = 4
-    recipe.train.epochs = 1
-    recipe.train.eval_batches = 0
-    recipe.search.calib_batches = 1
-    recipe.search.eval_batch_size = 40
+    recipe = Recipe.from_dict(
+        {
+            "name": "ranking-smoke",
+            "model": {"input_size": 16},
+            "data": {
+                "name": "synthetic",
+                "heldout_size": 200,
+                "train_limit": 320,
+                "test_limit": 100,
+                "batch_size": 32,
+            },
+            "space": {"bins": 4},
+            "train": {"epochs": 1, "eval_batches": 0},
+            "search": {"calib_batches": 1, "eval_batch_size": 40},
+        }
+    )
     folder = out / "work" / "smoke"
     if not (folder / "supernet.pt").is_file():
         train_supernet(recipe, out_dir=folder, progress=False, log=lambda line: None)

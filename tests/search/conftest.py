@@ -26,17 +26,16 @@ HELDOUT = 200  # held-out split carved from the synthetic training data
 
 
 def tiny_recipe() -> Recipe:
-    recipe = Recipe(name="tiny-test")
-    recipe.model.name = "resnet20"
-    recipe.data.name = "synthetic"
-    recipe.data.heldout_size = HELDOUT
-    recipe.data.train_limit = 1200
-    recipe.data.seed = 3
-    recipe.space.bins = 8
-    recipe.search.heldout_images = 64
-    recipe.search.calib_batches = 1
-    recipe.search.eval_batch_size = 32
-    return recipe
+    # as a recipe file's tables: a misspelt key is an error, not a new attribute
+    return Recipe.from_dict(
+        {
+            "name": "tiny-test",
+            "model": {"name": "resnet20"},
+            "data": {"name": "synthetic", "heldout_size": HELDOUT, "train_limit": 1200, "seed": 3},
+            "space": {"bins": 8},
+            "search": {"heldout_images": 64, "calib_batches": 1, "eval_batch_size": 32},
+        }
+    )
 
 
 @pytest.fixture(scope="session")
