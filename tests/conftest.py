@@ -1,6 +1,7 @@
 """Shared test settings for the 2-core CI machine."""
 
 import os
+from pathlib import Path
 
 # Before torch loads OpenMP (as the CLI does): spinning workers collapse when another
 # process shares the cores.
@@ -12,6 +13,20 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(2)
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Path:
+    """tests/recipes/train_tiny.toml: a supernet training job of a few seconds."""
+    return RECIPES / "train_tiny.toml"
+
+
+@pytest.fixture(scope="session")
+def run_tiny() -> Path:
+    """tests/recipes/run_tiny.toml: the whole `widthsearch run` pipeline in under a minute."""
+    return RECIPES / "run_tiny.toml"
 
 
 @pytest.fixture()

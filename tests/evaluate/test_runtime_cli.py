@@ -16,25 +16,22 @@ from widthsearch.recipes._runtime_flags import RUNTIME_COMMANDS
 from widthsearch.recipes.cli import main
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
-RUN_TINY = REPO / "tests" / "recipes" / "run_tiny.toml"
 SCRIPT = Path(sys.executable).parent / "widthsearch"
 
 COMMANDS = ("pretrain", "train", "profile", "search", "extract", "finetune", "eval", "run")
 
 
 @pytest.fixture()
-def argv_of(supernet_path, search_path, subnet_path):
+def argv_of(run_tiny, train_tiny, supernet_path, search_path, subnet_path):
     """``argv_of(command, out_dir)``: the command on the tiny setup, writing into ``out_dir``
     (eval writes nothing), with its output file."""
 
     def make(command: str, out: Path) -> tuple[list[str], Path | None]:
         quick = ["--epochs", "1"]
         if command == "pretrain":
-            return ["pretrain", str(TRAIN_TINY), *quick, "--out", str(out)], out / "full.pt"
+            return ["pretrain", str(train_tiny), *quick, "--out", str(out)], out / "full.pt"
         if command == "train":
-            return ["train", str(TRAIN_TINY), *quick, "--out", str(out)], out / "supernet.pt"
+            return ["train", str(train_tiny), *quick, "--out", str(out)], out / "supernet.pt"
         if command == "profile":
             args = ["profile", str(supernet_path), "--seconds", "0.0001"]
             return [*args, "--out", str(out / "lat.json")], out / "lat.json"
@@ -51,7 +48,7 @@ def argv_of(supernet_path, search_path, subnet_path):
         if command == "eval":
             return ["eval", str(subnet_path), "--latency-seconds", "0.01", "--no-full"], None
         assert command == "run"
-        args = ["run", str(RUN_TINY), *quick, "--finetune-epochs", "0", "--no-latency"]
+        args = ["run", str(run_tiny), *quick, "--finetune-epochs", "0", "--no-latency"]
         args += ["--strategy", "uniform", "--budget", "0.5"]
         return [*args, "--out", str(out)], out / "results.json"
 
@@ -148,10 +145,10 @@ def test_absent_device_is_one_line_exit_2_and_nothing_written(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available on this machine")
-def test_console_script_device_cuda_without_cuda(tmp_path):
+def test_console_script_device_cuda_without_cuda(train_tiny, tmp_path):
     out = tmp_path / "job"
     proc = subprocess.run(
-        [str(SCRIPT), "train", str(TRAIN_TINY), "--out", str(out), "--device", "cuda"],
+        [str(SCRIPT), "train", str(train_tiny), "--out", str(out), "--device", "cuda"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -165,14 +162,16 @@ def test_console_script_device_cuda_without_cuda(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _recipe_with_run(tmp_path: Path, run: str) -> Path:
+def _recipe_with_run(tiny: Path, tmp_path: Path, run: str) -> Path:
     path = tmp_path / "recipe.toml"
-    path.write_text(TRAIN_TINY.read_text() + f"\n[run]\n{run}\n")
+    path.write_text(tiny.read_text() + f"\n[run]\n{run}\n")
     return path
 
 
-def test_recipe_run_device_is_checked_and_the_flag_overrides_it(tmp_path, capsys, one_thread):
-    recipe = _recipe_with_run(tmp_path, 'device = "tpu"')
+def test_recipe_run_device_is_checked_and_the_flag_overrides_it(
+    train_tiny, tmp_path, capsys, one_thread
+):
+    recipe = _recipe_with_run(train_tiny, tmp_path, 'device = "tpu"')
     out = tmp_path / "job"
     assert main(["pretrain", str(recipe), "--epochs", "0", "--out", str(out)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -184,8 +183,8 @@ def test_recipe_run_device_is_checked_and_the_flag_overrides_it(tmp_path, capsys
     assert (out / "full.pt").is_file()
 
 
-def test_recipe_rejects_an_unknown_amp(tmp_path, capsys):
-    recipe = _recipe_with_run(tmp_path, 'amp = "fp32"')
+def test_recipe_rejects_an_unknown_amp(train_tiny, tmp_path, capsys):
+    recipe = _recipe_with_run(train_tiny, tmp_path, 'amp = "fp32"')
     assert main(["train", str(recipe), "--out", str(tmp_path / "job")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "fp32" in lines[0] and not (tmp_path / "job").exists()

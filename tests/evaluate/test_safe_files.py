@@ -26,10 +26,6 @@ from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
 from widthsearch.supernet.errors import CheckpointError
 from widthsearch.supernet.train import train_supernet
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
-RUN_TINY = REPO / "tests" / "recipes" / "run_tiny.toml"
-
 
 class Payload:
     """Unpickling this creates the sentinel file: the stand-in for a shell command."""
@@ -77,7 +73,9 @@ def test_the_crafted_file_is_live(tmp_path):
     assert sentinel.exists()
 
 
-def _cli_cases(tmp: Path, evil: Path, supernet: Path, subnet: Path) -> dict[str, list[str]]:
+def _cli_cases(
+    tmp: Path, evil: Path, supernet: Path, subnet: Path, *, train: Path, run: Path
+) -> dict[str, list[str]]:
     widths = tmp / "w.json"
     widths.write_text(json.dumps({"widths": read_subnet(subnet)["widths"]}))
     out = tmp / "out"
@@ -96,8 +94,8 @@ def _cli_cases(tmp: Path, evil: Path, supernet: Path, subnet: Path) -> dict[str,
         "finetune resume": ["finetune", str(subnet), "--out", str(out / "f.pt"), "--resume"],
         "eval": ["eval", str(evil)],
         "eval supernet": ["eval", str(subnet), "--supernet", str(evil)],
-        "train resume": ["train", str(TRAIN_TINY), "--out", str(out), "--resume"],
-        "run": ["run", str(RUN_TINY), "--out", str(out)],
+        "train resume": ["train", str(train), "--out", str(out), "--resume"],
+        "run": ["run", str(run), "--out", str(out)],
         "convert": ["convert", str(evil), "--out", str(out / "c.pt")],
     }
 
@@ -123,10 +121,13 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
-def test_every_command_refuses_a_pickle_payload(case, supernet_path, subnet_path, tmp_path, capsys):
+def test_every_command_refuses_a_pickle_payload(
+    case, supernet_path, subnet_path, train_tiny, run_tiny, tmp_path, capsys
+):
     sentinel = tmp_path / "sentinel"
     evil = craft(tmp_path / _PLANTED.get(case, "evil.pt"), sentinel)
-    argv = _cli_cases(tmp_path, evil, supernet_path, subnet_path)[case]
+    cases = _cli_cases(tmp_path, evil, supernet_path, subnet_path, train=train_tiny, run=run_tiny)
+    argv = cases[case]
     before = sorted(p.name for p in (tmp_path / "out").glob("*"))
     assert main(argv) == 2
     lines = _err_lines(capsys)
@@ -191,13 +192,13 @@ def test_every_python_loader_refuses_a_pickle_payload(
     assert _err_lines(capsys) == []  # no warning: nothing was unpickled
 
 
-def test_train_supernet_refuses_a_pickle_payload(tmp_path):
+def test_train_supernet_refuses_a_pickle_payload(train_tiny, tmp_path):
     from widthsearch.recipes.recipe import load_recipe
 
     sentinel = tmp_path / "sentinel"
     craft(tmp_path / "run" / "supernet.pt", sentinel)
     with pytest.raises(CheckpointError, match="refused"):
-        train_supernet(load_recipe(str(TRAIN_TINY)), out_dir=tmp_path / "run", resume=True)
+        train_supernet(load_recipe(str(train_tiny)), out_dir=tmp_path / "run", resume=True)
     assert not sentinel.exists()
 
 

@@ -11,8 +11,6 @@ from pathlib import Path
 import torch
 from widthsearch.supernet.checkpoint import load_supernet
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "run_tiny.toml"
 SCRIPT = Path(sys.executable).parent / "widthsearch"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STRATEGIES = ["bisection", "evolution", "peel", "relax", "uniform", "random"]
@@ -29,9 +27,9 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
+def test_run_writes_report_plot_and_reuses_finished_work(run_tiny, tmp_path):
     out = tmp_path / "job"
-    proc = _run(str(TINY), "--out", str(out), cwd=tmp_path)
+    proc = _run(str(run_tiny), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "CUDA" not in proc.stderr, proc.stderr[-2000:]
 
@@ -69,7 +67,7 @@ def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
     # a rerun reuses the trained supernet, the search and every fine-tuned subnet
     kept = [out / "supernet.pt", out / "search.json", *out.glob("subnets/*.pt")]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
-    again = _run(str(TINY), "--out", str(out), cwd=tmp_path)
+    again = _run(str(run_tiny), "--out", str(out), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "supernet: reusing" in again.stdout and "search: reusing" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -80,7 +78,9 @@ def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
 
     # other [search] settings search again; the seeded search gives the same widths, so the
     # fine-tuned subnets still stand
-    third = _run(str(TINY), "--out", str(out), "--budget", "0.4", "--budget", "0.7", cwd=tmp_path)
+    third = _run(
+        str(run_tiny), "--out", str(out), "--budget", "0.4", "--budget", "0.7", cwd=tmp_path
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert "search: reusing" not in third.stdout
     assert (out / "search.json").stat().st_mtime_ns != stamps[out / "search.json"]
@@ -88,9 +88,9 @@ def test_run_writes_report_plot_and_reuses_finished_work(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in subnet_files} == {p: stamps[p] for p in subnet_files}
 
 
-def test_run_rejects_an_unknown_strategy_before_training(tmp_path):
+def test_run_rejects_an_unknown_strategy_before_training(run_tiny, tmp_path):
     out = tmp_path / "job"
-    proc = _run(str(TINY), "--out", str(out), "--strategy", "annealing", cwd=tmp_path)
+    proc = _run(str(run_tiny), "--out", str(out), "--strategy", "annealing", cwd=tmp_path)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "annealing" in lines[0] and "bisection" in lines[0], lines

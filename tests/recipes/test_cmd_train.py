@@ -18,8 +18,6 @@ from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint, load_supernet
 from widthsearch.supernet.models import create_model
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 SCRIPT = Path(sys.executable).parent / "widthsearch"
 # one thread per process: steadier timings when the CPU is shared
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -32,10 +30,10 @@ def _err_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
-def test_console_script_trains_a_tiny_supernet_end_to_end(tmp_path):
+def test_console_script_trains_a_tiny_supernet_end_to_end(train_tiny, tmp_path):
     out = tmp_path / "tmp"
     proc = subprocess.run(
-        [str(SCRIPT), "train", str(TINY), "--out", str(out)],
+        [str(SCRIPT), "train", str(train_tiny), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -66,9 +64,9 @@ def test_console_script_trains_a_tiny_supernet_end_to_end(tmp_path):
     assert "epoch 3" in proc.stdout and "supernet.pt" in proc.stdout
 
 
-def test_overrides_reach_the_checkpoint(tmp_path):
+def test_overrides_reach_the_checkpoint(train_tiny, tmp_path):
     out = tmp_path / "o"
-    argv = ["train", str(TINY), "--out", str(out), "--epochs", "1", "--trainer", "sandwich"]
+    argv = ["train", str(train_tiny), "--out", str(out), "--epochs", "1", "--trainer", "sandwich"]
     assert main([*argv, "--seed", "4", "--model", "resnet32"]) == 0
     payload = load_checkpoint(out / "supernet.pt", kind="widthsearch.supernet")
     assert payload["recipe"]["train"]["trainer"] == "sandwich"
@@ -86,14 +84,14 @@ def test_overrides_reach_the_checkpoint(tmp_path):
     assert sn.params() == untrained.params()
 
 
-def test_default_out_dir_is_runs_recipe_name(tmp_path, monkeypatch):
+def test_default_out_dir_is_runs_recipe_name(train_tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", str(TINY), "--epochs", "0"]) == 0
+    assert main(["train", str(train_tiny), "--epochs", "0"]) == 0
     assert (tmp_path / "runs" / "train-tiny" / "supernet.pt").is_file()
 
 
-def test_resume_errors_are_one_clear_line(tmp_path, capsys):
-    base = ["train", str(TINY), "--epochs", "0", "--resume"]
+def test_resume_errors_are_one_clear_line(train_tiny, tmp_path, capsys):
+    base = ["train", str(train_tiny), "--epochs", "0", "--resume"]
     out = tmp_path / "none"
     assert main([*base, "--out", str(out)]) == 2
     (line,) = _err_lines(capsys)
@@ -119,11 +117,11 @@ def test_resume_errors_are_one_clear_line(tmp_path, capsys):
     assert "not a widthsearch checkpoint" in line
 
 
-def test_resume_refuses_another_model_and_finished_runs_do_nothing(tmp_path, capsys):
+def test_resume_refuses_another_model_and_finished_runs_do_nothing(train_tiny, tmp_path, capsys):
     out = str(tmp_path / "r")
-    assert main(["train", str(TINY), "--epochs", "0", "--out", out]) == 0
+    assert main(["train", str(train_tiny), "--epochs", "0", "--out", out]) == 0
     capsys.readouterr()
-    argv = ["train", str(TINY), "--epochs", "0", "--out", out, "--resume"]
+    argv = ["train", str(train_tiny), "--epochs", "0", "--out", out, "--resume"]
     assert main([*argv, "--model", "resnet32"]) == 2
     (line,) = _err_lines(capsys)
     assert "model='resnet20'" in line and "resnet32" in line
@@ -134,11 +132,11 @@ def test_resume_refuses_another_model_and_finished_runs_do_nothing(tmp_path, cap
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(train_tiny, tmp_path):
     out = tmp_path / "k"
     # slow enough epochs that the kill lands mid-epoch: full 640 images, 6 epochs
     proc = subprocess.Popen(
-        [str(SCRIPT), "train", str(TINY), "--out", str(out), "--epochs", "6"],
+        [str(SCRIPT), "train", str(train_tiny), "--out", str(out), "--epochs", "6"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -167,7 +165,8 @@ def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     assert epoch - 1 <= len(lines) <= epoch  # the log follows the checkpoint
     # and the run continues from there
     assert (
-        main(["train", str(TINY), "--out", str(out), "--epochs", str(epoch + 1), "--resume"]) == 0
+        main(["train", str(train_tiny), "--out", str(out), "--epochs", str(epoch + 1), "--resume"])
+        == 0
     )
     payload = load_checkpoint(out / "supernet.pt", kind="widthsearch.supernet")
     assert payload["train_state"]["epoch"] == epoch + 1
@@ -177,9 +176,9 @@ def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_missing_dataset_and_unknown_model_are_one_line_and_exit_2(
-    command, tmp_path, capsys, monkeypatch
+    train_tiny, command, run_tiny, tmp_path, capsys, monkeypatch
 ):
-    recipe = TINY if command == "train" else REPO / "tests" / "recipes" / "run_tiny.toml"
+    recipe = train_tiny if command == "train" else run_tiny
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("WIDTHSEARCH_DATA", str(empty))  # the only place looked in: no download

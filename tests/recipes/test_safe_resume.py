@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import random
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from widthsearch.recipes.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -24,8 +19,10 @@ def _err_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
-def test_legacy_training_checkpoint_resumes_with_trust_pickle_or_after_convert(tmp_path, capsys):
-    base = ["train", str(TINY), "--epochs", "2"]
+def test_legacy_training_checkpoint_resumes_with_trust_pickle_or_after_convert(
+    train_tiny, tmp_path, capsys
+):
+    base = ["train", str(train_tiny), "--epochs", "2"]
     first = tmp_path / "first"
     assert main([*base, "--out", str(first), "--stop-after", "1"]) == 0
     payload = torch.load(first / "supernet.pt", weights_only=True)

@@ -20,19 +20,17 @@ from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
 from widthsearch.supernet.train import Teacher, bcnet_step, distill_loss
 from widthsearch.supernet.warmstart import arrange, channel_importance, reorder_channels
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
-RUN_WARM = REPO / "tests" / "recipes" / "run_tiny_warm.toml"
+RUN_WARM = Path(__file__).with_name("run_tiny_warm.toml")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(train_tiny, tmp_path_factory) -> Path:
     """A `widthsearch pretrain` output folder (2 epochs on the tiny synthetic recipe)."""
     out = tmp_path_factory.mktemp("pretrain")
-    assert main(["pretrain", str(TINY), "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["pretrain", str(train_tiny), "--epochs", "2", "--out", str(out)]) == 0
     return out
 
 
@@ -126,10 +124,21 @@ def _init_files(trained: Path, tmp: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["full.pt", "state_dict", "safetensors", "module"])
-def test_init_from_each_file_kind_reproduces_the_trained_network(trained, tmp_path, kind, capsys):
+def test_init_from_each_file_kind_reproduces_the_trained_network(
+    train_tiny, trained, tmp_path, kind, capsys
+):
     files = _init_files(trained, tmp_path)
     out = tmp_path / "sn"
-    args = ["train", str(TINY), "--init", str(files[kind]), "--epochs", "0", "--out", str(out)]
+    args = [
+        "train",
+        str(train_tiny),
+        "--init",
+        str(files[kind]),
+        "--epochs",
+        "0",
+        "--out",
+        str(out),
+    ]
     if kind == "module":
         assert main(args) == 2  # a pickle is refused unless the user trusts it
         err = _err_lines(capsys)
@@ -174,22 +183,24 @@ def _bad_files(trained: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["missing", "extra", "shape", "no-tensors", "junk"])
-def test_bad_init_file_is_one_line_exit_2_and_nothing_written(trained, tmp_path, case, capsys):
+def test_bad_init_file_is_one_line_exit_2_and_nothing_written(
+    train_tiny, trained, tmp_path, case, capsys
+):
     path, expect = _bad_files(trained, tmp_path)[case]
     out = tmp_path / "sn"
-    assert main(["train", str(TINY), "--init", str(path), "--out", str(out)]) == 2
+    assert main(["train", str(train_tiny), "--init", str(path), "--out", str(out)]) == 2
     err = _err_lines(capsys)
     assert len(err) == 1 and expect in err[0], err
     assert not (out / "supernet.pt").exists()
 
 
-def test_init_pretrain_without_full_pt_says_what_to_run(tmp_path, capsys):
-    assert main(["train", str(TINY), "--init", "pretrain", "--out", str(tmp_path)]) == 2
+def test_init_pretrain_without_full_pt_says_what_to_run(train_tiny, tmp_path, capsys):
+    assert main(["train", str(train_tiny), "--init", "pretrain", "--out", str(tmp_path)]) == 2
     err = _err_lines(capsys)
     assert len(err) == 1 and "widthsearch pretrain" in err[0]
 
 
-def test_pickled_init_never_runs_without_trust(tmp_path, capsys):
+def test_pickled_init_never_runs_without_trust(train_tiny, tmp_path, capsys):
     sentinel = tmp_path / "ran"
 
     class Payload:
@@ -198,7 +209,7 @@ def test_pickled_init_never_runs_without_trust(tmp_path, capsys):
 
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
-    assert main(["train", str(TINY), "--init", str(evil), "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", str(train_tiny), "--init", str(evil), "--out", str(tmp_path / "o")]) == 2
     assert not sentinel.exists()
     assert len(_err_lines(capsys)) == 1
 
@@ -235,10 +246,10 @@ def test_bcnet_step_distils_every_subnet_from_the_teacher():
 # ---- fine-tuning's teacher and the whole job -------------------------------------------------
 
 
-def test_finetune_teacher_is_the_trained_network_of_a_warm_supernet(trained, tmp_path):
+def test_finetune_teacher_is_the_trained_network_of_a_warm_supernet(train_tiny, trained, tmp_path):
     out = tmp_path / "sn"
     init = str(trained / "full.pt")
-    assert main(["train", str(TINY), "--init", init, "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", str(train_tiny), "--init", init, "--epochs", "1", "--out", str(out)]) == 0
     meta = load_checkpoint(out / "supernet.pt", kind="widthsearch.supernet")["meta"]
     reference = _model(torch.load(trained / "full.pt", weights_only=True)["state_dict"])
     x = torch.randn(4, 1, 16, 16)

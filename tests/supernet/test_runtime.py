@@ -36,7 +36,6 @@ from widthsearch.supernet.runtime import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
 HAS_CUDA = torch.cuda.is_available()
 needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="CUDA is available on this machine")
 CUDA = pytest.param(
@@ -49,9 +48,9 @@ CUDA = pytest.param(
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
-def _small_recipe(tmp_path: Path, train_limit: int = 320) -> Path:
-    """TINY with fewer training images (10 batches of 32): the same recipe, faster epochs."""
-    text = TINY.read_text()
+def _small_recipe(tiny: Path, tmp_path: Path, train_limit: int = 320) -> Path:
+    """``tiny`` with fewer training images (10 batches of 32): the same recipe, faster epochs."""
+    text = tiny.read_text()
     assert "train_limit = 960" in text
     path = tmp_path / "small.toml"
     path.write_text(text.replace("train_limit = 960", f"train_limit = {train_limit}"))
@@ -290,7 +289,7 @@ def test_no_module_but_runtime_calls_cuda_process_group_or_autocast_apis():
 
 
 @pytest.fixture(scope="module")
-def two_then_one(tmp_path_factory) -> SimpleNamespace:
+def two_then_one(tmp_path_factory, train_tiny) -> SimpleNamespace:
     """`pretrain` of 2 epochs under a 2-process gloo torchrun stopped after epoch 1, then
     resumed by one process: what each step left."""
     tmp = tmp_path_factory.mktemp("torchrun-pretrain")
@@ -298,7 +297,7 @@ def two_then_one(tmp_path_factory) -> SimpleNamespace:
     env = {**os.environ, RANK_STATE_ENV: str(tmp / "ranks"), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--standalone", "-m", "widthsearch.recipes.cli", "pretrain", str(TINY),
+        "--standalone", "-m", "widthsearch.recipes.cli", "pretrain", str(train_tiny),
         "--epochs", "2", "--stop-after", "1", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -308,7 +307,7 @@ def two_then_one(tmp_path_factory) -> SimpleNamespace:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["pretrain", str(TINY), "--epochs", "2", "--resume", "--device", "cpu"]
+        argv = ["pretrain", str(train_tiny), "--epochs", "2", "--resume", "--device", "cpu"]
         assert main([*argv, "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -358,8 +357,10 @@ def test_one_process_resume_ends_the_cosine_schedule_at_zero(two_then_one):
 # ---- bf16 on the CPU, files on the CPU ----------------------------------------------------------
 
 
-def test_bf16_training_on_the_cpu_gives_finite_losses_and_exact_fp32_extraction(tmp_path, capsys):
-    recipe = _small_recipe(tmp_path)
+def test_bf16_training_on_the_cpu_gives_finite_losses_and_exact_fp32_extraction(
+    train_tiny, tmp_path, capsys
+):
+    recipe = _small_recipe(train_tiny, tmp_path)
     argv = ["train", str(recipe), "--epochs", "1", "--device", "cpu"]
     assert main([*argv, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
     assert "device cpu, amp bf16" in capsys.readouterr().out
@@ -392,9 +393,9 @@ def test_bf16_training_on_the_cpu_gives_finite_losses_and_exact_fp32_extraction(
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(("command", "name"), [("pretrain", "full.pt"), ("train", "supernet.pt")])
-def test_training_files_hold_only_cpu_tensors(tmp_path, command, name, device):
+def test_training_files_hold_only_cpu_tensors(train_tiny, tmp_path, command, name, device):
     out = tmp_path / "run"
-    argv = [command, str(_small_recipe(tmp_path)), "--epochs", "1", "--device", device]
+    argv = [command, str(_small_recipe(train_tiny, tmp_path)), "--epochs", "1", "--device", device]
     assert main([*argv, "--out", str(out)]) == 0
     payload = torch.load(out / name, weights_only=True)
     tensors = dict(_tensors(payload))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from widthsearch.recipes.recipe import load_recipe
@@ -11,11 +9,9 @@ from widthsearch.supernet import CheckpointError, SupernetSpec
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.train import build_training
 
-TINY = Path(__file__).resolve().parents[1] / "recipes" / "train_tiny.toml"
 
-
-def test_training_and_loading_build_the_same_supernet(tmp_path):
-    recipe = load_recipe(str(TINY))
+def test_training_and_loading_build_the_same_supernet(train_tiny, tmp_path):
+    recipe = load_recipe(str(train_tiny))
     recipe.space.bins, recipe.space.round_to = 6, 2
     _, trained, _ = build_training(recipe, download=False)
     spec = SupernetSpec.from_meta(trained.meta)

@@ -27,10 +27,6 @@ from widthsearch.supernet.train import (
     train_supernet,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "recipes" / "train_tiny.toml"
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
@@ -200,8 +196,8 @@ def test_loss_records_credit_every_group_and_round_trip():
     assert LossRecords.from_dict(data).to_dict() == data
 
 
-def _recipe(train_limit: int = 320, **train):
-    recipe = load_recipe(str(TINY))
+def _recipe(tiny: Path, train_limit: int = 320, **train):
+    recipe = load_recipe(str(tiny))
     recipe.data.train_limit = train_limit  # 10 steps per epoch
     for key, value in train.items():
         setattr(recipe.train, key, value)
@@ -209,14 +205,18 @@ def _recipe(train_limit: int = 320, **train):
 
 
 @pytest.mark.parametrize("trainer", ["bcnet", "sandwich"])
-def test_resume_is_exact(tmp_path, trainer):
+def test_resume_is_exact(train_tiny, tmp_path, trainer):
     straight, split = tmp_path / "straight", tmp_path / "split"
     kw = {"progress": False, "log": lambda line: None}
-    train_supernet(_recipe(trainer=trainer, epochs=2), out_dir=straight, **kw)
-    train_supernet(_recipe(trainer=trainer, epochs=2), out_dir=split, stop_after=1, **kw)
+    train_supernet(_recipe(train_tiny, trainer=trainer, epochs=2), out_dir=straight, **kw)
+    train_supernet(
+        _recipe(train_tiny, trainer=trainer, epochs=2), out_dir=split, stop_after=1, **kw
+    )
     first = load_checkpoint(split / "supernet.pt", kind="widthsearch.supernet")
     assert first["train_state"]["epoch"] == 1
-    result = train_supernet(_recipe(trainer=trainer, epochs=2), out_dir=split, resume=True, **kw)
+    result = train_supernet(
+        _recipe(train_tiny, trainer=trainer, epochs=2), out_dir=split, resume=True, **kw
+    )
     assert result.epochs_run == 1
     a = load_checkpoint(straight / "supernet.pt", kind="widthsearch.supernet")
     b = load_checkpoint(split / "supernet.pt", kind="widthsearch.supernet")
@@ -239,11 +239,14 @@ def test_resume_is_exact(tmp_path, trainer):
     assert counts == (2 * 14 + 6 if trainer == "bcnet" else 4 * 20)
 
 
-def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(train_tiny, tmp_path):
     pattern = r"diverged: .* loss is (nan|inf) .* checkpoint .*supernet.pt \(epoch 0\)"
     with pytest.raises(WidthsearchError, match=pattern):
         train_supernet(
-            _recipe(lr=1e30, epochs=2), out_dir=tmp_path, progress=False, log=lambda s: None
+            _recipe(train_tiny, lr=1e30, epochs=2),
+            out_dir=tmp_path,
+            progress=False,
+            log=lambda s: None,
         )
     _, payload = load_supernet(tmp_path / "supernet.pt")
     assert payload["train_state"]["epoch"] == 0
@@ -252,11 +255,11 @@ def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_pa
     )
 
 
-def test_torchrun_two_gloo_processes_keep_identical_replicas(tmp_path):
+def test_torchrun_two_gloo_processes_keep_identical_replicas(train_tiny, tmp_path):
     env = {**os.environ, RANK_STATE_ENV: str(tmp_path / "ranks"), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--standalone", "-m", "widthsearch.recipes.cli", "train", str(TINY),
+        "--standalone", "-m", "widthsearch.recipes.cli", "train", str(train_tiny),
         "--epochs", "1", "--out", str(tmp_path / "run"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

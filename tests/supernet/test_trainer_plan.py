@@ -5,7 +5,6 @@ recipe's label smoothing."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +15,13 @@ from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.sampling import channel_usage
 from widthsearch.supernet.train import train_supernet
 
-TINY = Path(__file__).resolve().parents[1] / "recipes" / "train_tiny.toml"
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(tmp_path, monkeypatch):
-    recipe = load_recipe(str(TINY))
+def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(
+    train_tiny, tmp_path, monkeypatch
+):
+    recipe = load_recipe(str(train_tiny))
     recipe.data.train_limit = 384  # 12 steps of 32 per epoch: two whole sampler cycles
     recipe.train.epochs = 2
     recipe.train.lr = 0.1
@@ -64,7 +63,7 @@ def test_trained_configs_are_fair_per_channel_and_follow_the_schedule(tmp_path, 
     assert smoothing == [0.1] * 24
 
 
-def test_a_new_trainer_kind_is_one_class_and_its_registration(tmp_path):
+def test_a_new_trainer_kind_is_one_class_and_its_registration(train_tiny, tmp_path):
     from widthsearch.supernet import TrainerKind, get_trainer, list_trainers, register_trainer
     from widthsearch.supernet.steps import sandwich_step
     from widthsearch.supernet.trainer_kinds import _KINDS, StepLosses
@@ -84,7 +83,7 @@ def test_a_new_trainer_kind_is_one_class_and_its_registration(tmp_path):
         assert "max-only" in list_trainers() and get_trainer("max-only") is MaxOnly
         with pytest.raises(ValueError, match="already registered"):
             register_trainer("max-only")(MaxOnly)
-        recipe = load_recipe(str(TINY))
+        recipe = load_recipe(str(train_tiny))
         recipe.data.train_limit = 128  # 4 steps
         recipe.train.epochs = 1
         recipe.train.trainer = "max-only"
