@@ -1,6 +1,10 @@
 """Shared test settings for the 2-core CI machine."""
 
 import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Before torch loads OpenMP (as the CLI does): spinning workers collapse when another
@@ -27,6 +31,26 @@ def train_tiny() -> Path:
 def run_tiny() -> Path:
     """tests/recipes/run_tiny.toml: the whole `widthsearch run` pipeline in under a minute."""
     return RECIPES / "run_tiny.toml"
+
+
+@contextmanager
+def _killed_after(proc: subprocess.Popen) -> Iterator[None]:
+    """SIGKILL ``proc`` when the block (which waits for the moment) ends; never leave it
+    running, even when the block fails."""
+    try:
+        yield
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="session")
+def killed_after():
+    """``with killed_after(proc): ...``: the process is SIGKILLed when the block ends."""
+    return _killed_after
 
 
 @pytest.fixture()

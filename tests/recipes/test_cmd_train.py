@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -132,7 +131,9 @@ def test_resume_refuses_another_model_and_finished_runs_do_nothing(train_tiny, t
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(train_tiny, tmp_path):
+def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(
+    train_tiny, tmp_path, killed_after
+):
     out = tmp_path / "k"
     # slow enough epochs that the kill lands mid-epoch: full 640 images, 6 epochs
     proc = subprocess.Popen(
@@ -143,7 +144,7 @@ def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(train_tiny, t
         cwd=tmp_path,
         env=ENV,
     )
-    try:
+    with killed_after(proc):
         deadline = time.monotonic() + 120
         line = ""
         while "epoch 1" not in line:  # printed once the epoch-1 checkpoint is written
@@ -151,12 +152,6 @@ def test_killed_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(train_tiny, t
             assert line or proc.poll() is None, "training ended early"
             assert time.monotonic() < deadline
         time.sleep(0.3)  # inside epoch 2
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
     sn, payload = load_supernet(out / "supernet.pt")
     assert sn.meta["model"] == "resnet20"
     epoch = payload["train_state"]["epoch"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -93,7 +92,7 @@ def test_a_writer_failing_half_way_keeps_the_old_file_and_no_temp(tmp_path, monk
     assert _leftovers(tmp_path, path.name) == []
 
 
-def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
+def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path, killed_after):
     """The child writes half of the new file, says so, and is killed there: the destination
     still holds the previous version; only a hidden temp file remains (the trainer removes
     those of its own files when it next runs)."""
@@ -118,16 +117,10 @@ def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
-    try:
+    with killed_after(proc):
         assert proc.stdout.readline().strip() == "half"
         (temp,) = [p for p in tmp_path.iterdir() if p.name != path.name]
         assert temp.stat().st_size == 100_000  # the new bytes really were being written
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == old and _load(path) == 1
     (left,) = _leftovers(tmp_path, path.name)
     assert left.startswith(".ckpt.pt.") and left.endswith(".tmp")
