@@ -7,50 +7,11 @@ slicing hooks, extraction, the cost model, search, the warm start and weight inh
 reach every layer only through its handler.
 """
 
-from . import batchnorm, conv, linear  # noqa: F401 (register)
-from .base import (
-    GAMMA,
-    L1,
-    CallWidths,
-    ChannelEvidence,
-    LayerCall,
-    LayerHandler,
-    Layout,
-    SlimLayer,
-    TraceStep,
-    handler_for,
-    positions,
-    register_layer,
-    registered_labels,
-    registered_types,
-    restore,
-    span,
-    unregister_layer,
-)
+from . import base, batchnorm, conv, linear  # noqa: F401 (register)
+from .base import *  # noqa: F403 (the handler interface is re-exported here)
 from .batchnorm import BatchNormHandler
 from .conv import ConvHandler
 from .linear import LinearHandler
 
-# What a handler author needs beyond these (CostTerms, swap, replace_param) is in `.base`.
-__all__ = [
-    "GAMMA",
-    "L1",
-    "BatchNormHandler",
-    "CallWidths",
-    "ChannelEvidence",
-    "ConvHandler",
-    "LayerCall",
-    "LayerHandler",
-    "Layout",
-    "LinearHandler",
-    "SlimLayer",
-    "TraceStep",
-    "handler_for",
-    "positions",
-    "register_layer",
-    "registered_labels",
-    "registered_types",
-    "restore",
-    "span",
-    "unregister_layer",
-]
+# base.__all__ is the interface a handler author needs (swap, replace_param, CostTerms too)
+__all__ = [*base.__all__, "BatchNormHandler", "ConvHandler", "LinearHandler"]
