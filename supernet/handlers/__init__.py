@@ -4,7 +4,8 @@ Each kind is one :class:`LayerHandler` subclass in its own module here, register
 module types with ``@register_layer(...)``; the imports below load (and so register) them.
 A new kind (LayerNorm, attention) is one more module and one more import; tracing, the
 slicing hooks, extraction, the cost model, search, the warm start and weight inheritance
-reach every layer only through its handler.
+reach every layer only through its handler. Layers with a weight and a bias (conv, linear)
+share :class:`~.weighted.WeightedHandler`.
 """
 
 from . import base, batchnorm, conv, linear  # noqa: F401 (register)

@@ -17,25 +17,21 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .base import (
-    L1,
     CallWidths,
-    ChannelEvidence,
     CostTerms,
     LayerCall,
-    LayerHandler,
     Layout,
     SlimLayer,
     TraceStep,
     register_layer,
-    replace_param,
-    swap,
 )
+from .weighted import WeightedHandler
 
 __all__ = ["ConvHandler"]
 
 
 @register_layer(nn.Conv2d)
-class ConvHandler(LayerHandler):
+class ConvHandler(WeightedHandler):
     kind = "conv"
     label = "Conv2d"
 
@@ -75,21 +71,19 @@ class ConvHandler(LayerHandler):
         return w_in or 1, w_out or 1
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
-        params = module._parameters
         saved: dict[Any, Any] = {
             "in_channels": module.in_channels,
             "out_channels": module.out_channels,
             "groups": module.groups,
         }
         out_span = at.out_span()
+        weight = module._parameters["weight"][out_span]
         if layer.group_width:
-            weight = params["weight"][out_span]
             module.groups = at.w_out // layer.group_width
         else:
-            weight = params["weight"][out_span][:, at.in_span()]
+            weight = weight[:, at.in_span()]
         module.in_channels, module.out_channels = at.w_in, at.w_out
-        swap(params, saved, "weight", weight)
-        swap(params, saved, "bias", out_span)
+        self.swap_weight_and_bias(module, saved, weight, out_span)
         return saved
 
     def slice(
@@ -103,9 +97,7 @@ class ConvHandler(LayerHandler):
             weight = weight.index_select(1, in_idx)
             module.in_channels = len(in_idx)
         module.out_channels = len(out_idx)
-        replace_param(module, "weight", weight)
-        if module.bias is not None:
-            replace_param(module, "bias", module.bias.index_select(0, out_idx))
+        self.replace_weight_and_bias(module, weight, out_idx)
 
     def cost_terms(
         self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
@@ -121,6 +113,3 @@ class ConvHandler(LayerHandler):
                 macs.add(kernel * call.positions, out_g, in_g)
             params.add(kernel, out_g, in_g)
         params.add(int(module.bias is not None), out_g)
-
-    def importance(self, layer: SlimLayer) -> ChannelEvidence:
-        return ChannelEvidence(L1, layer.module.weight.detach().abs())

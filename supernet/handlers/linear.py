@@ -15,25 +15,21 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .base import (
-    L1,
     CallWidths,
-    ChannelEvidence,
     CostTerms,
     LayerCall,
-    LayerHandler,
     Layout,
     SlimLayer,
     TraceStep,
     register_layer,
-    replace_param,
-    swap,
 )
+from .weighted import WeightedHandler
 
 __all__ = ["LinearHandler"]
 
 
 @register_layer(nn.Linear)
-class LinearHandler(LayerHandler):
+class LinearHandler(WeightedHandler):
     kind = "linear"
     label = "Linear"
 
@@ -53,15 +49,13 @@ class LinearHandler(LayerHandler):
         return LayerCall(positions=math.prod(step.out_shape[:-1]) // step.batch)
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
-        params = module._parameters
         saved: dict[Any, Any] = {
             "in_features": module.in_features,
             "out_features": module.out_features,
         }
         out_span = at.out_span()
-        weight = params["weight"][out_span][:, at.in_span(layer.in_factor)]
-        swap(params, saved, "weight", weight)
-        swap(params, saved, "bias", out_span)
+        weight = module._parameters["weight"][out_span][:, at.in_span(layer.in_factor)]
+        self.swap_weight_and_bias(module, saved, weight, out_span)
         module.in_features, module.out_features = at.w_in * layer.in_factor, at.w_out
         return saved
 
@@ -72,9 +66,7 @@ class LinearHandler(LayerHandler):
         runs = torch.arange(factor, device=in_idx.device)
         features = (in_idx[:, None] * factor + runs[None, :]).reshape(-1)
         weight = module.weight.index_select(0, out_idx).index_select(1, features)
-        replace_param(module, "weight", weight)
-        if module.bias is not None:
-            replace_param(module, "bias", module.bias.index_select(0, out_idx))
+        self.replace_weight_and_bias(module, weight, out_idx)
         module.in_features, module.out_features = len(features), len(out_idx)
 
     def cost_terms(
@@ -84,6 +76,3 @@ class LinearHandler(LayerHandler):
             macs.add(call.positions * layer.in_factor, out_g, in_g)
         params.add(layer.in_factor, out_g, in_g)
         params.add(int(layer.module.bias is not None), out_g)
-
-    def importance(self, layer: SlimLayer) -> ChannelEvidence:
-        return ChannelEvidence(L1, layer.module.weight.detach().abs())
