@@ -93,6 +93,11 @@ class Teacher:
 
     def loss(self, logits: Tensor, label_loss: Tensor, teacher_logits: Tensor) -> Tensor:
         kd = distill_loss(logits, teacher_logits, temperature=self.temperature)
+        return self.mix(label_loss, kd)
+
+    def mix(self, label_loss: Tensor, kd: Tensor) -> Tensor:
+        """``(1 - alpha) * label_loss + alpha * kd``: a distilled network's loss, given its
+        :func:`distill_loss` (for callers that log the two terms apart)."""
         return (1.0 - self.alpha) * label_loss + self.alpha * kd
 
 

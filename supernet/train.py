@@ -3,9 +3,11 @@ epochs, save atomically.
 
 :func:`train_supernet` trains the slimmable supernet (BCNet bilateral coupling with fair
 sampling, or the sandwich rule); :func:`pretrain_network` trains the full network plainly,
-the start and teacher of a warm-started supernet. Both run the one loop
-(:func:`_run_training`) over :class:`~widthsearch.supernet.trainer.SupernetTrainer`, whose
-steps are in :mod:`widthsearch.supernet.steps` and whose evaluation is in
+the start and teacher of a warm-started supernet. Both build a
+:class:`~widthsearch.supernet.trainer.SupernetTrainer` (:func:`_run_training`) and run the
+loop every training stage shares (:func:`widthsearch.supernet.loop.run_epochs`); both take
+the same job options (:class:`~widthsearch.supernet.loop.JobOptions`) as keyword arguments.
+The steps are in :mod:`widthsearch.supernet.steps` and the evaluation in
 :mod:`widthsearch.supernet.accuracy`; the names of those modules are re-exported here.
 
 Resume is exact: the checkpoint, written before the first epoch and after every epoch,
@@ -17,8 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,17 +28,11 @@ import torch
 from torch import Tensor
 
 from .accuracy import preserved_state, subnet_top1
-from .checkpoint import load_checkpoint, save_supernet, write_jsonl_atomic
+from .checkpoint import save_supernet
 from .data import batch_resizer, get_data
 from .errors import CheckpointError
-from .runtime import (
-    Runtime,
-    barrier,
-    broadcast_state,
-    dump_rank_state,
-    init_runtime,
-    shutdown_runtime,
-)
+from .loop import JobOptions, resume_payload, run_epochs
+from .runtime import Runtime, broadcast_state, dump_rank_state
 from .spec import SupernetSpec
 from .steps import (
     LossRecords,
@@ -54,6 +49,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
     "PRETRAIN_NAME",
+    "JobOptions",
     "LossRecords",
     "SupernetTrainer",
     "Teacher",
@@ -87,15 +83,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     epochs_run: int
     is_main: bool = True  # rank 0 (the one that wrote the files)
-
-
-def _seconds_line(entry: Mapping[str, Any]) -> str:
-    parts = [f"epoch {entry['epoch']}", f"loss {entry['loss']:.4f}"]
-    for key in ("top1_max", "top1_min"):
-        if key in entry:
-            parts.append(f"{key} {entry[key]:.4f}")
-    parts.append(f"{entry['seconds']:.1f}s")
-    return "  ".join(parts)
 
 
 def build_training(recipe: Any, *, runtime: Runtime | None = None, download: bool = True):
@@ -161,15 +148,8 @@ def train_supernet(
     recipe: Any,
     *,
     out_dir: str | os.PathLike[str],
-    resume: bool = False,
-    device: str = "auto",
-    amp: str = "off",
-    channels_last: bool = False,
-    progress: bool = True,
-    log: Any = print,
-    stop_after: int | None = None,
     init: str | None = None,
-    trust_pickle: bool = False,
+    **options: Any,
 ) -> TrainResult:
     """Train the supernet of ``recipe``, writing ``out_dir/supernet.pt`` and ``train.jsonl``.
 
@@ -189,34 +169,32 @@ def train_supernet(
     Args:
         recipe: A :class:`widthsearch.recipes.recipe.Recipe`.
         out_dir: Output folder.
-        resume: Continue from ``out_dir/supernet.pt``.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        amp: Mixed precision of the forward passes: ``"off"``, ``"bf16"`` or ``"fp16"``
-            (with a gradient scaler).
-        channels_last: Channels-last memory format for weights and batches.
-        progress: tqdm bars on rank 0.
-        log: Called with one summary line per epoch (rank 0).
-        stop_after: Train at most this many epochs in this call (time-limited jobs); the
-            schedule still spans ``[train].epochs``, and ``resume=True`` picks up from there.
         init: ``"scratch"``, ``"pretrain"`` (``out_dir/full.pt`` from :func:`pretrain_network`)
             or the path of a trained network (see
             :func:`widthsearch.supernet.warmstart.read_state_dict`); ``None``: the recipe's.
-        trust_pickle: Accept files that only unpickling reads (runs their code): an ``init``
-            file, or an older checkpoint to resume from; refused otherwise (see
+        options: How the job runs, the fields of :class:`~widthsearch.supernet.loop.JobOptions`:
+            ``resume`` (continue from ``out_dir/supernet.pt``), ``stop_after`` (train at most
+            this many epochs in this call; the schedule still spans ``[train].epochs``),
+            ``device``, ``amp`` (``"off"``, ``"bf16"`` or ``"fp16"`` with a gradient scaler),
+            ``channels_last``, ``progress``, ``log`` (one line per epoch on rank 0) and
+            ``trust_pickle`` (accept files that only unpickling reads, which runs their code:
+            an ``init`` file, or an older checkpoint to resume from; see
             :func:`~widthsearch.supernet.checkpoint.load_checkpoint`).
 
     Raises:
         CheckpointError: Nothing to resume, a corrupt, foreign or mismatched checkpoint, or
             an init file that does not fit the model.
         TrainingDivergedError: The loss became NaN/inf (the last good checkpoint is kept).
+        TypeError: An option that is not a job option.
         ValueError: Bad recipe values.
     """
+    job = JobOptions.of(options, where="train_supernet")
     out = Path(out_dir)
     init = init if init is not None else getattr(recipe.train, "init", "scratch")
     init_path = None
     if init == "pretrain":
         init_path = out / PRETRAIN_NAME
-        if not resume and not init_path.is_file():
+        if not job.resume and not init_path.is_file():
             raise CheckpointError(
                 f"{init_path} does not exist: run `widthsearch pretrain --out {out}` first, "
                 "or pass --init FILE"
@@ -236,7 +214,7 @@ def train_supernet(
             return {"teacher": None, "init": {"from": "scratch"}}
         from .warmstart import load_weights, read_state_dict, reorder_channels
 
-        state = read_state_dict(init_path, trust_pickle=trust_pickle)
+        state = read_state_dict(init_path, trust_pickle=job.trust_pickle)
         load_weights(sn.model, state, where=str(init_path))
         order = getattr(recipe.train, "channel_order", "ends")
         reorder_channels(sn, order)
@@ -250,41 +228,26 @@ def train_supernet(
     return _run_training(
         recipe,
         recipe.train,
+        job,
         path=out / CHECKPOINT_NAME,
         log_path=out / LOG_NAME,
         file_format="widthsearch.supernet",
-        resume=resume,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        progress=progress,
-        log=log,
-        stop_after=stop_after,
         setup=setup,
-        trust_pickle=trust_pickle,
     )
 
 
 def pretrain_network(
-    recipe: Any,
-    *,
-    out_dir: str | os.PathLike[str],
-    resume: bool = False,
-    device: str = "auto",
-    amp: str = "off",
-    channels_last: bool = False,
-    progress: bool = True,
-    log: Any = print,
-    stop_after: int | None = None,
-    trust_pickle: bool = False,
+    recipe: Any, *, out_dir: str | os.PathLike[str], **options: Any
 ) -> TrainResult:
     """Train the recipe's model plainly (full width, ``[pretrain]`` settings) into
     ``out_dir/full.pt``: the start and the teacher of a warm-started supernet.
 
-    Same loop, schedule, checkpointing, exact resume and torchrun support as
-    :func:`train_supernet`; ``full.pt`` holds the model's plain ``state_dict``.
-    ``trust_pickle`` lets it resume from an older, pickled checkpoint.
+    Same loop, schedule, checkpointing, exact resume, torchrun support and job options
+    (``options``: :class:`~widthsearch.supernet.loop.JobOptions`) as :func:`train_supernet`;
+    ``full.pt`` holds the model's plain ``state_dict``. ``trust_pickle`` lets it resume from
+    an older, pickled checkpoint.
     """
+    job = JobOptions.of(options, where="pretrain_network")
     section = SimpleNamespace(
         **{
             **dataclasses.asdict(recipe.train),
@@ -297,18 +260,11 @@ def pretrain_network(
     return _run_training(
         recipe,
         section,
+        job,
         path=out / PRETRAIN_NAME,
         log_path=out / PRETRAIN_LOG_NAME,
         file_format="widthsearch.full",
-        resume=resume,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        progress=progress,
-        log=log,
-        stop_after=stop_after,
         setup=lambda sn, payload: {"teacher": None},
-        trust_pickle=trust_pickle,
     )
 
 
@@ -331,35 +287,24 @@ def _teacher(
 def _run_training(
     recipe: Any,
     section: Any,
+    job: JobOptions,
     *,
     path: Path,
     log_path: Path,
     file_format: str,
-    resume: bool,
-    device: str,
-    amp: str,
-    channels_last: bool,
-    progress: bool,
-    log: Any,
-    stop_after: int | None,
-    setup: Any,
-    trust_pickle: bool = False,
+    setup: Callable[[Supernet, Mapping[str, Any] | None], dict[str, Any]],
 ) -> TrainResult:
-    """The loop every training stage shares: build, (resume), train epochs, save atomically.
+    """Build, (resume), train epochs, save atomically: the job of both training stages.
 
     ``setup(sn, payload)`` returns ``{"teacher": Teacher | None, **checkpoint extras}``;
     ``payload`` is the checkpoint being resumed, or ``None`` on a fresh run.
     """
-    out = path.parent
-    runtime = init_runtime(device, amp=amp, channels_last=channels_last)
-    if runtime.is_main and log is not None:
-        log(runtime.describe())
-    try:
+    with job.runtime() as runtime:
+        if runtime.is_main and job.log is not None:
+            job.log(runtime.describe())
         payload = None
-        if resume:  # fail before any expensive work
-            if not path.is_file():
-                raise CheckpointError(f"nothing to resume: {path} does not exist")
-            payload = load_checkpoint(path, kind=file_format, trust_pickle=trust_pickle)
+        if job.resume:  # fail before any expensive work
+            payload = resume_payload(path, kind=file_format, trust_pickle=job.trust_pickle)
         splits, sn, transform = build_training(recipe, runtime=runtime)
         if payload is not None:
             _check_resumable(payload, sn, section.trainer, path)
@@ -381,69 +326,38 @@ def _run_training(
             calib_batches=getattr(getattr(recipe, "search", None), "calib_batches", 4),
             runtime=runtime,
             transform=transform,
-            progress=progress,
+            progress=job.progress,
             teacher=teacher,
         )
         if payload is not None:
-            try:
-                trainer.load_state_dict(payload["train_state"])
-            except (KeyError, RuntimeError, ValueError) as exc:
-                raise CheckpointError(f"{path}: cannot resume from it ({exc})") from None
+            trainer.resume(payload["train_state"], payload.get("history", []), path=path)
             trainer.records = LossRecords.from_dict(payload.get("loss_records", {}))
-            trainer.history = list(payload.get("history", []))
         else:
             broadcast_state(sn, runtime)
         spec = {**dataclasses.asdict(splits.spec), "heldout_digest": splits.heldout_digest}
 
         def save() -> None:
-            if runtime.is_main:
-                save_supernet(
-                    path,
-                    sn,
-                    file_format=file_format,
-                    recipe=recipe.to_dict(),
-                    loss_records=trainer.records.to_dict(),
-                    train_state=trainer.state_dict(),
-                    data=spec,
-                    history=trainer.history,
-                    **extras,
-                )
-                write_jsonl_atomic(trainer.history, log_path)
+            save_supernet(
+                path,
+                sn,
+                file_format=file_format,
+                recipe=recipe.to_dict(),
+                loss_records=trainer.records.to_dict(),
+                train_state=trainer.state_dict(),
+                data=spec,
+                history=trainer.history,
+                **extras,
+            )
 
-        if runtime.is_main:  # temp files of writes killed half-way
-            for name in (path.name, log_path.name):
-                for stale in out.glob(f".{name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
-        if payload is None:
-            save()  # epoch 0: a loadable checkpoint from the start
-        elif runtime.is_main:
-            write_jsonl_atomic(
-                trainer.history, log_path
-            )  # drop lines of epochs the checkpoint lacks
-        start_epoch = trainer.epoch
-        if stop_after is not None and stop_after < 0:
-            raise ValueError(f"stop_after must be >= 0, got {stop_after}")
-        last = section.epochs if stop_after is None else start_epoch + stop_after
-        while trainer.epoch < min(last, section.epochs):
-            try:
-                entry = trainer.train_epoch()
-            except TrainingDivergedError as exc:
-                done = trainer.epoch  # epochs in the checkpoint on disk
-                raise TrainingDivergedError(
-                    f"{exc}; kept the last good checkpoint {path} (epoch {done})"
-                ) from None
-            if runtime.is_main:
-                start = time.perf_counter()
-                entry.update(trainer.evaluate())
-                entry["eval_seconds"] = time.perf_counter() - start
-                trainer.history.append(entry)
-            save()
-            if runtime.is_main:
-                log(_seconds_line(entry))
-        barrier(runtime)
-        dump_rank_state(sn.model, runtime)
-        return TrainResult(
-            path, log_path, trainer.history, trainer.epoch - start_epoch, runtime.is_main
+        epochs_run = run_epochs(
+            trainer,
+            checkpoint=path,
+            log_path=log_path,
+            save=save,
+            resumed=payload is not None,
+            save_first=True,  # epoch 0: a loadable checkpoint from the start
+            stop_after=job.stop_after,
+            log=job.log,
         )
-    finally:
-        shutdown_runtime(runtime)
+        dump_rank_state(sn.model, runtime)
+        return TrainResult(path, log_path, trainer.history, epochs_run, runtime.is_main)
