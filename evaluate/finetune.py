@@ -7,63 +7,41 @@ temperature ``T`` (Hinton et al.). The teacher is the trained network the supern
 from, when there is one; else the supernet's full width, whose BN statistics are
 recalibrated first (:mod:`widthsearch.evaluate.teacher`).
 
-Runs on the runtime's device with its mixed precision and layout, and data-parallel under
-``torchrun`` like supernet training (each rank trains its shard of every epoch, gradients
-averaged explicitly, replicas bit-identical; rank 0 writes). The per-epoch state resumes
-at another world size.
+The epochs are the loop every training stage shares (:mod:`widthsearch.supernet.loop`): the
+same schedule, data order and seeding as supernet training, runtime (device, mixed
+precision, data-parallel under ``torchrun`` with replicas bit-identical and rank 0 writing),
+divergence check and job options. What is fine-tuning's own is here: the dense student
+built from the subnet file (or freshly initialised, ``init="random"``), the teacher, the
+step and what an epoch reports, and the subnet file written at the end.
 
 Resumable like supernet training: after every epoch the whole state (weights, optimiser,
 schedule, history) goes atomically to ``<out stem>.ckpt.pt``; ``resume=True`` continues
 from it with the same data order and augmentation, so an interrupted run ends with the same
-weights as an uninterrupted one. The output file is written only at the end; the per-epoch
-history also goes to ``<out stem>.jsonl``.
+weights as an uninterrupted one (also at another world size). The output file is written
+only at the end; the per-epoch history also goes to ``<out stem>.jsonl``.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 from widthsearch.search import calibration_batches, load_split_images, recipe_splits
 from widthsearch.supernet.bn import recalibrate_bn
-from widthsearch.supernet.checkpoint import atomic_save, load_checkpoint
+from widthsearch.supernet.checkpoint import atomic_save
 from widthsearch.supernet.errors import CheckpointError, WidthsearchError
+from widthsearch.supernet.loop import EpochTrainer, JobOptions, resume_payload, run_epochs
 from widthsearch.supernet.recipe import FINETUNE_INITS, stored_recipe
-from widthsearch.supernet.runtime import (
-    Runtime,
-    allreduce_grads,
-    average_buffers,
-    barrier,
-    broadcast_state,
-    dump_rank_state,
-    init_runtime,
-    local_runtime,
-    shutdown_runtime,
-)
-from widthsearch.supernet.train import distill_loss
-from widthsearch.supernet.trainer import (
-    check_finite,
-    cosine_schedule,
-    epoch_loader,
-    epoch_seed,
-    resume_schedule,
-)
+from widthsearch.supernet.runtime import Runtime, broadcast_state, dump_rank_state
+from widthsearch.supernet.steps import Teacher, distill_loss
 
-from ._common import (
-    build_subnet,
-    output_path,
-    read_subnet,
-    save_subnet,
-    top1,
-    write_jsonl_atomic,
-)
+from ._common import build_subnet, output_path, read_subnet, save_subnet, top1
 from .teacher import load_teacher
 
 __all__ = [
@@ -100,16 +78,8 @@ def finetune_subnet(
     eval_images: int = 1000,
     seed: int = 0,
     init: str | None = None,
-    resume: bool = False,
-    stop_after: int | None = None,
     export_dir: str | os.PathLike[str] | None = None,
-    progress: bool | None = None,
-    log: Callable[[str], Any] | None = print,
-    trust_pickle: bool = False,
-    device: str = "auto",
-    amp: str = "off",
-    channels_last: bool = False,
-    data_parallel: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Fine-tune a subnet file and write the result (same format, plus ``"finetune"``).
 
@@ -132,19 +102,17 @@ def finetune_subnet(
             own random initialisation at the subnet's widths (retraining the searched
             architecture; give it a from-scratch ``lr`` and ``epochs``). Default: the
             recipe's ``[finetune].init``.
-        resume: Continue from ``<stem>.ckpt.pt``.
-        stop_after: Train at most this many epochs in this call (the schedule still spans
-            ``epochs``); the output is written only once all epochs are done.
         export_dir: Also export the result there (:func:`export_subnet`).
-        progress: tqdm bars (``None``: only on a terminal).
-        log: Called with one summary line per epoch.
-        trust_pickle: Accept subnet, teacher and state files that need unpickling (older
-            files); refused otherwise.
-        device, amp, channels_last: Where and in which precision and layout to train (see
-            :func:`widthsearch.supernet.runtime.init_runtime`); the output is stored on
-            the CPU, loadable anywhere.
-        data_parallel: Join the ``torchrun`` job in the environment (if any); ``False``
-            fine-tunes in this process alone (rank 0 of a job whose other ranks are done).
+        options: How the job runs, the fields of
+            :class:`~widthsearch.supernet.loop.JobOptions`: ``resume`` (continue from
+            ``<stem>.ckpt.pt``), ``stop_after`` (train at most this many epochs in this call;
+            the schedule still spans ``epochs`` and the output is written only once all are
+            done), ``progress`` (tqdm bars; ``None``: only on a terminal), ``log`` (one line
+            per epoch), ``trust_pickle`` (accept subnet, teacher and state files that need
+            unpickling: older files), ``device``, ``amp``, ``channels_last`` (where and in
+            which precision and layout to train; the output is stored on the CPU, loadable
+            anywhere) and ``data_parallel`` (``False``: fine-tune in this process alone, rank
+            0 of a job whose other ranks are done).
 
     Returns:
         The output payload (``"finetune"``: settings and per-epoch history). When
@@ -154,13 +122,15 @@ def finetune_subnet(
         CheckpointError: missing/corrupt/pickled subnet or teacher, teacher of another
             model, nothing (or a mismatched run) to resume.
         TrainingDivergedError: the loss became NaN or infinite (before any step with it).
+        TypeError: an option that is not a job option.
         ValueError: bad options.
     """
+    job = JobOptions.of(options, where="finetune_subnet")
     source = None if isinstance(subnet, Mapping) else str(subnet)
     payload = (
         dict(subnet)
         if isinstance(subnet, Mapping)
-        else read_subnet(subnet, trust_pickle=trust_pickle)
+        else read_subnet(subnet, trust_pickle=job.trust_pickle)
     )
     meta = dict(payload["meta"])
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), Mapping) else {}
@@ -184,8 +154,6 @@ def finetune_subnet(
         raise ValueError("need lr > 0, weight_decay >= 0, batch_size >= 1 and temperature > 0")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if stop_after is not None and stop_after < 0:
-        raise ValueError(f"stop_after must be >= 0, got {stop_after}")
     out, ckpt_path, log_path = finetune_paths(output_path(out))
     settings = {
         "epochs": epochs,
@@ -202,44 +170,35 @@ def finetune_subnet(
         "source": source,
     }
     state = None
-    if resume:  # fail before any expensive work
-        if not ckpt_path.is_file():
-            raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
-        state = load_checkpoint(ckpt_path, kind=STATE_FORMAT, trust_pickle=trust_pickle)
-        theirs = state.get("settings", {})
-        for key, value in settings.items():
-            recorded = theirs.get(key, "inherit" if key == "init" else None)  # older files
-            if key != "source" and recorded != value:
-                raise CheckpointError(
-                    f"{ckpt_path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
-                    "resume with the same options or start afresh without --resume"
-                )
-    if data_parallel:
-        runtime = init_runtime(device, amp=amp, channels_last=channels_last)
-    else:
-        runtime = local_runtime(device, amp=amp, channels_last=channels_last)
-    try:
+    if job.resume:  # fail before any expensive work
+        state = resume_payload(ckpt_path, kind=STATE_FORMAT, trust_pickle=job.trust_pickle)
+        _check_settings(state.get("settings", {}), settings, ckpt_path)
+    with job.runtime() as runtime:
         return _train(
             payload,
             recipe,
             settings,
             state,
+            job,
             runtime=runtime,
             teacher=teacher,
             meta=meta,
             source=source,
-            out=out,
-            ckpt_path=ckpt_path,
-            log_path=log_path,
-            stop_after=stop_after,
+            files=(out, ckpt_path, log_path),
             eval_images=eval_images,
             export_dir=export_dir,
-            progress=progress,
-            log=log,
-            trust_pickle=trust_pickle,
         )
-    finally:
-        shutdown_runtime(runtime)
+
+
+def _check_settings(theirs: Mapping[str, Any], ours: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a run of other settings (one line naming the first that differs)."""
+    for key, value in ours.items():
+        recorded = theirs.get(key, "inherit" if key == "init" else None)  # older files
+        if key != "source" and recorded != value:
+            raise CheckpointError(
+                f"{path}: was run with {key}={theirs.get(key)!r}, now {value!r}; "
+                "resume with the same options or start afresh without --resume"
+            )
 
 
 def _train(
@@ -247,45 +206,31 @@ def _train(
     recipe: Any,
     settings: Mapping[str, Any],
     state: Mapping[str, Any] | None,
+    job: JobOptions,
     *,
     runtime: Runtime,
     teacher: str | os.PathLike[str] | None,
     meta: Mapping[str, Any],
     source: str | None,
-    out: Path,
-    ckpt_path: Path,
-    log_path: Path,
-    stop_after: int | None,
+    files: tuple[Path, Path, Path],
     eval_images: int,
     export_dir: str | os.PathLike[str] | None,
-    progress: bool | None,
-    log: Callable[[str], Any] | None,
-    trust_pickle: bool,
 ) -> dict[str, Any]:
     """The epochs of :func:`finetune_subnet` on ``runtime`` (settings already checked)."""
-    epochs, lr, seed = settings["epochs"], settings["lr"], settings["seed"]
-    batch_size, momentum = settings["batch_size"], settings["momentum"]
-    alpha, temperature = settings["alpha"], settings["temperature"]
-    train_limit = settings["train_limit"]
+    out, ckpt_path, log_path = files
     teacher_model, recalibrate_teacher = None, False
     if teacher:
-        teacher_model, recalibrate_teacher = load_teacher(teacher, meta, trust_pickle=trust_pickle)
-        runtime.module(teacher_model)
-
-    if epochs == 0:  # nothing to train: no data needed
-        return _finish(
-            payload,
-            payload["module"],
-            settings,
-            [],
-            out=out,
-            ckpt_path=ckpt_path,
-            export_dir=export_dir,
-            runtime=runtime,
+        teacher_model, recalibrate_teacher = load_teacher(
+            teacher, meta, trust_pickle=job.trust_pickle
         )
-    if train_limit is not None:
+        runtime.module(teacher_model)
+    finish = {"out": out, "ckpt_path": ckpt_path, "export_dir": export_dir, "runtime": runtime}
+    if settings["epochs"] == 0:  # nothing to train: no data needed
+        return _finish(payload, payload["module"], settings, [], **finish)
+    batch_size = settings["batch_size"]
+    if settings["train_limit"] is not None:
         recipe = copy.deepcopy(dict(recipe))
-        recipe["data"] = {**recipe.get("data", {}), "train_limit": int(train_limit)}
+        recipe["data"] = {**recipe.get("data", {}), "train_limit": int(settings["train_limit"])}
     splits, resize = recipe_splits(recipe, meta, augment=True, where=source or "subnet")
     if len(splits.train) < batch_size * runtime.world_size and runtime.distributed:
         raise WidthsearchError(
@@ -301,7 +246,7 @@ def _train(
         recalibrate_bn(teacher_model, calibration_batches(splits.train, recipe, resize=resize))
     heldout = []
     if eval_images > 0 and len(splits.heldout):
-        hx, hy = load_split_images(splits.heldout, eval_images, seed=seed)
+        hx, hy = load_split_images(splits.heldout, eval_images, seed=settings["seed"])
         heldout = [(resize(a), b) for a, b in zip(hx.split(256), hy.split(256), strict=True)]
 
     student = runtime.module(payload["module"])
@@ -312,142 +257,131 @@ def _train(
             raise CheckpointError(f"{ckpt_path}: weights do not fit the subnet ({exc})") from None
     else:
         broadcast_state(student, runtime)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params,
-        lr=lr,
-        momentum=momentum,
-        nesterov=momentum > 0,
-        weight_decay=settings["weight_decay"],
-    )
-    scaler = runtime.grad_scaler()  # passes values through unless fp16
-    per_rank = len(splits.train) // runtime.world_size
-    drop_last = per_rank > batch_size
-    steps_per_epoch = per_rank // batch_size if drop_last else 1
-    total = max(epochs * steps_per_epoch, 1)
-    scheduler = cosine_schedule(optimizer, total_steps=total)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        resume_schedule(
-            scheduler, state, epochs_done=int(state["epoch"]), steps_per_epoch=steps_per_epoch
+    distiller = None
+    if teacher_model is not None:
+        distiller = Teacher(
+            teacher_model, alpha=settings["alpha"], temperature=settings["temperature"]
         )
-        if state.get("grad_scaler") and scaler.is_enabled():
-            scaler.load_state_dict(state["grad_scaler"])
-        history = list(state.get("history", []))
-        start_epoch = int(state["epoch"])
-    if runtime.is_main:
-        for stale in out.parent.glob(f".{ckpt_path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # temp files of writes killed half-way
-
-    last = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, last):
-        start = time.perf_counter()
-        # the supernet trainer's data order and seeding (epochs count from 1 there)
-        torch.manual_seed(epoch_seed(seed, epoch + 1, runtime.rank))
-        loader = epoch_loader(
-            splits.train,
-            epoch=epoch + 1,
-            seed=seed,
-            batch_size=batch_size,
-            workers=0,
-            runtime=runtime,
-            drop_last=drop_last,
-        )
-        student.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, ce, kd
-        correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
-        seen = 0
-        bar = tqdm(
-            loader,
-            desc=f"finetune {epoch + 1}/{epochs}",
-            unit="batch",
-            disable=(None if progress is None else not progress) if runtime.is_main else True,
-        )
-        for x, y in bar:
-            x = resize(runtime.batch(x))
-            y = y.to(runtime.device, non_blocking=True)
-            with runtime.autocast():
-                logits = student(x)
-                ce = F.cross_entropy(logits, y)
-                loss, kd = ce, torch.zeros((), device=runtime.device)
-                if teacher_model is not None:
-                    with torch.no_grad():
-                        t_logits = teacher_model(x)
-                    kd = distill_loss(logits, t_logits, temperature=temperature)
-                    loss = (1 - alpha) * ce + alpha * kd
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            losses = allreduce_grads(
-                params, torch.stack([loss.float(), ce.float(), kd.float()]).detach(), runtime
-            )
-            check_finite(
-                losses.tolist(),
-                ("fine-tuning", "label", "distillation"),
-                where=f"fine-tuning epoch {epoch + 1}",
-                hint="try a smaller --lr",
-            )
-            scaler.step(optimizer)  # skipped on inf/NaN fp16 gradients
-            scaler.update()
-            scheduler.step()
-            n = len(y)
-            sums += losses.double() * n
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += n
-            if runtime.is_main and bar.disable is False:
-                bar.set_postfix(loss=f"{float(sums[0]) / seen:.3f}", refresh=False)
-        average_buffers(student, runtime)
-        loss_sum, ce_sum, kd_sum = sums.tolist()
-        entry = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / max(seen, 1),
-            "ce": ce_sum / max(seen, 1),
-            "kd": kd_sum / max(seen, 1) if teacher_model is not None else None,
-            "train_top1": int(correct) / max(seen, 1),
-            "heldout_top1": top1(student, heldout, runtime=runtime) if heldout else None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images": seen * runtime.world_size,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        history.append(entry)
-        if runtime.is_main:
-            atomic_save(
-                {
-                    "format": STATE_FORMAT,
-                    "version": STATE_VERSION,
-                    "state_dict": student.state_dict(),  # saved on the CPU
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "steps_per_epoch": steps_per_epoch,
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "settings": dict(settings),
-                },
-                ckpt_path,
-            )
-            write_jsonl_atomic(history, log_path)
-        if log is not None and runtime.is_main:
-            held = entry["heldout_top1"]
-            log(
-                f"finetune epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f} "
-                f"train top-1 {entry['train_top1']:.4f}"
-                + (f" held-out top-1 {held:.4f}" if held is not None else "")
-                + f" ({entry['seconds']:.1f}s)"
-            )
-    barrier(runtime)
-    dump_rank_state(student, runtime)
-    return _finish(
-        payload,
+    trainer = _Finetuner(
         student,
+        splits.train,
+        heldout,
         settings,
-        history,
-        out=out,
-        ckpt_path=ckpt_path,
-        export_dir=export_dir,
+        teacher=distiller,
+        transform=resize,
         runtime=runtime,
+        progress=job.progress,
     )
+    if state is not None:
+        trainer.resume(state, state.get("history", []), path=ckpt_path)
+
+    def save() -> None:
+        doc = {"format": STATE_FORMAT, "version": STATE_VERSION}
+        doc["state_dict"] = student.state_dict()  # saved on the CPU
+        doc.update(trainer.state_dict(), history=trainer.history, settings=dict(settings))
+        atomic_save(doc, ckpt_path)
+
+    run_epochs(
+        trainer,
+        checkpoint=ckpt_path,
+        log_path=log_path,
+        save=save,
+        resumed=state is not None,
+        stop_after=job.stop_after,
+        log=job.log,
+    )
+    dump_rank_state(student, runtime)
+    return _finish(payload, student, settings, trainer.history, **finish)
+
+
+# the fine-tuning settings that are the shared loop's own (the same names there)
+_LOOP_SETTINGS = ("epochs", "seed", "lr", "momentum", "weight_decay", "batch_size")
+
+
+class _Finetuner(EpochTrainer):
+    """One epoch of fine-tuning: cross-entropy (plus distillation from a teacher) on the
+    dense student; train top-1 and the held-out top-1 per epoch."""
+
+    label = "finetune"
+    hint = "try a smaller --lr"
+    summary_fields = (
+        ("loss", "loss"),
+        ("train_top1", "train top-1"),
+        ("heldout_top1", "held-out top-1"),
+    )
+    loss_names = ("fine-tuning", "label", "distillation")
+
+    def __init__(
+        self,
+        student: nn.Module,
+        train_set: Any,
+        heldout: list[tuple[Tensor, Tensor]],
+        settings: Mapping[str, Any],
+        *,
+        teacher: Teacher | None,
+        transform: Any,
+        runtime: Runtime,
+        progress: bool | None,
+    ) -> None:
+        super().__init__(
+            student,
+            train_set,
+            short_split=True,  # a split smaller than a batch still fine-tunes
+            runtime=runtime,
+            transform=transform,
+            progress=progress,
+            **{key: settings[key] for key in _LOOP_SETTINGS},
+        )
+        self.heldout = heldout
+        self.teacher = teacher
+
+    def _where(self, epoch: int) -> str:
+        return f"fine-tuning epoch {epoch}"
+
+    def _begin_epoch(self) -> None:
+        device = self.runtime.device
+        self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, kd
+        self._correct = torch.zeros((), dtype=torch.int64, device=device)
+        self._seen = 0
+
+    def _train_step(self, x: Tensor, y: Tensor) -> tuple[Sequence[str], Tensor, Tensor]:
+        with self.runtime.autocast():
+            logits = self.module(x)
+            ce = F.cross_entropy(logits, y)
+            loss, kd = ce, torch.zeros((), device=self.runtime.device)
+            if self.teacher is not None:
+                t_logits = self.teacher.logits(x)
+                kd = distill_loss(logits, t_logits, temperature=self.teacher.temperature)
+                loss = self.teacher.mix(ce, kd)
+        self.scaler.scale(loss).backward()
+        losses = torch.stack([loss.float(), ce.float(), kd.float()]).detach()
+        return self.loss_names, losses, logits.detach()
+
+    def _account(
+        self, names: Sequence[str], values: list[float], losses: Tensor, info: Any, y: Tensor
+    ) -> None:
+        self._sums += losses.double() * len(y)
+        self._correct += (info.argmax(1) == y).sum()
+        self._seen += len(y)
+
+    def _postfix(self) -> dict[str, str]:
+        return {"loss": f"{float(self._sums[0]) / self._seen:.3f}"}
+
+    def _epoch_entry(self) -> dict[str, Any]:
+        seen = max(self._seen, 1)
+        loss_sum, ce_sum, kd_sum = self._sums.tolist()
+        return {
+            "loss": loss_sum / seen,
+            "ce": ce_sum / seen,
+            "kd": kd_sum / seen if self.teacher is not None else None,
+            "train_top1": int(self._correct) / seen,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images": self._seen * self.runtime.world_size,
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        held = top1(self.module, self.heldout, runtime=self.runtime) if self.heldout else None
+        return {"heldout_top1": held}
 
 
 def _finish(
