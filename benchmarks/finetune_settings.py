@@ -1,7 +1,8 @@
-"""Fine-tune settings by measurement: lr x distillation weight on one extracted subnet.
+"""Fine-tune settings by measurement: lr x distillation weight x batch size on one extracted subnet.
 
     .venv/bin/python benchmarks/finetune_settings.py SUBNET.pt --teacher FULL.pt \
-        [--lr 0.01 0.02 0.05] [--alpha 0.0 0.5 0.9] [--epochs 2] [--train-limit N]
+        [--lr 0.01 0.02 0.05] [--alpha 0.0 0.5 0.9] [--batch-size 128] [--epochs 2] \
+        [--train-limit N]
 
 Every combination fine-tunes the same extracted subnet with the same data order and teacher
 and is scored on the held-out split (never the test set: this picks defaults). Prints one
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", required=True, help="full.pt or supernet.pt")
     parser.add_argument("--lr", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.5, 0.9])
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=[None], help="default: the recipe's"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--eval-images", type=int, default=5000)
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
-    for lr, alpha in itertools.product(args.lr, args.alpha):
+    for lr, alpha, batch in itertools.product(args.lr, args.alpha, args.batch_size):
         with tempfile.TemporaryDirectory() as tmp:
             result = finetune_subnet(
                 args.subnet,
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=args.epochs,
                 lr=lr,
                 alpha=alpha,
+                batch_size=batch,
                 teacher=args.teacher if alpha > 0 else None,
                 train_limit=args.train_limit,
                 eval_images=args.eval_images,
@@ -54,15 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "lr": lr,
                 "alpha": alpha,
+                "batch_size": batch,
                 "heldout_top1": history[-1]["heldout_top1"],
                 "seconds": round(sum(h["seconds"] for h in history), 1),
             }
         )
         print(rows[-1], flush=True)
     rows.sort(key=lambda r: -r["heldout_top1"])
-    print("\n| lr | alpha | held-out top-1 | seconds |\n|---:|---:|---:|---:|")
+    print("\n| lr | alpha | batch | held-out top-1 | seconds |\n|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['lr']} | {r['alpha']} | {r['heldout_top1']:.4f} | {r['seconds']} |")
+        batch = r["batch_size"] or "recipe"
+        print(f"| {r['lr']} | {r['alpha']} | {batch} | {r['heldout_top1']:.4f} | {r['seconds']} |")
     if args.out:
         write_json_atomic({"settings": vars(args), "rows": rows}, args.out)
     return 0
