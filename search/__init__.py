@@ -1,10 +1,12 @@
 """Which widths to pick: the subnet evaluator and the search strategies.
 
 Strategies register by name (``bisection``, ``evolution``, ``peel``, ``relax``, ``uniform``,
-``random``); :func:`get_strategy` builds one, :func:`run_search` runs several over many
-budgets and returns the JSON document that ``widthsearch search`` writes. Budgets are MACs or
-predicted latencies (a :class:`LatencyTable` measured by ``widthsearch profile``), and
-:class:`Constraints` add limits on MACs, params and latency that every answer keeps.
+``random``); :func:`get_strategy` builds one, :func:`search_widths` runs several over many
+budgets and returns the :class:`SearchDocument` that ``widthsearch search`` writes as JSON
+(one :class:`SearchAnswer` per strategy and budget; :func:`run_search` returns it as the
+JSON dict). Budgets are MACs or predicted latencies (a :class:`LatencyTable` measured by
+``widthsearch profile``), and :class:`Constraints` add limits on MACs, params and latency
+that every answer keeps.
 """
 
 from . import bisection, evolution, peel, random_search, relax, uniform  # noqa: F401 (register)
@@ -18,7 +20,8 @@ from .latency import LatencyModel, LatencyTable, LayerLatency, load_latency_tabl
 from .peel import Peel
 from .random_search import RandomSearch
 from .relax import Relax, SoftMasks
-from .run import build_evaluator, run_search, search_options, write_json_atomic
+from .result import SearchAnswer, SearchDocument
+from .run import build_evaluator, run_search, search_options, search_widths, write_json_atomic
 from .scoring import (
     ScoringData,
     ScoringSizes,
@@ -41,6 +44,8 @@ __all__ = [
     "Relax",
     "ScoringData",
     "ScoringSizes",
+    "SearchAnswer",
+    "SearchDocument",
     "SearchResult",
     "SoftMasks",
     "Strategy",
@@ -69,6 +74,7 @@ __all__ = [
     "run_search",
     "scoring_data",
     "search_options",
+    "search_widths",
     "study_name_for",
     "write_json_atomic",
 ]

@@ -1,6 +1,7 @@
 """Running several strategies over many budgets, and building the evaluator from a checkpoint.
 
-:func:`run_search` returns the JSON document ``widthsearch search`` writes (see the README);
+:func:`search_widths` returns the :class:`~widthsearch.search.SearchDocument` that
+``widthsearch search`` writes (``search.json``; :func:`run_search` returns it as the JSON dict);
 :func:`build_evaluator` rebuilds the held-out split the supernet's training held out, from
 the recipe stored in its checkpoint -- never the test split.
 """
@@ -19,9 +20,16 @@ from .base import Timer, get_strategy
 from .budgets import resolve_budgets
 from .constraints import Constraints
 from .evaluator import SubnetEvaluator
+from .result import SearchAnswer, SearchDocument
 from .scoring import ScoringSizes, scoring_data
 
-__all__ = ["build_evaluator", "run_search", "search_options", "write_json_atomic"]
+__all__ = [
+    "build_evaluator",
+    "run_search",
+    "search_options",
+    "search_widths",
+    "write_json_atomic",
+]
 
 
 def build_evaluator(
@@ -116,7 +124,7 @@ def search_options(
     return {k: v for k, v in options.items() if k in strategies}
 
 
-def run_search(
+def search_widths(
     supernet: Supernet,
     evaluator: SubnetEvaluator,
     *,
@@ -128,8 +136,8 @@ def run_search(
     supernet_path: str = "",
     share_cache: bool = False,
     constraints: Constraints | None = None,
-) -> dict[str, Any]:
-    """Run each strategy once over all budgets; return the search JSON document.
+) -> SearchDocument:
+    """Run each strategy once over all budgets; return the search document.
 
     Args:
         supernet: The supernet.
@@ -156,7 +164,7 @@ def run_search(
     for name in options:
         get_strategy(name)  # an option for an unknown strategy is a typo
     absolute = resolve_budgets(supernet, budgets, constraints=constraints)
-    results: list[dict[str, Any]] = []
+    results: list[SearchAnswer] = []
     calls: list[dict[str, Any]] = []
     for strategy in instances:
         if not share_cache:
@@ -177,22 +185,29 @@ def run_search(
                 "seconds": round(timer.seconds, 3),
             }
         )
-        results.extend(r.to_dict() for r in answers)
-    doc: dict[str, Any] = {
-        "supernet": str(supernet_path),
-        "model": supernet.meta.get("model", ""),
-        "full_macs": int(supernet.macs()),
-        "min_macs": int(supernet.macs(supernet.space.min())),
-        "full_params": int(supernet.params()),
-        "seed": int(seed),
-        "budgets": absolute,
-        "evaluator": evaluator.stats(),
-        "calls": calls,
-        "results": results,
-    }
+        results.extend(SearchAnswer.from_result(r) for r in answers)
+    recorded, full_ms = None, None
     if constraints is not None and (constraints.limited or constraints.latency is not None):
-        doc["constraints"] = constraints.to_dict()
+        recorded = constraints.to_dict()
         if constraints.latency is not None:
             full = supernet.widths_vector(supernet.space.max())
-            doc["full_latency_ms"] = round(float(constraints.latency.predict(full)), 6)
-    return doc
+            full_ms = round(float(constraints.latency.predict(full)), 6)
+    return SearchDocument(
+        supernet=str(supernet_path),
+        model=supernet.meta.get("model", ""),
+        full_macs=int(supernet.macs()),
+        min_macs=int(supernet.macs(supernet.space.min())),
+        full_params=int(supernet.params()),
+        seed=int(seed),
+        budgets=tuple(absolute),
+        evaluator=evaluator.stats(),
+        calls=tuple(calls),
+        results=tuple(results),
+        constraints=recorded,
+        full_latency_ms=full_ms,
+    )
+
+
+def run_search(supernet: Supernet, evaluator: SubnetEvaluator, **arguments: Any) -> dict[str, Any]:
+    """:func:`search_widths` (same keyword arguments), its document as the JSON dict written."""
+    return search_widths(supernet, evaluator, **arguments).to_dict()
