@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from widthsearch.search import ScoringData, ScoringSizes, scoring_data
+from widthsearch.search import (
+    ScoringData,
+    ScoringSizes,
+    SearchAnswer,
+    SearchDocument,
+    scoring_data,
+)
 from widthsearch.supernet import Supernet
 from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.recipe import stored_recipe
@@ -49,27 +55,28 @@ def _read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise ValueError(f"{what} {path}: not valid JSON ({type(exc).__name__})") from None
 
 
-def read_search(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a search JSON (``widthsearch search`` output) and check its shape."""
-    doc = _read_json(path, "search file")
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise ValueError(f"search file {path}: no 'results' list (not a widthsearch search JSON)")
-    return doc
+def read_search(path: str | os.PathLike[str]) -> SearchDocument:
+    """Load a search JSON (``widthsearch search`` output), checked key by key.
+
+    Raises:
+        ValueError: no such file, not JSON, or not a search document (the bad key named).
+    """
+    return SearchDocument.from_dict(_read_json(path, "search file"), source=f"search file {path}")
 
 
 def find_search_result(
-    doc: Mapping[str, Any],
+    doc: SearchDocument,
     *,
     strategy: str,
     budget: str | float | int,
     full_macs: int | None = None,
     source: str = "search file",
-) -> dict[str, Any]:
-    """The result of ``strategy`` whose ``budget_macs`` matches ``budget`` (within 0.5 %).
+) -> SearchAnswer:
+    """The answer of ``strategy`` whose ``budget_macs`` matches ``budget`` (within 0.5 %).
 
     ``budget`` is parsed like the search CLI (``0.5``, ``50%``, ``20M``, ``123456``), as a
     fraction of the document's ``full_macs`` (or ``full_macs``); a latency (``12ms``) matches
-    a result's ``budget_ms`` instead.
+    an answer's ``budget_ms`` instead.
 
     Raises:
         ValueError: no such strategy or budget in the document (the message lists what is).
@@ -77,39 +84,40 @@ def find_search_result(
     from widthsearch.search.budgets import format_macs, parse_budget
     from widthsearch.search.constraints import parse_latency
 
-    results = [r for r in doc.get("results", []) if isinstance(r, Mapping)]
-    mine = [r for r in results if r.get("strategy") == strategy]
+    mine = doc.answers(strategy)
     if not mine:
-        have = sorted({str(r.get("strategy")) for r in results})
-        raise ValueError(
-            f"{source} has no results for strategy {strategy!r} (has: {', '.join(have) or 'none'})"
-        )
+        have = ", ".join(doc.strategies) or "none"
+        raise ValueError(f"{source} has no results for strategy {strategy!r} (has: {have})")
     ms = parse_latency(budget)
     if ms is not None:  # a latency budget matches budget_ms
-        key, target = "budget_ms", ms
+        target: float = ms
         wanted = f"latency budget {budget}"
+
+        def value(answer: SearchAnswer) -> float | None:
+            return answer.budget_ms
 
         def label(value: float) -> str:
             return f"{value:.4g}ms"
     else:
-        full = int(doc.get("full_macs") or full_macs or 0)
+        full = int(doc.full_macs or full_macs or 0)
         if full <= 0:
             raise ValueError(f"{source} has no full_macs to read budget {budget!r} against")
-        key, target = "budget_macs", parse_budget(budget, full)
+        target = parse_budget(budget, full)
         wanted = f"budget {budget} = {target} MACs"
+
+        def value(answer: SearchAnswer) -> float | None:
+            return answer.budget_macs
 
         def label(value: float) -> str:
             return f"{format_macs(int(value))} ({value / full:.1%})"
 
-    candidates = [r for r in mine if r.get(key) is not None]
-    best = min(candidates, key=lambda r: abs(float(r[key]) - target), default=None)
-    if best is None or abs(float(best[key]) - target) > BUDGET_TOLERANCE * target:
-        have = ", ".join(label(float(r[key])) for r in candidates) or "none"
-        kind = "latency budgets" if key == "budget_ms" else "budgets"
+    candidates = [(float(v), answer) for answer in mine if (v := value(answer)) is not None]
+    best = min(candidates, key=lambda c: abs(c[0] - target), default=None)
+    if best is None or abs(best[0] - target) > BUDGET_TOLERANCE * target:
+        have = ", ".join(label(v) for v, _ in candidates) or "none"
+        kind = "latency budgets" if ms is not None else "budgets"
         raise ValueError(f"{source} has no {strategy!r} result at {wanted} (its {kind}: {have})")
-    if not isinstance(best.get("widths"), Mapping):
-        raise ValueError(f"{source}: the {strategy!r} result has no widths")
-    return dict(best)
+    return best[1]
 
 
 def read_widths(path: str | os.PathLike[str]) -> dict[str, int]:
@@ -129,7 +137,7 @@ def extract_subnet(
     supernet: str | os.PathLike[str] | tuple[Supernet, Mapping[str, Any]],
     *,
     widths: Mapping[str, int] | None = None,
-    search: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    search: str | os.PathLike[str] | SearchDocument | Mapping[str, Any] | None = None,
     strategy: str | None = None,
     budget: str | float | int | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -154,8 +162,9 @@ def extract_subnet(
     Args:
         supernet: Supernet checkpoint path, or an already loaded ``(supernet, payload)``.
         widths: The width config (instead of ``search``/``strategy``/``budget``).
-        search: Search JSON path or document; with ``strategy`` and ``budget`` picks the
-            result (budget within 0.5 % of a result's ``budget_macs``).
+        search: Search JSON path, :class:`~widthsearch.search.SearchDocument` or its dict;
+            with ``strategy`` and ``budget`` picks the answer (budget within 0.5 % of an
+            answer's ``budget_macs``).
         strategy: Strategy name in ``search`` (recorded; with ``widths`` just a label).
         budget: Budget as in the search CLI (``0.5``, ``50%``, ``20M``, absolute int).
         out: Write the subnet file here (atomically).
@@ -191,22 +200,27 @@ def extract_subnet(
         path = str(supernet)
         sn, payload = load_supernet(supernet, trust_pickle=trust_pickle)
     meta = dict(sn.meta)
-    source_result: dict[str, Any] | None = None
+    answer: SearchAnswer | None = None
     if widths is None:
         if search is None or strategy is None or budget is None:
             raise ValueError("give widths, or a search file with a strategy and a budget")
-        doc = read_search(search) if not isinstance(search, Mapping) else search
-        where = f"search file {search}" if not isinstance(search, Mapping) else "search results"
-        if doc.get("model") and meta.get("model") and doc["model"] != meta["model"]:
+        where = "search results"
+        if isinstance(search, SearchDocument):
+            doc = search
+        elif isinstance(search, Mapping):  # the JSON dict of one
+            doc = SearchDocument.from_dict(search, source=where)
+        else:
+            where = f"search file {search}"
+            doc = read_search(search)
+        if doc.model and meta.get("model") and doc.model != meta["model"]:
             raise ValueError(
-                f"{where} is for model {doc['model']!r}, the supernet is {meta['model']!r}"
+                f"{where} is for model {doc.model!r}, the supernet is {meta['model']!r}"
             )
-        source_result = find_search_result(
+        answer = find_search_result(
             doc, strategy=strategy, budget=budget, full_macs=sn.macs(), source=where
         )
-        widths = source_result["widths"]
-        given = source_result.get("budget_macs")
-        budget_macs: int | None = None if given is None else int(given)
+        widths = answer.widths
+        budget_macs: int | None = answer.budget_macs
     else:
         budget_macs = None
         from widthsearch.search.constraints import is_latency
@@ -273,9 +287,9 @@ def extract_subnet(
         supernet=path,
         strategy=strategy if strategy is not None else "widths",
         budget_macs=budget_macs,
-        score=None if source_result is None else source_result.get("score"),
-        budget_ms=None if source_result is None else source_result.get("budget_ms"),
-        predicted_latency_ms=None if source_result is None else source_result.get("latency_ms"),
+        score=None if answer is None else answer.score,
+        budget_ms=None if answer is None else answer.budget_ms,
+        predicted_latency_ms=None if answer is None else answer.latency_ms,
     ).to_payload()
     if out is not None:
         save_subnet(result, out)

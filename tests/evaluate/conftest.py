@@ -78,7 +78,8 @@ def config_of():
 
 @pytest.fixture(scope="session")
 def search_path(supernet_path, tmp_path_factory) -> Path:
-    """A search JSON as `widthsearch search` writes it, by hand: uniform, random at 50/75 %."""
+    """A search JSON by hand with only the keys the README names (as an older or hand-made
+    file): uniform and random at 50/75 %."""
     sn, _ = load_supernet(supernet_path)
     full = sn.macs()
     results = []

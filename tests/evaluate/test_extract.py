@@ -3,6 +3,7 @@ bad inputs (one line, exit 2, no output file)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,32 +78,31 @@ def test_extract_cli_from_a_widths_file(loaded, supernet_path, tmp_path, config_
 
 
 def test_budget_matches_a_result_within_half_a_percent(search_path):
-    doc = read_search(search_path)
+    doc = read_search(search_path)  # a hand-made file with only the keys the README names
     budget = _result(search_path, "uniform", 0.75)["budget_macs"]
     for given in ("0.75", "75%", str(budget), str(int(budget * 1.004)), 0.75):
-        assert find_search_result(doc, strategy="uniform", budget=given)["budget_macs"] == budget
+        answer = find_search_result(doc, strategy="uniform", budget=given)
+        assert answer.budget_macs == budget and answer.strategy == "uniform"
     wrong = int(budget * 1.01)
     with pytest.raises(ValueError) as info:
         find_search_result(doc, strategy="uniform", budget=str(wrong), source="s.json")
-    full = doc["full_macs"]
+    full = doc.full_macs
     have = ", ".join(
-        f"{format_macs(r['budget_macs'])} ({r['budget_macs'] / full:.1%})"
-        for r in doc["results"]
-        if r["strategy"] == "uniform"
+        f"{format_macs(r.budget_macs)} ({r.budget_macs / full:.1%})" for r in doc.answers("uniform")
     )
     assert str(info.value) == (
         f"s.json has no 'uniform' result at budget {wrong} = {wrong} MACs (its budgets: {have})"
     )
-    with pytest.raises(ValueError, match="no results for strategy 'peel'"):
+    with pytest.raises(ValueError, match=r"no results for strategy 'peel' \(has: random, uniform"):
         find_search_result(doc, strategy="peel", budget="0.75")
 
 
 def test_a_latency_budget_matches_a_result_by_milliseconds(search_path):
     doc = read_search(search_path)
-    timed = dict(doc["results"][0], budget_macs=None, budget_ms=2.5, strategy="peel")
-    doc = dict(doc, results=[*doc["results"], timed])
+    timed = dataclasses.replace(doc.results[0], budget_macs=None, budget_ms=2.5, strategy="peel")
+    doc = dataclasses.replace(doc, results=(*doc.results, timed))
     for given in ("2.5ms", "2500us", "2.51ms"):
-        assert find_search_result(doc, strategy="peel", budget=given)["budget_ms"] == 2.5
+        assert find_search_result(doc, strategy="peel", budget=given).budget_ms == 2.5
     with pytest.raises(ValueError) as info:
         find_search_result(doc, strategy="peel", budget="3ms", source="s.json")
     assert str(info.value) == (
@@ -119,6 +119,10 @@ def _bad_inputs(supernet_path, search_path, tmp_path):
     foreign.write_text(json.dumps({"no_such_group": 8}))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_text("not a checkpoint")
+    doc = json.loads(search_path.read_text())
+    doc["results"][1]["score"] = "high"
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text(json.dumps(doc))
     sn, search = str(supernet_path), str(search_path)
     return {
         "unknown strategy": (
@@ -156,6 +160,14 @@ def _bad_inputs(supernet_path, search_path, tmp_path):
             "no such file",
         ),
         "missing widths": ([sn, "--widths", str(tmp_path / "nope.json")], "no such file"),
+        "foreign search": (
+            [sn, "--from", str(foreign), "--strategy", "random", "--budget", "0.5"],
+            "no 'results' list (not a widthsearch search JSON)",
+        ),
+        "malformed search": (
+            [sn, "--from", str(malformed), "--strategy", "random", "--budget", "0.5"],
+            "results[1].score must be a number, got 'high'",
+        ),
         "from without budget": (
             [sn, "--from", search, "--strategy", "random"],
             "--from needs --strategy and --budget",
@@ -175,6 +187,8 @@ def _bad_inputs(supernet_path, search_path, tmp_path):
         "corrupt supernet",
         "missing search",
         "missing widths",
+        "foreign search",
+        "malformed search",
         "from without budget",
     ],
 )
