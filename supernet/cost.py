@@ -136,7 +136,7 @@ class CostModel:
         num_groups = len(set(group_of_space.values()))
         macs, params = _Terms(), _Terms()
         for layer in trace.layers:
-            macs.gate = params.gate = gates.get(layer.name, _ONE)
+            macs.gate = params.gate = gates.get(layer.module_name, _ONE)
             out_g = tuple(group_of_space[s] for s in layer.out_spaces)
             in_g = tuple(group_of_space[s] for s in layer.in_spaces)
             layer.handler.cost_terms(layer, in_g, out_g, macs, params)

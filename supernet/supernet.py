@@ -252,13 +252,18 @@ class Supernet(nn.Module):
             # Width 0 (a removed residual block): torch has no zero-channel conv/BN, so run
             # the layer at its narrowest width on zeros and let the restore hook return an
             # empty tensor ("empty") or zeros ("dead": its input channels are all removed).
-            empty = w_out == 0
-            dead = w_in == 0 or (
-                source_in_gs is not None and not any(widths[g] for g in source_in_gs)
+            # (A tensor its owner's forward reads leaves the owner's input and output alone.)
+            empty = w_out == 0 and handler.owns_output
+            dead = handler.owns_output and (
+                w_in == 0 or (source_in_gs is not None and not any(widths[g] for g in source_in_gs))
             )
             run_in, run_out = handler.run_widths(layer, w_in, w_out)
+            run_features = run_in * layer.in_factor
             replace_input = (
-                (empty or w_in == 0) and bool(args) and args[0].shape[1] != run_in * layer.in_factor
+                handler.owns_output
+                and (empty or w_in == 0)
+                and bool(args)
+                and args[0].shape[layer.in_dim] != run_features
             )
             at = CallWidths(
                 run_in,
@@ -271,11 +276,12 @@ class Supernet(nn.Module):
                 parts(out_fulls, out_gs, widths, run_out),
             )
             saved = handler.view(layer, module, at)
-            saved["__output__"] = "empty" if empty else "dead" if dead else None
+            saved["__output__"] = ("empty" if empty else "dead" if dead else None, layer.out_dim)
             self._saved.setdefault(id(module), []).append(saved)
             if replace_input:
-                x = args[0]
-                return (x.new_zeros(x.shape[0], run_in * layer.in_factor, *x.shape[2:]),)
+                shape = list(args[0].shape)
+                shape[layer.in_dim] = run_features
+                return (args[0].new_zeros(shape),)
             return None
 
         return pre_hook
@@ -289,10 +295,10 @@ class Supernet(nn.Module):
             if not stack:
                 return None
             saved = stack.pop()
-            mode = saved.pop("__output__", None)
+            mode, dim = saved.pop("__output__", (None, 1))
             restore(module, saved)
             if mode == "empty":
-                return output[:, :0]
+                return output.narrow(dim, 0, 0)
             if mode == "dead":
                 return torch.zeros_like(output)
             return None
@@ -499,7 +505,7 @@ class Supernet(nn.Module):
                 if any(layer.name.startswith(block + ".") for block in removed):
                     continue
                 in_idx, out_idx = self.layout_index(in_gs, keep), self.layout_index(out_gs, keep)
-                slice_layer(copies[layer.name], layer, in_idx, out_idx)
+                slice_layer(copies[layer.module_name], layer, in_idx, out_idx)
         return model
 
 

@@ -2,17 +2,28 @@
 
 Each kind is one :class:`LayerHandler` subclass in its own module here, registered for its
 module types with ``@register_layer(...)``; the imports below load (and so register) them.
-A new kind (LayerNorm, attention) is one more module and one more import; tracing, the
-slicing hooks, extraction, the cost model, search, the warm start and weight inheritance
-reach every layer only through its handler. Layers with a weight and a bias (conv, linear)
-share :class:`~.weighted.WeightedHandler`.
+A new kind (attention) is one more module and one more import; tracing, the slicing hooks,
+extraction, the cost model, search, the warm start and weight inheritance reach every layer
+only through its handler. Layers with a weight and a bias (conv, linear) share
+:class:`~.weighted.WeightedHandler`. A parameter or buffer used directly in a forward
+(ConvNeXt's ``layer_scale``) is no module: tracing asks :data:`~.attribute.ATTRIBUTE` for it.
 """
 
-from . import base, batchnorm, conv, linear  # noqa: F401 (register)
+from . import attribute, base, batchnorm, conv, layernorm, linear  # noqa: F401 (register)
+from .attribute import ATTRIBUTE, AttributeHandler
 from .base import *  # noqa: F403 (the handler interface is re-exported here)
 from .batchnorm import BatchNormHandler
 from .conv import ConvHandler
+from .layernorm import LayerNormHandler
 from .linear import LinearHandler
 
 # base.__all__ is the interface a handler author needs (swap, replace_param, CostTerms too)
-__all__ = [*base.__all__, "BatchNormHandler", "ConvHandler", "LinearHandler"]
+__all__ = [
+    *base.__all__,
+    "ATTRIBUTE",
+    "AttributeHandler",
+    "BatchNormHandler",
+    "ConvHandler",
+    "LayerNormHandler",
+    "LinearHandler",
+]

@@ -88,6 +88,11 @@ class SlimLayer:
     group_width: int = 0  # grouped/depthwise conv: input channels per conv group (0 = dense)
     source: str | None = None  # normaliser: the layer whose output it normalises directly
     calls: list[LayerCall] = field(default_factory=list)
+    in_dim: int = 1  # the input's channel dimension (the last one for a channels-last linear)
+    out_dim: int = 1  # the output's channel dimension
+    # a tensor used directly in its owner's forward (``layer_scale``): its name on ``module``,
+    # which is the owner; ``name`` is the tensor's qualified name, ``in_dim`` its channel axis
+    attribute: str = ""
 
     def __post_init__(self) -> None:
         # a handler may name a single space by its id
@@ -100,6 +105,11 @@ class SlimLayer:
     def kind(self) -> str:
         """The handler's name for this kind of layer (``"conv"``, ``"bn"``, ``"linear"``)."""
         return self.handler.kind
+
+    @property
+    def module_name(self) -> str:
+        """The qualified name of :attr:`module` (the owner of an attribute)."""
+        return self.name.rpartition(".")[0] if self.attribute else self.name
 
 
 class ChannelSpaces(Protocol):
@@ -128,6 +138,7 @@ class TraceStep:
     source: str | None  # the slimmable layer that produced the input, if one did
     existing: SlimLayer | None  # the record of an earlier call of the same module
     spaces: ChannelSpaces
+    in_dim: int = 1  # the input's channel dimension (its last one when channels-last)
 
 
 class CallWidths(NamedTuple):
@@ -187,11 +198,14 @@ class LayerHandler:
         kind: A short name (``"conv"``); shown as :attr:`SlimLayer.kind`.
         label: How messages name the module type (``"Conv2d"``).
         normaliser: The layer reads and writes the same channels and rescales each one.
+        owns_output: The module's output is the layer's output (``False`` for a tensor its
+            owner's forward reads, whose owner's output the supernet must leave alone).
     """
 
     kind: ClassVar[str] = ""
     label: ClassVar[str] = ""
     normaliser: ClassVar[bool] = False
+    owns_output: ClassVar[bool] = True
 
     # -- tracing -------------------------------------------------------------------------
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
@@ -206,6 +220,10 @@ class LayerHandler:
     def call(self, step: TraceStep) -> LayerCall | None:
         """What this call adds to the cost model (``None``: nothing, e.g. BN)."""
         return None
+
+    def out_dim(self, step: TraceStep) -> int:
+        """The output's channel dimension (the input's, unless the layer moves it)."""
+        return step.in_dim
 
     # -- the sliced view in the forward hooks --------------------------------------------
     def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:

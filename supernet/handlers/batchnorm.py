@@ -41,8 +41,9 @@ class BatchNormHandler(LayerHandler):
     normaliser = True
 
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
-        if step.in_factor != 1:
-            raise UnsupportedModelError(f"{step.where}: batch norm on flattened features")
+        if step.in_factor != 1 or step.in_dim != 1:
+            what = "flattened features" if step.in_factor != 1 else "a channels-last tensor"
+            raise UnsupportedModelError(f"{step.where}: batch norm on {what}")
         return step.existing or SlimLayer(
             step.name, module, self, step.in_spaces, step.in_spaces, source=step.source
         )

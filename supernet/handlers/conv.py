@@ -36,8 +36,9 @@ class ConvHandler(WeightedHandler):
     label = "Conv2d"
 
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
-        if step.in_factor != 1:
-            raise UnsupportedModelError(f"{step.where}: conv on flattened features")
+        if step.in_factor != 1 or step.in_dim != 1:
+            what = "flattened features" if step.in_factor != 1 else "channels-last tensor"
+            raise UnsupportedModelError(f"{step.where}: conv on a {what}")
         cin, cout, groups = module.in_channels, module.out_channels, module.groups
         if groups == 1:
             return step.existing or SlimLayer(

@@ -1,8 +1,10 @@
-"""``nn.Linear`` on ``(N, features)``: opens a new channel space for its outputs (its input
-may be a concatenation of several).
+"""``nn.Linear``: opens a new channel space for its outputs (its input may be a
+concatenation of several).
 
-After a flatten of ``(N, C, H, W)`` maps each input channel is ``in_factor = H * W``
-consecutive features, so slicing keeps whole runs of ``in_factor`` columns.
+On ``(N, features)``, after a flatten of ``(N, C, H, W)`` maps, each input channel is
+``in_factor = H * W`` consecutive features, so slicing keeps whole runs of ``in_factor``
+columns. On a channels-last tensor ``(N, ..., C)`` (ConvNeXt's blocks) it is a pointwise
+conv: one call per position, its output's channels on the last dimension too.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ class LinearHandler(WeightedHandler):
     label = "Linear"
 
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
-        # the channel dimension is the last one, features = channels * in_factor
-        if step.in_shape is None or len(step.in_shape) != 2:
-            dims = len(step.in_shape or ())
+        # the channel dimension must be the last one, features = channels * in_factor
+        dims = len(step.in_shape or ())
+        if dims < 2 or step.in_dim != dims - 1 or (dims > 2 and step.in_factor != 1):
             raise UnsupportedModelError(
-                f"{step.where}: linear layer on a {dims}-d tensor (expected (N, features))"
+                f"{step.where}: linear layer on a {dims}-d tensor whose last dimension is not "
+                "its channels (expected (N, features) or channels-last (N, ..., C))"
             )
         if step.existing:
             return step.existing
@@ -47,6 +50,9 @@ class LinearHandler(WeightedHandler):
 
     def call(self, step: TraceStep) -> LayerCall:
         return LayerCall(positions=math.prod(step.out_shape[:-1]) // step.batch)
+
+    def out_dim(self, step: TraceStep) -> int:
+        return len(step.out_shape) - 1
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         saved: dict[Any, Any] = {

@@ -20,6 +20,17 @@ def _timm(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=10)
 
 
+def _convnext() -> nn.Module:
+    """ConvNeXt-T with a layer scale per channel that matters (its init is 1e-6, which
+    would hide any slicing error of the blocks behind the residual stream)."""
+    model = _tv("convnext_tiny")
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, torchvision.models.convnext.CNBlock):
+                block.layer_scale.uniform_(0.5, 1.5)
+    return model
+
+
 def _builtin(name: str) -> nn.Module:
     from widthsearch.supernet.models import create_model
 
@@ -72,14 +83,20 @@ MODELS = [
     ("concat", lambda: _Concat(), (2, 3, 8, 8)),
     ("tv:squeezenet1_0", lambda: _tv("squeezenet1_0"), (2, 3, 32, 32)),
     ("tv:densenet121", lambda: _tv("densenet121"), (2, 3, 32, 32)),
+    # channels-last blocks: permute, LayerNorm, Linear on the last dim, a layer-scale tensor
+    ("tv:convnext_tiny", _convnext, (2, 3, 32, 32)),
 ]
 NO_RESIDUALS = {"tv:vgg11_bn", "concat", "tv:squeezenet1_0", "tv:densenet121"}
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so that slicing the wrong channels shows in the outputs."""
+def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine BN/LayerNorm parameters, so that slicing the
+    wrong channels shows in the outputs."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
+        if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
@@ -103,7 +120,7 @@ def built(request):
     torch.manual_seed(0)
     model = factory().eval()
     with torch.no_grad():
-        _randomise_bn(model)
+        _randomise_norms(model)
     x = torch.randn(shape)
     with torch.no_grad():
         reference = model(x)
@@ -176,7 +193,7 @@ def test_spatial_reductions_pass_channels_through(reduce):
     torch.manual_seed(0)
     model = _Reduced(reduce).eval()
     with torch.no_grad():
-        _randomise_bn(model)
+        _randomise_norms(model)
     x = torch.randn(2, 3, 8, 8)
     sn = Supernet.from_model(model, x[:1], bins=4).eval()
     assert [g.name for g in sn.space.searchable] == ["conv"]  # one group: conv, BN and fc

@@ -1,0 +1,449 @@
+"""Where a traced tensor's channels are, and how ops that are not layers move them.
+
+Every tracked tensor has :class:`Channels`: its *layout* (the channel spaces, union-find ids,
+whose channels its channel dimension concatenates, in order; several after ``torch.cat``
+along the channels), the features per channel (> 1 after a flatten of H x W maps) and which
+dimension holds the channels (1 for ``(N, C, H, W)``; the last one after a permute to
+channels-last, as in ConvNeXt's blocks). :func:`propagate` follows them through one op, or
+refuses it with a one-line reason naming the op and its graph node: an op that mixes,
+reorders or splits channels cannot be slimmed across. The op types are named here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.fx
+from torch import nn
+
+from .errors import UnsupportedModelError
+from .handlers import Layout
+
+__all__ = [
+    "JOINING",
+    "SPLITTING",
+    "Channels",
+    "Spaces",
+    "channel_operands",
+    "op_name",
+    "propagate",
+    "shape_of",
+    "where",
+]
+
+# Binary ops whose tensor operands with equal channel counts must share one width.
+JOINING = {
+    "add",
+    "add_",
+    "iadd",
+    "sub",
+    "sub_",
+    "isub",
+    "mul",
+    "mul_",
+    "imul",
+    "truediv",
+    "div",
+    "div_",
+    "itruediv",
+}
+# Ops that act on each element independently: they keep the channels wherever they are.
+_POINTWISE = {
+    "relu",
+    "relu_",
+    "relu6",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "silu",
+    "silu_",
+    "gelu",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "dropout",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "type_as",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "neg",
+    "abs",
+    "exp",
+    "pow",
+    "softplus",
+    "leaky_relu",
+    "elu",
+    "mish",
+    "sqrt",
+    "rsqrt",
+    "square",
+    "detach",
+    "stochastic_depth",
+    "drop_path",
+}
+# Modules without parameters that act on each element independently (others, such as
+# pools, are trusted to be channelwise only while the channels are dimension 1).
+_POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+    nn.GELU,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Softplus,
+)
+# Ops that act on each channel independently, keeping the channel dimension in place, when
+# the channels are dimension 1 of (N, C, ...) (the joining and pointwise ops too).
+_CHANNELWISE = (
+    JOINING
+    | _POINTWISE
+    | {
+        "dropout2d",
+        "alpha_dropout",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "lp_pool1d",
+        "lp_pool2d",
+        "interpolate",
+        "squeeze",
+        "flatten",
+        "view",
+        "reshape",
+        "pad",
+    }
+)
+# Reductions over the dimensions named by their ``dim`` argument: they pass channels through
+# when those are spatial (global pooling written as ``x.mean((2, 3))``).
+_REDUCING = {"mean", "amax", "amin", "sum", "nansum", "nanmean", "std", "var", "logsumexp"}
+# Concatenations: along the channels they concatenate layouts, elsewhere they join them.
+_CONCAT = {"cat", "concat", "concatenate"}
+# Ops that flatten (N, C, H, W) -> (N, C*H*W).
+_FLATTENING = {"flatten", "view", "reshape"}
+# Ops that only add or drop dimensions of size 1 when the channels are elsewhere.
+_RESHAPING = _FLATTENING | {"squeeze", "unsqueeze"}
+# Ops that reorder dimensions: they move the channel dimension, keeping every channel.
+_MOVING = {"permute", "transpose", "swapaxes", "swapdims"}
+SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
+
+
+class Channels(NamedTuple):
+    """Where a tracked tensor's channels are."""
+
+    layout: Layout  # the spaces its channel dimension concatenates, in order
+    factor: int = 1  # features per channel (> 1 after a flatten of H x W maps)
+    dim: int = 1  # the dimension that holds the channels
+
+
+class Spaces:
+    """Union-find over channel spaces."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.name: list[str] = []
+        self.fixed: list[bool] = []
+        self.multiple: list[int] = []
+
+    def new(self, size: int, name: str, *, fixed: bool = False) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.name.append(name)
+        self.fixed.append(fixed)
+        self.multiple.append(1)
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int, where: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] != self.size[rb]:
+            raise UnsupportedModelError(
+                f"{where}: joins {self.size[ra]} and {self.size[rb]} channels"
+            )
+        keep, drop = min(ra, rb), max(ra, rb)  # the earlier space names the group
+        self.parent[drop] = keep
+        self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
+        self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
+        return keep
+
+    def unite(self, a: Layout, b: Layout, where: str) -> Layout:
+        """Unite two layouts position by position (the same channels, one width each)."""
+        sizes_a = [self.size[self.find(s)] for s in a]
+        sizes_b = [self.size[self.find(s)] for s in b]
+        if sizes_a != sizes_b:
+            raise UnsupportedModelError(
+                f"{where}: joins channels laid out as {_sizes(sizes_a)} and {_sizes(sizes_b)} "
+                "(a concatenation joins only one of the same parts)"
+            )
+        return tuple(self.union(x, y, where) for x, y in zip(a, b, strict=True))
+
+    def require_multiple(self, space: int, multiple: int) -> None:
+        """Widths of ``space`` (a root) must be multiples of ``multiple`` (grouped convs)."""
+        self.multiple[space] = math.lcm(self.multiple[space], multiple)
+
+
+def _sizes(sizes: list[int]) -> str:
+    return " + ".join(map(str, sizes)) if len(sizes) > 1 else f"{sizes[0]} channels"
+
+
+def op_name(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target)).lstrip("_")
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, torch.fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def where(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    return f"op {op_name(node)!r} (graph node {node.name!r})"
+
+
+def _refuse(node: torch.fx.Node) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{where(node)} mixes or reorders channels (split/shuffle are not supported); "
+        "the supernet cannot slim across it"
+    )
+
+
+def _cannot_follow(node: torch.fx.Node) -> UnsupportedModelError:
+    return UnsupportedModelError(f"{where(node)}: cannot follow channels through it")
+
+
+def channel_operands(
+    node: torch.fx.Node, out: Channels, out_shape: tuple[int, ...], tracked: set[torch.fx.Node]
+) -> list[tuple[torch.fx.Node, int]]:
+    """The untracked tensor operands of a joining op that hold one value per channel of its
+    output (``layer_scale * x`` with a ``(C, 1, 1)`` parameter), each with the dimension of
+    its own shape that lines up with the output's channels under broadcasting."""
+    found = []
+    for operand in node.all_input_nodes:
+        shape = shape_of(operand)
+        if operand in tracked or shape is None:
+            continue
+        axis = out.dim - (len(out_shape) - len(shape))
+        if 0 <= axis < len(shape) and shape[axis] != 1:
+            found.append((operand, axis))
+    return found
+
+
+def propagate(
+    node: torch.fx.Node,
+    name: str,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, Channels],
+    spaces: Spaces,
+    out_shape: tuple[int, ...],
+    module: nn.Module | None = None,
+) -> Channels:
+    """Channels of a non-slimmable op's output (``name``: the op, or ``"__module__"`` for a
+    module without parameters), or raise if it mixes channels."""
+    first = tracked[0]
+    in_shape = shape_of(first)
+    channels = info[first]
+    if name in _CONCAT:
+        return _concat(node, tracked, info, spaces, out_shape)
+    if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
+        return _reduce(node, in_shape, out_shape, channels)
+    if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
+        raise _cannot_follow(node)
+    if name in JOINING and len(tracked) > 1:
+        return _join(node, tracked, info, spaces, in_shape, out_shape)
+    if name in _MOVING:
+        return _move(node, name, channels, in_shape)
+    if channels.dim != 1:
+        return _off_dim_one(node, name, module, channels, in_shape, out_shape)
+    layout, factor = channels.layout, channels.factor
+    channelwise = name == "__module__" or name in _CHANNELWISE
+    pads = node.args[1] if name == "pad" and len(node.args) > 1 else None
+    if isinstance(pads, (tuple, list)) and len(pads) > 2 * (len(in_shape) - 2):
+        raise UnsupportedModelError(f"{where(node)}: pads the channel dimension")
+
+    if channelwise and out_shape[1] == in_shape[1] and len(out_shape) <= len(in_shape):
+        if len(out_shape) == 2 and len(in_shape) > 2 and math.prod(in_shape[2:]) != 1:
+            if name in _FLATTENING:  # (N, C, H, W) -> (N, C*H*W) with C == C*H*W: H*W == 1
+                return channels
+            raise _cannot_follow(node)
+        return channels
+    if name in _FLATTENING and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
+        return Channels(layout, factor * math.prod(in_shape[2:]))
+    raise _refuse(node)
+
+
+def _join(
+    node: torch.fx.Node,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, Channels],
+    spaces: Spaces,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+) -> Channels:
+    """A residual add or gating multiply: operands with channels share them, position by
+    position (their channel dimensions must line up under broadcasting)."""
+    layout, factor, dim = info[tracked[0]]
+    for other in tracked[1:]:
+        other_shape = shape_of(other)
+        theirs = info[other]
+        if other_shape is None or len(other_shape) < 2 or other_shape[theirs.dim] == 1:
+            continue  # broadcast over channels (e.g. a spatial gate)
+        aligned = theirs.dim - len(other_shape) == dim - len(in_shape)
+        if theirs.factor != factor or not aligned:
+            raise UnsupportedModelError(f"{where(node)}: joins tensors of different layouts")
+        layout = spaces.unite(layout, theirs.layout, where(node))
+    return Channels(layout, factor, dim + len(out_shape) - len(in_shape))
+
+
+def _move(
+    node: torch.fx.Node, name: str, channels: Channels, in_shape: tuple[int, ...]
+) -> Channels:
+    """``permute``/``transpose``: the channels move to another dimension, each kept whole;
+    the batch must stay first and the channels must not be flattened features."""
+    rank = len(in_shape)
+    args = list(node.args[1:])
+    if name == "permute":
+        dims = node.kwargs.get("dims", args[0] if len(args) == 1 else args)
+        order = list(dims) if isinstance(dims, (tuple, list)) else None
+    else:
+        pair = [node.kwargs.get(k, a) for k, a in zip(("dim0", "dim1"), args, strict=False)]
+        order = list(range(rank))
+        if len(pair) == 2 and all(isinstance(d, int) for d in pair):
+            a, b = (d % rank for d in pair)
+            order[a], order[b] = order[b], order[a]
+        else:
+            order = None
+    if order is None or not all(isinstance(d, int) for d in order) or len(order) != rank:
+        raise _refuse(node)
+    order = [d % rank for d in order]
+    if order[0] != 0 or (channels.factor != 1 and order != list(range(rank))):
+        raise _refuse(node)
+    return Channels(channels.layout, channels.factor, order.index(channels.dim))
+
+
+def _off_dim_one(
+    node: torch.fx.Node,
+    name: str,
+    module: nn.Module | None,
+    channels: Channels,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+) -> Channels:
+    """An op on a tensor whose channels are not dimension 1 (channels-last): only pointwise
+    ops, and reshapes that add or drop dimensions of size 1, keep them apart."""
+    pointwise = name in _POINTWISE or name in JOINING
+    if name == "__module__":
+        pointwise = isinstance(module, _POINTWISE_MODULES)
+    if pointwise and out_shape == in_shape:
+        return channels
+    if name in _RESHAPING and channels.factor == 1 and out_shape[0] == in_shape[0]:
+        size = in_shape[channels.dim]
+        rest_in = [s for i, s in enumerate(in_shape[1:], 1) if i != channels.dim]
+        at = [i for i, s in enumerate(out_shape[1:], 1) if s != 1]
+        if all(s == 1 for s in rest_in) and len(at) == 1 and out_shape[at[0]] == size:
+            return Channels(channels.layout, 1, at[0])
+    raise _refuse(node)
+
+
+def _concat(
+    node: torch.fx.Node,
+    tracked: list[torch.fx.Node],
+    info: dict[torch.fx.Node, Channels],
+    spaces: Spaces,
+    out_shape: tuple[int, ...],
+) -> Channels:
+    """``torch.cat``: along the channels the output's layout is the inputs' layouts in order;
+    along any other dimension every input holds the same channels (their layouts unite)."""
+    parts = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if not isinstance(parts, (tuple, list)) or not isinstance(dim, int):
+        raise _cannot_follow(node)
+    joined, factor, channel_dim = info[tracked[0]]
+    if dim % len(out_shape) != channel_dim:
+        for other in tracked[1:]:
+            if info[other].factor != factor or info[other].dim != channel_dim:
+                raise UnsupportedModelError(f"{where(node)}: joins tensors of different layouts")
+            joined = spaces.unite(joined, info[other].layout, where(node))
+        return Channels(joined, factor, channel_dim)
+    layout: Layout = ()
+    for part in parts:
+        if part not in info or info[part].factor != 1 or info[part].dim != channel_dim:
+            what = "an untracked tensor" if part not in info else "flattened features"
+            raise UnsupportedModelError(
+                f"{where(node)} concatenates {what} along the channels; the supernet cannot "
+                "slim across it"
+            )
+        layout += info[part].layout
+    return Channels(layout, 1, channel_dim)
+
+
+def _reduce(
+    node: torch.fx.Node,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...] | None,
+    channels: Channels,
+) -> Channels:
+    """A reduction passes its input's channels through unless it reduces over them."""
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dims, bool):  # the old ``x.var(unbiased)``: every dimension
+        dims = None
+    dims = (dims,) if isinstance(dims, int) else dims
+    if dims is not None and not (
+        isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
+    ):
+        raise UnsupportedModelError(
+            f"{where(node)}: reduces over dimensions fixed only at run time"
+        )
+    # no dim (or an empty one) reduces every dimension
+    reduced = {d % len(in_shape) for d in dims} if dims else set(range(len(in_shape)))
+    if channels.dim in reduced:
+        raise UnsupportedModelError(
+            f"{where(node)} reduces over the channel dimension; the supernet cannot slim across it"
+        )
+    kept = len(out_shape or ()) == len(in_shape)  # keepdim
+    dim = channels.dim if kept else channels.dim - sum(d < channels.dim for d in reduced)
+    if 0 in reduced or out_shape is None or len(out_shape) < 2:
+        raise _cannot_follow(node)
+    if out_shape[dim] != in_shape[channels.dim]:
+        raise _cannot_follow(node)
+    return Channels(channels.layout, channels.factor, dim)
