@@ -45,10 +45,13 @@ class AttributeHandler(LayerHandler):
     owns_output = False
 
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
-        owner, _, name = step.name.rpartition(".")
+        name = step.name.rpartition(".")[2]
         where = f"{step.where}: its operand {step.name!r}"
         if name not in module._parameters and name not in module._buffers:
-            raise UnsupportedModelError(f"{where} is not a parameter or buffer of {owner!r}")
+            raise UnsupportedModelError(
+                f"{where} is a value per channel but no parameter or buffer of the model; "
+                "the supernet cannot slice it"
+            )
         if step.in_factor != 1:
             raise UnsupportedModelError(f"{where} scales flattened features")
         return step.existing or SlimLayer(

@@ -17,6 +17,7 @@ from widthsearch.supernet import Supernet, reorder_channels
 from widthsearch.supernet.handlers import (
     BatchNormHandler,
     ConvHandler,
+    LayerNormHandler,
     LinearHandler,
     handler_for,
     unregister_layer,
@@ -142,6 +143,61 @@ def test_a_new_layer_kind_plugs_in_as_one_registered_handler(scale_registered):
                 assert sn.macs(cfg) == _counted_macs(sub, x)
         before = sn(x)
         reorder_channels(sn, "front")  # importance and permutation through the handler
+        torch.testing.assert_close(sn(x), before, rtol=1e-5, atol=1e-6)
+
+
+# ---- channels-last: LayerNorm, Linear on the last dim, a layer-scale parameter ----------
+
+
+class _ChannelsLastBlock(nn.Module):
+    """ConvNeXt's block in miniature: conv -> permute -> LayerNorm -> Linear -> GELU ->
+    Linear -> permute -> layer scale -> residual, then a LayerNorm2d head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 8, 1)
+        self.norm, self.up, self.down = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.layer_scale = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.head, self.fc = torchvision.models.convnext.LayerNorm2d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(x.permute(0, 2, 3, 1))
+        y = self.down(nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
+        x = x + self.layer_scale * y
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def test_layer_norm_and_layer_scale_slim_channels_last_blocks_exactly():
+    torch.manual_seed(0)
+    model = _ChannelsLastBlock().eval()
+    with torch.no_grad():
+        for norm in (model.norm, model.head):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+    x = torch.randn(2, 2, 5, 5)
+    sn = Supernet.from_model(model, x, bins=4).eval()
+    assert [(g.name, g.max_channels) for g in sn.space.searchable] == [("stem", 8), ("up", 16)]
+    rows = {e.layer.name: (e.layer.kind, e.in_groups, e.out_groups) for e in sn.layers}
+    assert rows["norm"] == rows["head"] == ("ln", (1,), (1,))
+    assert rows["up"] == ("linear", (1,), (2,)) and rows["layer_scale"] == ("attribute", (1,), (1,))
+    assert isinstance(handler_for(model.head), LayerNormHandler)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for cfg in [sn.space.min(), *(sn.space.sample(rng) for _ in range(3))]:
+            for side in ("left", "right"):
+                with sn.active(cfg, side):
+                    expected = sn(x)
+                sub = sn.extract(cfg, side).eval()
+                assert (sub(x) - expected).abs().max().item() <= 1e-5
+                width = cfg["stem"]
+                assert sub.norm.normalized_shape == sub.head.normalized_shape == (width,)
+                assert sub.layer_scale.shape == (width, 1, 1)
+                assert sn.params(cfg) == sum(p.numel() for p in sub.parameters())
+                assert sn.macs(cfg) == _counted_macs(sub, x)  # no MACs for layer norm
+        assert sn.macs() == _counted_macs(sn.model, x)
+        before = sn(x)
+        reorder_channels(sn, "front")  # LayerNorm and layer scale permute with their group
         torch.testing.assert_close(sn(x), before, rtol=1e-5, atol=1e-6)
 
 

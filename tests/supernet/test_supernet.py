@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -314,9 +315,24 @@ class _LayerNormNet(nn.Module):
         return self.norm(self.a(x))
 
 
+class _ChannelsLast(nn.Module):
+    """conv -> an op on its channels-last permute -> back (``op``: the op under test)."""
+
+    def __init__(self, op, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.a, self.op, self.norm = nn.Conv2d(3, 8, 3, padding=1), op, norm or nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.op(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize(
     ("model", "words"),
     [
+        (_ChannelsLast(lambda x: x.permute(1, 0, 2, 3)), ["'permute'", "mixes or reorders"]),
+        (_ChannelsLast(lambda x: F.max_pool2d(x, 3, 1, 1)), ["'max_pool2d'", "mixes"]),
+        (_ChannelsLast(lambda x: x, nn.LayerNorm(8)), ["'norm'", "layer norm over other"]),
+        (_ChannelsLast(lambda x: x * torch.arange(8.0)), ["'mul'", "no parameter or buffer"]),
         (_ConcatJoinsConv(), ["'add'", "4 + 4 and 8 channels"]),
         (_DataDependent(), ["cannot trace", "_DataDependent"]),
         (_LayerNormNet(), ["'norm'", "GroupNorm"]),
