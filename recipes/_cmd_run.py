@@ -12,10 +12,11 @@ each fine-tuned subnet whose widths are still the search's answer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from widthsearch.recipes._cmd_train import apply_overrides
 from widthsearch.recipes._latency_flags import (
@@ -27,6 +28,9 @@ from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
 from widthsearch.supernet.runtime import launched_rank, local_runtime
+
+if TYPE_CHECKING:
+    from widthsearch.search import SearchDocument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -71,15 +75,17 @@ def _training_done(
     return same and int((payload.get("train_state") or {}).get("epoch", 0)) >= needed
 
 
-def _finished_search(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _finished_search(path: Path, settings: dict[str, Any]) -> SearchDocument | None:
     """The search document at ``path`` if it was made with these ``[search]`` settings."""
+    from widthsearch.evaluate import read_search
+
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: search again and overwrite it
-    return doc if isinstance(doc, dict) and doc.get("recipe_search") == settings else None
+        doc = read_search(path)
+    except ValueError:
+        return None  # unreadable or not a search document: search again and overwrite it
+    return doc if doc.recipe_search == settings else None
 
 
 def _same_widths(path: Path, widths: dict[str, int]) -> bool:
@@ -114,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
         get_strategy,
         load_latency_table,
         resolve_budgets,
-        run_search,
         scoring_data,
         search_options,
+        search_widths,
     )
     from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
     from widthsearch.supernet.train import PRETRAIN_NAME, pretrain_network, train_supernet
@@ -192,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         )
         evaluator = build_evaluator(sn, payload, runtime=runtime)
         print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
-        doc = run_search(
+        doc = search_widths(
             sn,
             evaluator,
             strategies=recipe.search.strategies,
@@ -202,30 +208,30 @@ def run(args: argparse.Namespace) -> int:
             supernet_path=str(checkpoint),
             constraints=constraints,
         )
-        doc["recipe_search"] = search_settings
-        write_json_atomic(doc, search_path)
+        doc = dataclasses.replace(doc, recipe_search=search_settings)
+        write_json_atomic(doc.to_dict(), search_path)
 
     # 3. extract (best inheritance), fine-tune, evaluate every answer
     print(
         f"[3/4] extract, fine-tune ({recipe.finetune.epochs} epochs) and evaluate "
-        f"{len(doc['results'])} subnets"
+        f"{len(doc.results)} subnets"
     )
     data = scoring_data(payload, sn.meta, where="extract")
     subnets = out / "subnets"
     rows: list[dict[str, Any]] = []
     full: dict[str, Any] | None = None
     teacher = checkpoint if recipe.finetune.distill else None
-    for result in doc["results"]:
-        budget = result["budget_macs"]
+    for answer in doc.results:
+        budget = answer.budget_macs
         if budget is None:  # a latency budget: the tag and the lookup use milliseconds
-            budget = f"{result['budget_ms']:g}ms"
-        tag = f"{result['strategy']}-{budget}"
+            budget = f"{answer.budget_ms:g}ms"
+        tag = f"{answer.strategy}-{budget}"
         extracted, tuned = subnets / f"{tag}.pt", subnets / f"{tag}-ft.pt"
-        if not _same_widths(tuned, result["widths"]):
+        if not _same_widths(tuned, answer.widths):
             extract_subnet(
                 (sn, payload),
                 search=doc,
-                strategy=result["strategy"],
+                strategy=answer.strategy,
                 budget=budget,
                 out=extracted,
                 candidates=recipe.finetune.inheritance,
@@ -260,18 +266,18 @@ def run(args: argparse.Namespace) -> int:
         full = full or figures.get("full")
         rows.append(
             {
-                "strategy": result["strategy"],
-                "budget_macs": result["budget_macs"],
-                "budget_ms": result.get("budget_ms"),
-                "predicted_latency_ms": result.get("latency_ms"),
-                "score": result["score"],
+                "strategy": answer.strategy,
+                "budget_macs": answer.budget_macs,
+                "budget_ms": answer.budget_ms,
+                "predicted_latency_ms": answer.latency_ms,
+                "score": answer.score,
                 "top1": figures["top1"],
                 "macs": figures["macs"],
                 "params": figures["params"],
                 "latency_ms": figures.get("latency_ms"),
                 "inheritance": figures.get("inheritance"),
-                "evaluations": result["evaluations"],
-                "search_seconds": result["seconds"],
+                "evaluations": answer.evaluations,
+                "search_seconds": answer.seconds,
             }
         )
         print(f"      {tag}: top1 {figures['top1']:.4f}, MACs {figures['macs']}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from widthsearch.recipes._latency_flags import (
     add_latency_flags,
@@ -20,12 +19,13 @@ from widthsearch.recipes._latency_flags import (
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.search_flags import search_inputs
 from widthsearch.search import (
+    SearchDocument,
     format_macs,
     format_ms,
     get_strategy,
     list_strategies,
     resolve_budgets,
-    run_search,
+    search_widths,
     write_json_atomic,
 )
 from widthsearch.supernet.checkpoint import load_supernet
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     options, evaluator = search_inputs(
         sn, payload, args, strategies=strategies, search=search, seed=seed, runtime=runtime
     )
-    doc = run_search(
+    doc = search_widths(
         sn,
         evaluator,
         strategies=strategies,
@@ -104,40 +104,40 @@ def run(args: argparse.Namespace) -> int:
         supernet_path=str(args.supernet),
         constraints=constraints,
     )
-    write_json_atomic(doc, out)
+    write_json_atomic(doc.to_dict(), out)
     print(format_table(doc))
     print(f"wrote {out}")
     return 0
 
 
-def format_table(doc: dict[str, Any]) -> str:
-    """The results as a plain-text table (strategy x budget)."""
-    full = doc["full_macs"]
-    full_ms = doc.get("full_latency_ms")
+def format_table(doc: SearchDocument) -> str:
+    """The answers as a plain-text table (strategy x budget)."""
+    full = doc.full_macs
+    full_ms = doc.full_latency_ms
     latency = full_ms is not None
     header = ("strategy", "budget", "MACs", "of budget", "params", "score", "evals", "seconds")
     if latency:
         header = (*header[:3], "latency", *header[3:])
     rows = [header]
-    for r in doc["results"]:
-        if r.get("budget_ms") is not None:
-            budget = f"{format_ms(r['budget_ms'])} ({r['budget_ms'] / full_ms:.0%})"
-            used = f"{r['latency_ms'] / r['budget_ms']:.1%}"
+    for r in doc.results:
+        if r.budget_ms is not None:
+            budget = f"{format_ms(r.budget_ms)} ({r.budget_ms / full_ms:.0%})"
+            used = f"{r.latency_ms / r.budget_ms:.1%}"
         else:
-            budget = f"{format_macs(r['budget_macs'])} ({r['budget_macs'] / full:.0%})"
-            used = f"{r['macs'] / r['budget_macs']:.1%}"
+            budget = f"{format_macs(r.budget_macs)} ({r.budget_macs / full:.0%})"
+            used = f"{r.macs / r.budget_macs:.1%}"
         row = (
-            r["strategy"],
+            r.strategy,
             budget,
-            format_macs(r["macs"]),
+            format_macs(r.macs),
             used,
-            format_macs(r["params"]),
-            f"{r['score']:.4f}",
-            str(r["evaluations"]),
-            f"{r['seconds']:.1f}",
+            format_macs(r.params),
+            f"{r.score:.4f}",
+            str(r.evaluations),
+            f"{r.seconds:.1f}",
         )
         if latency:
-            row = (*row[:3], format_ms(r.get("latency_ms")), *row[3:])
+            row = (*row[:3], format_ms(r.latency_ms), *row[3:])
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
@@ -147,9 +147,10 @@ def format_table(doc: dict[str, Any]) -> str:
         )
         for row in rows
     ]
-    ev = doc["evaluator"]
-    lines.append(
-        f"evaluator: {ev['evaluations']} evaluations, {ev['images_per_second']:.0f} images/s "
-        f"({ev['heldout_images']} held-out + {ev['calib_images']} calibration images per side)"
-    )
+    ev = doc.evaluator
+    if ev is not None:  # the evaluator's figures, as recorded (a search document has them)
+        lines.append(
+            f"evaluator: {ev['evaluations']} evaluations, {ev['images_per_second']:.0f} images/s "
+            f"({ev['heldout_images']} held-out + {ev['calib_images']} calibration images per side)"
+        )
     return "\n".join(lines)

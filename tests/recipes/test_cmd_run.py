@@ -104,3 +104,30 @@ def test_run_rejects_a_missing_recipe(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("widthsearch run: error:"), lines
     assert "nope.toml" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_is_reused_only_from_a_sound_file_of_the_same_settings(tmp_path):
+    from widthsearch.recipes._cmd_run import _finished_search
+
+    settings = {"strategies": ["uniform"], "budgets": [0.5]}
+    answer = {
+        "strategy": "uniform",
+        "budget_macs": 100,
+        "macs": 90,
+        "params": 9,
+        "score": 0.5,
+        "widths": {"conv1": 4},
+        "evaluations": 1,
+        "seconds": 0.1,
+    }
+    path = tmp_path / "search.json"
+    doc = {"supernet": "s.pt", "results": [answer], "recipe_search": settings}
+    path.write_text(json.dumps(doc))
+    found = _finished_search(path, settings)
+    assert found is not None and found.to_dict() == doc and found.results[0].widths == {"conv1": 4}
+    assert _finished_search(path, {**settings, "budgets": [0.4]}) is None  # other settings
+    path.write_text(json.dumps({**doc, "results": [{**answer, "widths": None}]}))
+    assert _finished_search(path, settings) is None  # malformed: search again
+    path.write_text("{")
+    assert _finished_search(path, settings) is None  # not JSON
+    assert _finished_search(tmp_path / "none.json", settings) is None
