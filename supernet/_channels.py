@@ -29,6 +29,7 @@ __all__ = [
     "channel_operands",
     "op_name",
     "propagate",
+    "reshapes_per_channel",
     "shape_of",
     "where",
 ]
@@ -267,6 +268,23 @@ def channel_operands(
         if 0 <= axis < len(shape) and shape[axis] != 1:
             found.append((operand, axis))
     return found
+
+
+def reshapes_per_channel(node: torch.fx.Node, name: str) -> bool:
+    """Whether ``node`` reshapes a tensor with one value per channel (one dimension larger
+    than 1) into another such tensor whose size there follows the tensor's own length:
+    ``gamma.reshape(1, -1, 1, 1)`` does, ``gamma.view(1, 96, 1, 1)`` fixes the width."""
+    source, out = shape_of(node.args[0]) if node.args else None, shape_of(node)
+    if name not in _RESHAPING or source is None or out is None:
+        return False
+    big_in, big_out = [s for s in source if s != 1], [i for i, s in enumerate(out) if s != 1]
+    if len(big_in) != 1 or len(big_out) != 1 or out[big_out[0]] != big_in[0]:
+        return False
+    if name not in _FLATTENING or op_name(node) == "flatten":
+        return True  # (un)squeeze and flatten name no sizes
+    sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
+    sizes = node.kwargs.get("shape", sizes)
+    return isinstance(sizes, (tuple, list)) and len(sizes) == len(out) and sizes[big_out[0]] == -1
 
 
 def propagate(

@@ -33,6 +33,7 @@ from ._channels import (
     channel_operands,
     op_name,
     propagate,
+    reshapes_per_channel,
     shape_of,
     where,
 )
@@ -124,6 +125,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
     spaces = Spaces()
     info: dict[torch.fx.Node, Channels] = {}
     layers: dict[str, SlimLayer] = {}
+    attribute_of: dict[torch.fx.Node, torch.fx.Node] = {}  # a get_attr, or a reshape of one
     batch = example_inputs[0].shape[0]
 
     for node in gm.graph.nodes:
@@ -133,6 +135,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
                 info[node] = Channels((spaces.new(out_shape[1], "input", fixed=True),))
             continue
         if node.op == "get_attr":
+            attribute_of[node] = node
             continue
         if node.op == "output":
             for arg in _flat_nodes(node.args):
@@ -164,12 +167,18 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
             raise UnsupportedModelError(
                 f"{where(node)} splits channels (split/chunk are not supported)"
             )
+        source = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if source in attribute_of and not tracked and reshapes_per_channel(node, name):
+            attribute_of[node] = attribute_of[source]  # ``gamma.reshape(1, -1, 1, 1)``
         if not tracked or out_shape is None:
             continue  # shape arithmetic, or an op on untracked tensors
         info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
         if name in JOINING:
             for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
-                _attribute(node, operand, axis, info[node], modules, spaces, layers, batch)
+                attribute = attribute_of.get(operand)
+                _attribute(
+                    node, operand, attribute, axis, info[node], modules, spaces, layers, batch
+                )
 
     roots: list[int] = []
     for i in range(len(spaces.parent)):
@@ -266,6 +275,7 @@ def _slim_layer(
 def _attribute(
     node: torch.fx.Node,
     operand: torch.fx.Node,
+    attribute: torch.fx.Node | None,
     axis: int,
     channels: Channels,
     modules: dict[str, nn.Module],
@@ -273,14 +283,18 @@ def _attribute(
     layers: dict[str, SlimLayer],
     batch: int,
 ) -> None:
-    """A joining op's untracked operand with one value per channel: sliceable only when it
-    is a parameter or buffer of the model (a ``get_attr``), as a layer of its own."""
-    if operand.op != "get_attr":
+    """A joining op's untracked operand with one value per channel (along its dimension
+    ``axis``): sliceable only when it is a parameter or buffer of the model (a ``get_attr``)
+    or a reshape of one that follows its width, as a layer of its own."""
+    if attribute is None:
         raise UnsupportedModelError(
-            f"{where(node)}: its operand {operand.name!r} holds a value per channel computed "
-            "from no parameter or buffer of the model; the supernet cannot slice it"
+            f"{where(node)}: its operand {operand.name!r} holds a value per channel but is no "
+            "parameter or buffer of the model, nor a reshape of one with -1 for its channels; "
+            "the supernet cannot slice it"
         )
-    name = str(operand.target)
+    if attribute is not operand:  # a reshape: the attribute's own dimension larger than 1
+        axis = next(i for i, size in enumerate(shape_of(attribute) or ()) if size != 1)
+    name = str(attribute.target)
     owner = modules.get(name.rpartition(".")[0])
     if owner is None:
         raise UnsupportedModelError(f"{where(node)}: its operand {name!r} has no owner module")
@@ -289,7 +303,7 @@ def _attribute(
         where=where(node),
         in_spaces=channels.layout,
         in_factor=channels.factor,
-        in_shape=shape_of(operand),
+        in_shape=shape_of(attribute),
         out_shape=shape_of(node) or (),
         batch=batch,
         source=None,

@@ -252,19 +252,16 @@ class Supernet(nn.Module):
             # Width 0 (a removed residual block): torch has no zero-channel conv/BN, so run
             # the layer at its narrowest width on zeros and let the restore hook return an
             # empty tensor ("empty") or zeros ("dead": its input channels are all removed).
-            # (A tensor its owner's forward reads leaves the owner's input and output alone.)
-            empty = w_out == 0 and handler.owns_output
-            dead = handler.owns_output and (
+            # A tensor its owner's forward reads leaves the owner's input and output alone.
+            owns = handler.owns_output
+            empty = owns and w_out == 0
+            dead = owns and (
                 w_in == 0 or (source_in_gs is not None and not any(widths[g] for g in source_in_gs))
             )
             run_in, run_out = handler.run_widths(layer, w_in, w_out)
-            run_features = run_in * layer.in_factor
-            replace_input = (
-                handler.owns_output
-                and (empty or w_in == 0)
-                and bool(args)
-                and args[0].shape[layer.in_dim] != run_features
-            )
+            features, dim = run_in * layer.in_factor, layer.in_dim
+            stand_in = (empty or (owns and w_in == 0)) and bool(args)
+            replace_input = stand_in and args[0].shape[dim] != features
             at = CallWidths(
                 run_in,
                 run_out,
@@ -279,9 +276,8 @@ class Supernet(nn.Module):
             saved["__output__"] = ("empty" if empty else "dead" if dead else None, layer.out_dim)
             self._saved.setdefault(id(module), []).append(saved)
             if replace_input:
-                shape = list(args[0].shape)
-                shape[layer.in_dim] = run_features
-                return (args[0].new_zeros(shape),)
+                x = args[0]
+                return (x.new_zeros(*x.shape[:dim], features, *x.shape[dim + 1 :]),)
             return None
 
         return pre_hook

@@ -158,13 +158,14 @@ class _ChannelsLastBlock(nn.Module):
         self.stem = nn.Conv2d(2, 8, 1)
         self.norm, self.up, self.down = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8)
         self.layer_scale = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)  # timm's way: reshaped in forward
         self.head, self.fc = torchvision.models.convnext.LayerNorm2d(8), nn.Linear(8, 3)
 
     def forward(self, x):
         x = self.stem(x)
         y = self.norm(x.permute(0, 2, 3, 1))
         y = self.down(nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
-        x = x + self.layer_scale * y
+        x = (x + self.layer_scale * y) * self.gamma.reshape(1, -1, 1, 1)
         return self.fc(self.head(x).mean((2, 3)))
 
 
@@ -180,7 +181,8 @@ def test_layer_norm_and_layer_scale_slim_channels_last_blocks_exactly():
     assert [(g.name, g.max_channels) for g in sn.space.searchable] == [("stem", 8), ("up", 16)]
     rows = {e.layer.name: (e.layer.kind, e.in_groups, e.out_groups) for e in sn.layers}
     assert rows["norm"] == rows["head"] == ("ln", (1,), (1,))
-    assert rows["up"] == ("linear", (1,), (2,)) and rows["layer_scale"] == ("attribute", (1,), (1,))
+    assert rows["up"] == ("linear", (1,), (2,))
+    assert rows["layer_scale"] == rows["gamma"] == ("attribute", (1,), (1,))
     assert isinstance(handler_for(model.head), LayerNormHandler)
     rng = np.random.default_rng(0)
     with torch.no_grad():
@@ -192,7 +194,7 @@ def test_layer_norm_and_layer_scale_slim_channels_last_blocks_exactly():
                 assert (sub(x) - expected).abs().max().item() <= 1e-5
                 width = cfg["stem"]
                 assert sub.norm.normalized_shape == sub.head.normalized_shape == (width,)
-                assert sub.layer_scale.shape == (width, 1, 1)
+                assert sub.layer_scale.shape == (width, 1, 1) and sub.gamma.shape == (width,)
                 assert sn.params(cfg) == sum(p.numel() for p in sub.parameters())
                 assert sn.macs(cfg) == _counted_macs(sub, x)  # no MACs for layer norm
         assert sn.macs() == _counted_macs(sn.model, x)

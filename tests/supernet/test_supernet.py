@@ -326,6 +326,17 @@ class _ChannelsLast(nn.Module):
         return self.norm(self.op(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
 
 
+class _FixedReshape(nn.Module):
+    """A per-channel parameter reshaped to a fixed width: slicing it would break the view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.gamma = nn.Conv2d(3, 8, 3), nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        return self.a(x) * self.gamma.view(1, 8, 1, 1)
+
+
 @pytest.mark.parametrize(
     ("model", "words"),
     [
@@ -333,6 +344,7 @@ class _ChannelsLast(nn.Module):
         (_ChannelsLast(lambda x: F.max_pool2d(x, 3, 1, 1)), ["'max_pool2d'", "mixes"]),
         (_ChannelsLast(lambda x: x, nn.LayerNorm(8)), ["'norm'", "layer norm over other"]),
         (_ChannelsLast(lambda x: x * torch.arange(8.0)), ["'mul'", "no parameter or buffer"]),
+        (_FixedReshape(), ["'mul'", "'view'", "nor a reshape of one with -1"]),
         (_ConcatJoinsConv(), ["'add'", "4 + 4 and 8 channels"]),
         (_DataDependent(), ["cannot trace", "_DataDependent"]),
         (_LayerNormNet(), ["'norm'", "GroupNorm"]),
