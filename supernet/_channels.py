@@ -308,7 +308,7 @@ def propagate(
     if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
         raise _cannot_follow(node)
     if name in JOINING and len(tracked) > 1:
-        return _join(node, tracked, info, spaces, in_shape, out_shape)
+        return _join(node, [(info[t], shape_of(t)) for t in tracked], spaces)
     if name in _MOVING:
         return _move(node, name, channels, in_shape)
     if channels.dim != 1:
@@ -331,25 +331,21 @@ def propagate(
 
 
 def _join(
-    node: torch.fx.Node,
-    tracked: list[torch.fx.Node],
-    info: dict[torch.fx.Node, Channels],
-    spaces: Spaces,
-    in_shape: tuple[int, ...],
-    out_shape: tuple[int, ...],
+    node: torch.fx.Node, operands: list[tuple[Channels, tuple[int, ...] | None]], spaces: Spaces
 ) -> Channels:
-    """A residual add or gating multiply: operands with channels share them, position by
-    position (their channel dimensions must line up under broadcasting)."""
-    layout, factor, dim = info[tracked[0]]
-    for other in tracked[1:]:
-        other_shape = shape_of(other)
-        theirs = info[other]
+    """A residual add or gating multiply: the operands with channels (each with its shape)
+    share them, position by position (their channel dimensions must line up under
+    broadcasting) with the first."""
+    (layout, factor, dim), in_shape = operands[0]
+    assert in_shape is not None
+    for theirs, other_shape in operands[1:]:
         if other_shape is None or len(other_shape) < 2 or other_shape[theirs.dim] == 1:
             continue  # broadcast over channels (e.g. a spatial gate)
         aligned = theirs.dim - len(other_shape) == dim - len(in_shape)
         if theirs.factor != factor or not aligned:
             raise UnsupportedModelError(f"{where(node)}: joins tensors of different layouts")
         layout = spaces.unite(layout, theirs.layout, where(node))
+    out_shape = shape_of(node) or in_shape
     return Channels(layout, factor, dim + len(out_shape) - len(in_shape))
 
 

@@ -124,9 +124,9 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
     modules = dict(model.named_modules())
     spaces = Spaces()
     info: dict[torch.fx.Node, Channels] = {}
-    layers: dict[str, SlimLayer] = {}
+    found = _Layers(spaces, example_inputs[0].shape[0])
+    layers = found.layers
     attribute_of: dict[torch.fx.Node, torch.fx.Node] = {}  # a get_attr, or a reshape of one
-    batch = example_inputs[0].shape[0]
 
     for node in gm.graph.nodes:
         out_shape = shape_of(node)
@@ -148,9 +148,9 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         if module is not None:
             handler = handler_for(module)
             if handler is not None:
-                info[node] = _slim_layer(
-                    node, handler, module, tracked, info, spaces, layers, batch
-                )
+                if len(tracked) != 1:
+                    raise UnsupportedModelError(f"{where(node)}: expected one input tensor")
+                info[node] = found.module_call(node, handler, module, tracked[0], info[tracked[0]])
                 continue
             if any(True for _ in module.parameters(recurse=True)):
                 if tracked:
@@ -175,10 +175,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
         if name in JOINING:
             for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
-                attribute = attribute_of.get(operand)
-                _attribute(
-                    node, operand, attribute, axis, info[node], modules, spaces, layers, batch
-                )
+                found.attribute(node, operand, attribute_of.get(operand), axis, info[node], modules)
 
     roots: list[int] = []
     for i in range(len(spaces.parent)):
@@ -218,97 +215,88 @@ def _other_params(model: nn.Module, layers: Iterable[SlimLayer]) -> dict[str, in
     return {name: n for name, n in counts.items() if n}
 
 
-def _record(
-    handler: LayerHandler, module: nn.Module, step: TraceStep, layers: dict[str, SlimLayer]
-) -> SlimLayer:
-    """Record one call of a slimmable layer (its handler says which spaces it uses)."""
-    layer = handler.trace(module, step)
-    if step.existing:  # a module called more than once must see the same spaces every time
-        step.spaces.unite(step.existing.in_spaces, step.in_spaces, f"{step.where} (reused)")
-        if step.existing.in_dim != step.in_dim:
-            raise UnsupportedModelError(f"{step.where} (reused): its channels move")
-    else:
-        layer.in_dim, layer.out_dim = step.in_dim, handler.out_dim(step)
-    layers[step.name] = layer
-    call = handler.call(step)
-    if call is not None:
-        layer.calls.append(call)
-    return layer
+class _Layers:
+    """The slimmable layers found so far, each recorded through its handler."""
 
+    def __init__(self, spaces: Spaces, batch: int) -> None:
+        self.spaces, self.batch = spaces, batch
+        self.layers: dict[str, SlimLayer] = {}
 
-def _slim_layer(
-    node: torch.fx.Node,
-    handler: LayerHandler,
-    module: nn.Module,
-    tracked: list[torch.fx.Node],
-    info: dict[torch.fx.Node, Channels],
-    spaces: Spaces,
-    layers: dict[str, SlimLayer],
-    batch: int,
-) -> Channels:
-    """One call of a slimmable module: the channels of its output."""
-    name = str(node.target)
-    if len(tracked) != 1:
-        raise UnsupportedModelError(f"{where(node)}: expected one input tensor")
-    producer = tracked[0]
-    channels = info[producer]
-    out_shape = shape_of(node)
-    assert out_shape is not None
-    source = str(producer.target) if producer.op == "call_module" else None
-    step = TraceStep(
-        name=name,
-        where=where(node),
-        in_spaces=channels.layout,
-        in_factor=channels.factor,
-        in_shape=shape_of(producer),
-        out_shape=out_shape,
-        batch=batch,
-        source=source if source in layers else None,
-        existing=layers.get(name),
-        spaces=spaces,
-        in_dim=channels.dim,
-    )
-    layer = _record(handler, module, step, layers)
-    return Channels(layer.out_spaces, 1, layer.out_dim)
+    def module_call(
+        self,
+        node: torch.fx.Node,
+        handler: LayerHandler,
+        module: nn.Module,
+        producer: torch.fx.Node,
+        channels: Channels,
+    ) -> Channels:
+        """One call of a slimmable module on ``producer``'s output: its output's channels."""
+        source = str(producer.target) if producer.op == "call_module" else None
+        source = source if source in self.layers else None
+        name, in_shape = str(node.target), shape_of(producer)
+        layer = self._record(handler, module, node, name, channels, in_shape, channels.dim, source)
+        return Channels(layer.out_spaces, 1, layer.out_dim)
 
+    def attribute(
+        self,
+        node: torch.fx.Node,
+        operand: torch.fx.Node,
+        attribute: torch.fx.Node | None,
+        axis: int,
+        channels: Channels,
+        modules: dict[str, nn.Module],
+    ) -> None:
+        """A joining op's untracked operand with one value per channel (along its dimension
+        ``axis``): sliceable only when it is a parameter or buffer of the model (a
+        ``get_attr``) or a reshape of one that follows its width, as a layer of its own."""
+        if attribute is None:
+            raise UnsupportedModelError(
+                f"{where(node)}: its operand {operand.name!r} holds a value per channel but is "
+                "no parameter or buffer of the model, nor a reshape of one with -1 for its "
+                "channels; the supernet cannot slice it"
+            )
+        if attribute is not operand:  # a reshape: the attribute's own dimension larger than 1
+            axis = next(i for i, size in enumerate(shape_of(attribute) or ()) if size != 1)
+        name = str(attribute.target)
+        owner = modules.get(name.rpartition(".")[0])
+        if owner is None:
+            raise UnsupportedModelError(f"{where(node)}: its operand {name!r} has no owner module")
+        self._record(ATTRIBUTE, owner, node, name, channels, shape_of(attribute), axis, None)
 
-def _attribute(
-    node: torch.fx.Node,
-    operand: torch.fx.Node,
-    attribute: torch.fx.Node | None,
-    axis: int,
-    channels: Channels,
-    modules: dict[str, nn.Module],
-    spaces: Spaces,
-    layers: dict[str, SlimLayer],
-    batch: int,
-) -> None:
-    """A joining op's untracked operand with one value per channel (along its dimension
-    ``axis``): sliceable only when it is a parameter or buffer of the model (a ``get_attr``)
-    or a reshape of one that follows its width, as a layer of its own."""
-    if attribute is None:
-        raise UnsupportedModelError(
-            f"{where(node)}: its operand {operand.name!r} holds a value per channel but is no "
-            "parameter or buffer of the model, nor a reshape of one with -1 for its channels; "
-            "the supernet cannot slice it"
+    def _record(
+        self,
+        handler: LayerHandler,
+        module: nn.Module,
+        node: torch.fx.Node,
+        name: str,
+        channels: Channels,
+        in_shape: tuple[int, ...] | None,
+        in_dim: int,
+        source: str | None,
+    ) -> SlimLayer:
+        """Record one call of a slimmable layer (its handler says which spaces it uses)."""
+        step = TraceStep(
+            name=name,
+            where=where(node),
+            in_spaces=channels.layout,
+            in_factor=channels.factor,
+            in_shape=in_shape,
+            out_shape=shape_of(node) or (),
+            batch=self.batch,
+            source=source,
+            existing=self.layers.get(name),
+            spaces=self.spaces,
+            in_dim=in_dim,
         )
-    if attribute is not operand:  # a reshape: the attribute's own dimension larger than 1
-        axis = next(i for i, size in enumerate(shape_of(attribute) or ()) if size != 1)
-    name = str(attribute.target)
-    owner = modules.get(name.rpartition(".")[0])
-    if owner is None:
-        raise UnsupportedModelError(f"{where(node)}: its operand {name!r} has no owner module")
-    step = TraceStep(
-        name=name,
-        where=where(node),
-        in_spaces=channels.layout,
-        in_factor=channels.factor,
-        in_shape=shape_of(attribute),
-        out_shape=shape_of(node) or (),
-        batch=batch,
-        source=None,
-        existing=layers.get(name),
-        spaces=spaces,
-        in_dim=axis,
-    )
-    _record(ATTRIBUTE, owner, step, layers)
+        layer = handler.trace(module, step)
+        if step.existing:  # a module called more than once must see the same spaces every time
+            self.spaces.unite(step.existing.in_spaces, step.in_spaces, f"{step.where} (reused)")
+            if step.existing.in_dim != step.in_dim:
+                raise UnsupportedModelError(f"{step.where} (reused): its channels move")
+        else:
+            layer.in_dim, layer.out_dim = step.in_dim, handler.out_dim(step)
+        self.layers[name] = layer
+        call = handler.call(step)
+        if call is not None:
+            layer.calls.append(call)
+        return layer

@@ -5,11 +5,12 @@ module types with ``@register_layer(...)``; the imports below load (and so regis
 A new kind (attention) is one more module and one more import; tracing, the slicing hooks,
 extraction, the cost model, search, the warm start and weight inheritance reach every layer
 only through its handler. Layers with a weight and a bias (conv, linear) share
-:class:`~.weighted.WeightedHandler`. A parameter or buffer used directly in a forward
+:class:`~.weighted.WeightedHandler`, normalisers (BN, LayerNorm)
+:class:`~.normaliser.NormaliserHandler`. A parameter or buffer used directly in a forward
 (ConvNeXt's ``layer_scale``) is no module: tracing asks :data:`~.attribute.ATTRIBUTE` for it.
 """
 
-from . import attribute, base, batchnorm, conv, layernorm, linear  # noqa: F401 (register)
+from . import attribute, base, batchnorm, conv, layernorm, linear, normaliser  # noqa: F401
 from .attribute import ATTRIBUTE, AttributeHandler
 from .base import *  # noqa: F403 (the handler interface is re-exported here)
 from .batchnorm import BatchNormHandler

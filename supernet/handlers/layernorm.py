@@ -20,23 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .base import (
-    GAMMA,
-    CallWidths,
-    ChannelEvidence,
-    CostTerms,
-    LayerHandler,
-    Layout,
-    SlimLayer,
-    TraceStep,
-    register_layer,
-    replace_param,
-    swap,
-)
+from .base import CallWidths, SlimLayer, TraceStep, register_layer
+from .normaliser import NormaliserHandler
 
 __all__ = ["LayerNormHandler"]
-
-_AFFINE = ("weight", "bias")
 
 
 def _normalises_channels(module: nn.Module, shape: tuple[int, ...], dim: int) -> bool:
@@ -57,16 +44,13 @@ def _normalises_channels(module: nn.Module, shape: tuple[int, ...], dim: int) ->
 
 
 @register_layer(nn.LayerNorm)
-class LayerNormHandler(LayerHandler):
+class LayerNormHandler(NormaliserHandler):
     kind = "ln"
     label = "LayerNorm"
-    normaliser = True
 
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
-        if step.existing:
-            return step.existing
         shape, dim = step.in_shape, step.in_dim
-        if (
+        if not step.existing and (
             step.in_factor != 1
             or shape is None
             or tuple(module.normalized_shape) != (shape[dim],)
@@ -75,34 +59,16 @@ class LayerNormHandler(LayerHandler):
             raise UnsupportedModelError(
                 f"{step.where}: layer norm over other dimensions than the channels alone"
             )
-        return SlimLayer(
-            step.name, module, self, step.in_spaces, step.in_spaces, source=step.source
-        )
-
-    def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:
-        return (1, 1) if w_out == 0 else (w_in, w_out)
+        return self.same_channels(module, step)
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         saved: dict[Any, Any] = {"normalized_shape": module.normalized_shape}
         module.normalized_shape = (at.w_out,)
-        kept = at.out_span()
-        for name in _AFFINE:
-            swap(module._parameters, saved, name, kept)
+        self.swap_affine(module, saved, at.out_span())
         return saved
 
     def slice(
         self, layer: SlimLayer, module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor
     ) -> None:
         module.normalized_shape = (len(out_idx),)
-        for name in _AFFINE:
-            if getattr(module, name, None) is not None:
-                replace_param(module, name, getattr(module, name).index_select(0, out_idx))
-
-    def cost_terms(
-        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
-    ) -> None:
-        params.add(sum(getattr(layer.module, name, None) is not None for name in _AFFINE), out_g)
-
-    def importance(self, layer: SlimLayer) -> ChannelEvidence | None:
-        weight = getattr(layer.module, "weight", None)
-        return None if weight is None else ChannelEvidence(GAMMA, weight.detach().abs())
+        self.replace_affine(module, out_idx)
