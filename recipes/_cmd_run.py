@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,7 @@ def _finished_search(path: Path, settings: dict[str, Any]) -> SearchDocument | N
     return doc if doc.recipe_search == settings else None
 
 
-def _same_widths(path: Path, widths: dict[str, int]) -> bool:
+def _same_widths(path: Path, widths: Mapping[str, int]) -> bool:
     """True when ``path`` is a subnet file of exactly these widths (a reusable result).
 
     Read weights-only; a file that is not (an older or foreign one) is redone and replaced.
