@@ -414,6 +414,11 @@ def _concat(
         raise _cannot_follow(node)
     joined, factor, channel_dim = info[tracked[0]]
     if dim % len(out_shape) != channel_dim:
+        if any(shape_of(part) is not None and part not in info for part in parts):
+            raise UnsupportedModelError(
+                f"{where(node)} joins the channels of a tensor no traced op produced (a class "
+                "token?) to traced ones; the supernet cannot slice it"
+            )
         for other in tracked[1:]:
             if info[other].factor != factor or info[other].dim != channel_dim:
                 raise UnsupportedModelError(f"{where(node)}: joins tensors of different layouts")
