@@ -1,10 +1,10 @@
-"""The strategy interface, its result type and the name registry (timm-style).
+"""The strategy interface and the name registry (timm-style).
 
 A strategy answers many budgets in one call: ``search(supernet, evaluator, budgets=[...],
-seed=..., **options)`` returns one :class:`SearchResult` per budget, in the budgets' order.
-The base class turns the call into a :class:`SearchCall` (index space, validated options)
-for the strategy's :meth:`Strategy.run`. Strategies register themselves by name with
-:func:`register_strategy`; :func:`get_strategy` builds one.
+seed=..., **options)`` returns one :class:`~widthsearch.search.SearchAnswer` per budget, in
+the budgets' order. The base class turns the call into a :class:`SearchCall` (index space,
+validated options) for the strategy's :meth:`Strategy.run`. Strategies register themselves
+by name with :func:`register_strategy`; :func:`get_strategy` builds one.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from widthsearch.supernet import Supernet
 from ._space import IndexSpace
 from .constraints import NS_PER_MS, Constraints
 from .evaluator import SubnetEvaluator
+from .result import SearchAnswer
 
 __all__ = [
     "CLOSE_ENOUGH",
@@ -38,47 +39,9 @@ __all__ = [
 CLOSE_ENOUGH = 0.9
 
 
-@dataclass
-class SearchResult:
-    """One strategy's answer for one budget.
-
-    Attributes:
-        strategy: Strategy name.
-        budget_macs: The budget (absolute MACs per sample); ``None`` for a latency budget.
-        macs: MACs of ``widths`` (<= ``budget_macs``), exact.
-        params: Parameter count of the extracted subnet.
-        score: Evaluator score (mean left/right held-out top-1 after BN recalibration).
-        widths: Full width config (group -> channels, fixed groups included).
-        evaluations: Subnet evaluations the call spent for this result. For strategies that
-            share work across budgets (``notes`` says so) this is the whole call's count.
-        seconds: Wall time, with the same convention as ``evaluations``.
-        notes: Anything the reader should know (shared cost, budget not closely reachable).
-        budget_ms: The latency budget (milliseconds, predicted); ``None`` for a MACs budget.
-        latency_ms: Predicted latency of ``widths`` (with a latency table, else ``None``).
-    """
-
-    strategy: str
-    budget_macs: int | None
-    macs: int
-    params: int
-    score: float
-    widths: dict[str, int]
-    evaluations: int
-    seconds: float
-    notes: str = ""
-    budget_ms: float | None = None
-    latency_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["score"] = round(float(self.score), 6)
-        out["seconds"] = round(float(self.seconds), 3)
-        for key in ("notes", "budget_ms", "latency_ms"):
-            if out[key] in ("", None):
-                del out[key]
-        if self.latency_ms is not None:
-            out["latency_ms"] = round(float(self.latency_ms), 6)
-        return out
+# The name strategies' answers had before SearchAnswer (one row type for the strategies and
+# the search file); kept so that ``from widthsearch.search import SearchResult`` still works.
+SearchResult = SearchAnswer
 
 
 @dataclass(frozen=True)
@@ -122,7 +85,7 @@ class Strategy(abc.ABC):
         seed: int,
         constraints: Constraints | None = None,
         **options: Any,
-    ) -> list[SearchResult]:
+    ) -> list[SearchAnswer]:
         """One result per budget, in the order given: absolute MACs, or -- when
         ``constraints.measure`` is ``"latency"`` -- nanoseconds of predicted latency. Every
         answer also keeps the further limits of ``constraints``.
@@ -151,7 +114,7 @@ class Strategy(abc.ABC):
         return IndexSpace(supernet, constraints=constraints)
 
     @abc.abstractmethod
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         """The strategy itself: one checked result (:meth:`result`) per budget of ``call``."""
 
     # -- helpers shared by strategies ----------------------------------------------------
@@ -166,7 +129,7 @@ class Strategy(abc.ABC):
         seconds: float,
         notes: Sequence[str] = (),
         score: float | None = None,
-    ) -> SearchResult:
+    ) -> SearchAnswer:
         """Build a checked result for index vector ``idx`` (scored if ``score`` is None)."""
         cfg = space.config(idx)
         cost = int(space.cost(idx))
@@ -184,7 +147,7 @@ class Strategy(abc.ABC):
         if cost < CLOSE_ENOUGH * budget:
             notes.append(close_note(space, cost, budget))
         latency = space.constraints.measure == "latency"
-        return SearchResult(
+        return SearchAnswer(
             strategy=self.name,
             budget_macs=None if latency else int(budget),
             budget_ms=budget / NS_PER_MS if latency else None,

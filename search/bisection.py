@@ -15,7 +15,7 @@ use of the budget is then filled greedily by importance, still with the cost mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,8 +23,9 @@ from widthsearch.supernet import Supernet
 from widthsearch.supernet.handlers import GAMMA
 
 from ._space import IndexSpace
-from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import SearchCall, Strategy, Timer, register_strategy
 from .constraints import Constraints
+from .result import SearchAnswer
 
 __all__ = ["Bisection", "bisection_configs", "group_importance"]
 
@@ -102,7 +103,7 @@ class Bisection(Strategy):
     class Options:
         fill: bool = True  # grow each answer into what is left of its budget
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, budgets = call.space, call.budgets
         with Timer() as shared:
             configs = bisection_configs(
@@ -112,6 +113,5 @@ class Bisection(Strategy):
         for budget, idx in zip(budgets, configs, strict=True):
             with Timer() as t:
                 res = self.result(space, call.evaluator, idx, budget, evaluations=0, seconds=0.0)
-            res.seconds = t.seconds + shared.seconds / len(budgets)
-            results.append(res)
+            results.append(replace(res, seconds=t.seconds + shared.seconds / len(budgets)))
         return results

@@ -39,10 +39,11 @@ import torch
 from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import SearchCall, Strategy, Timer, register_strategy
 from .bisection import bisection_configs
 from .constraints import Constraints
 from .evaluator import SubnetEvaluator
+from .result import SearchAnswer
 
 __all__ = ["Evolution", "make_storage", "prior_population", "repair", "study_name_for"]
 
@@ -218,7 +219,7 @@ class Evolution(Strategy):
             if not 0 < self.window <= 1:
                 raise ValueError(f"evolution: window must be in (0, 1], got {self.window}")
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, evaluator, budgets, seed = call.space, call.evaluator, call.budgets, call.seed
         opts, supernet, constraints = call.options, call.space.sn, call.space.constraints
         trials, window = opts.trials, opts.window

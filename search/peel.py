@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._space import IndexSpace
-from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import SearchCall, Strategy, Timer, register_strategy
 from .evaluator import SubnetEvaluator
+from .result import SearchAnswer
 
 __all__ = ["Peel", "informativeness"]
 
@@ -157,7 +158,7 @@ class Peel(Strategy):
                     "peel: need 0 < backbone_ratio < 1, step >= 1, moves >= 0 and pairs >= 1"
                 )
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, evaluator, opts = call.space, call.evaluator, call.options
         measured: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, int, float, list[int]]] = {}
         results = []

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._space import IndexSpace
-from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import SearchCall, Strategy, Timer, register_strategy
 from .bisection import scaled_path
+from .result import SearchAnswer
 
 __all__ = ["RandomSearch", "random_configs"]
 
@@ -45,7 +46,7 @@ class RandomSearch(Strategy):
             if self.samples < 1:
                 raise ValueError(f"random: samples must be >= 1, got {self.samples}")
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, evaluator, samples = call.space, call.evaluator, call.options.samples
         rng = np.random.default_rng(call.seed)
         # a share in [0.05, 1) per group: wide enough to reach every corner of the space

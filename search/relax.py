@@ -43,9 +43,10 @@ from torch import nn
 from widthsearch.supernet import Supernet
 
 from ._space import IndexSpace
-from .base import SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import SearchCall, Strategy, Timer, register_strategy
 from .constraints import Constraints
 from .evaluator import SubnetEvaluator
+from .result import SearchAnswer
 
 __all__ = ["Relax", "SoftMasks", "repair"]
 
@@ -176,7 +177,7 @@ class Relax(Strategy):
     ) -> IndexSpace:
         return IndexSpace(supernet, removable_zero=options.depth, constraints=constraints)
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, evaluator, budgets, opts = call.space, call.evaluator, call.budgets, call.options
         warm_steps = opts.steps // 2 if opts.warm_steps is None else opts.warm_steps
         trainer = _LogitTrainer(
@@ -189,7 +190,7 @@ class Relax(Strategy):
             batch_size=opts.batch_size or evaluator.batch_size,
         )
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
-        out: dict[int, SearchResult] = {}
+        out: dict[int, SearchAnswer] = {}
         logits = None
         for rank, i in enumerate(order):
             budget = int(budgets[i])

@@ -4,8 +4,9 @@
 search`` and ``widthsearch run`` write its :meth:`~SearchDocument.to_dict` as JSON, and
 extraction and ``widthsearch run`` read a file back with :meth:`SearchDocument.from_dict`,
 which checks every key and names the first bad one. A :class:`SearchAnswer` is one
-strategy's answer for one budget with the values the file holds (rounded as written), so an
-answer read back from a file equals the one the search returned.
+strategy's answer for one budget: a strategy returns it with exact values, the document
+keeps it as the file holds it (:meth:`SearchAnswer.as_written`), so an answer read back from
+a file equals the one the search document holds.
 
 Files of earlier versions read back: apart from ``results`` every top-level key may be
 missing (``None`` here, and left out again when written), so ``to_dict(from_dict(d)) == d``.
@@ -15,10 +16,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-from .base import SearchResult
 
 __all__ = ["SearchAnswer", "SearchDocument"]
 
@@ -79,21 +78,28 @@ def _parse(cls: type, raw: Any, source: str, key: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class SearchAnswer:
-    """One strategy's answer for one budget: a row of ``results`` in ``search.json``.
+    """One strategy's answer for one budget: what :meth:`Strategy.search
+    <widthsearch.search.Strategy.search>` returns per budget, and a row of ``results`` in
+    ``search.json``.
 
-    The fields are those of the :class:`~widthsearch.search.SearchResult` a strategy
-    returns, with the values the file holds (``score`` to 6 decimals, ``seconds`` to 3).
+    A strategy's answer holds exact values; :meth:`to_dict` writes ``score`` and
+    ``latency_ms`` to 6 decimals and ``seconds`` to 3, and :meth:`as_written` is the answer
+    with the values the file holds.
 
     Attributes:
         strategy: Strategy name.
-        budget_macs: The MACs budget (``None`` for a latency budget).
-        macs, params: Exact cost of ``widths``.
-        score: Evaluator score on the held-out split.
-        widths: Full width config (group -> channels).
-        evaluations, seconds: What the answer cost (the whole call's for strategies that
-            share work across budgets: ``notes`` says so).
-        notes: Anything the reader should know (``""``: nothing).
-        budget_ms: The latency budget in milliseconds (``None`` for a MACs budget).
+        budget_macs: The MACs budget (absolute MACs per sample; ``None`` for a latency
+            budget).
+        macs: MACs of ``widths`` (within the budget), exact.
+        params: Parameter count of the extracted subnet.
+        score: Evaluator score on the held-out split (mean left/right held-out top-1 after BN
+            recalibration with the default metric).
+        widths: Full width config (group -> channels, fixed groups included).
+        evaluations, seconds: Subnet evaluations and wall time the answer cost (the whole
+            call's for strategies that share work across budgets: ``notes`` says so).
+        notes: Anything the reader should know (shared cost, budget not closely reachable;
+            ``""``: nothing).
+        budget_ms: The latency budget in milliseconds, predicted (``None`` for a MACs budget).
         latency_ms: Predicted latency of ``widths`` (``None`` without a latency table).
     """
 
@@ -109,14 +115,21 @@ class SearchAnswer:
     budget_ms: float | None = _optional("number")
     latency_ms: float | None = _optional("number")
 
-    @classmethod
-    def from_result(cls, result: SearchResult) -> SearchAnswer:
-        """A strategy's result as the file will hold it."""
-        return cls.from_dict(result.to_dict())
+    def as_written(self) -> SearchAnswer:
+        """The answer with the values the file holds (:meth:`to_dict` read back)."""
+        return type(self).from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as written: :meth:`SearchResult.to_dict`'s format (kept there, once)."""
-        return SearchResult(**{f.name: getattr(self, f.name) for f in fields(self)}).to_dict()
+        """The row as written: rounded, and without the optional keys that hold nothing."""
+        out = asdict(self)
+        out["score"] = round(float(self.score), 6)
+        out["seconds"] = round(float(self.seconds), 3)
+        for key in ("notes", "budget_ms", "latency_ms"):
+            if out[key] in ("", None):
+                del out[key]
+        if self.latency_ms is not None:
+            out["latency_ms"] = round(float(self.latency_ms), 6)
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "search result", key: str = "") -> SearchAnswer:

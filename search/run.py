@@ -185,7 +185,7 @@ def search_widths(
                 "seconds": round(timer.seconds, 3),
             }
         )
-        results.extend(SearchAnswer.from_result(r) for r in answers)
+        results.extend(answer.as_written() for answer in answers)
     recorded, full_ms = None, None
     if constraints is not None and (constraints.limited or constraints.latency is not None):
         recorded = constraints.to_dict()

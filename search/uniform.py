@@ -8,9 +8,12 @@ the result's notes then say how close the uniform family gets.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from .base import CLOSE_ENOUGH, SearchCall, SearchResult, Strategy, Timer, register_strategy
+from .base import CLOSE_ENOUGH, SearchCall, Strategy, Timer, register_strategy
+from .result import SearchAnswer
 
 __all__ = ["Uniform"]
 
@@ -19,7 +22,7 @@ __all__ = ["Uniform"]
 class Uniform(Strategy):
     """Largest uniform ratio under each budget; one evaluation per distinct config."""
 
-    def run(self, call: SearchCall) -> list[SearchResult]:
+    def run(self, call: SearchCall) -> list[SearchAnswer]:
         space, evaluator = call.space, call.evaluator
         family = space.uniform_indices()
         costs = space.cost(family)
@@ -40,6 +43,5 @@ class Uniform(Strategy):
                 res = self.result(
                     space, evaluator, idx, budget, evaluations=0, seconds=0.0, notes=notes
                 )
-            res.seconds = t.seconds
-            results.append(res)
+            results.append(replace(res, seconds=t.seconds))
         return results
