@@ -29,8 +29,7 @@ def load_teacher(
     teacher its subnets learnt from); a supernet trained from scratch gives its full width,
     whose BN statistics must be recalibrated first.
     """
-    from widthsearch.supernet.models import create_model
-    from widthsearch.supernet.warmstart import FULL_FORMAT, load_weights
+    from widthsearch.supernet.warmstart import FULL_FORMAT, trained_network
 
     payload = load_checkpoint(
         path, kind=(FULL_FORMAT, "widthsearch.supernet"), trust_pickle=trust_pickle
@@ -44,16 +43,10 @@ def load_teacher(
                 f"teacher {path}: {key}={theirs.get(key)!r}, the subnet has {meta.get(key)!r}"
             )
     if state is not None:
-        model = create_model(
-            theirs["model"], num_classes=theirs["num_classes"], in_chans=theirs["in_chans"]
-        )
-        load_weights(model, state, where=f"teacher {path}")
-        recalibrate = False
-    else:
-        sn, _ = load_supernet(path, trust_pickle=trust_pickle)
-        model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
-        recalibrate = True
+        return trained_network(theirs, state, where=f"teacher {path}"), False
+    sn, _ = load_supernet(path, trust_pickle=trust_pickle)
+    model = sn.extract(sn.space.max(), side="left")  # full width, no hooks
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, recalibrate
+    return model, True

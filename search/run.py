@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from widthsearch.supernet import CheckpointError, Supernet
+from widthsearch.supernet import CheckpointError, Supernet, trained_network
 from widthsearch.supernet.checkpoint import write_json_atomic
 from widthsearch.supernet.recipe import stored_recipe
 from widthsearch.supernet.runtime import Runtime
@@ -81,13 +81,7 @@ def build_evaluator(
                 "score 'kd' needs the trained network a warm-started supernet carries; this "
                 "supernet was trained from scratch: use score 'top1' or 'ce'"
             )
-        from widthsearch.supernet import create_model, load_weights
-
-        meta = supernet.meta
-        teacher = create_model(
-            meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"])
-        )
-        load_weights(teacher, state, where="the supernet's teacher")
+        teacher = trained_network(supernet.meta, state, where="the supernet's teacher")
         teacher.to(next(supernet.parameters()).device)
     if runtime is not None:
         runtime.module(supernet)

@@ -10,7 +10,7 @@ from .space import Group, WidthConfig, WidthSpace
 from .spec import SupernetSpec
 from .supernet import SIDES, LayerEntry, Side, Supernet
 from .trainer_kinds import TrainerKind, get_trainer, list_trainers, register_trainer
-from .warmstart import load_weights, read_state_dict, reorder_channels
+from .warmstart import load_weights, read_state_dict, reorder_channels, trained_network
 
 __all__ = [
     "SIDES",
@@ -50,4 +50,5 @@ __all__ = [
     "reorder_channels",
     "resolve_device",
     "shutdown_runtime",
+    "trained_network",
 ]

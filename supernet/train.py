@@ -272,13 +272,10 @@ def _teacher(
     recipe: Any, meta: Mapping[str, Any], state: Mapping[str, Tensor], where: str
 ) -> Teacher:
     """The frozen trained network, rebuilt from its weights (``meta``: the model's arguments)."""
-    from .models import create_model
-    from .warmstart import load_weights
+    from .warmstart import trained_network
 
-    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
-    load_weights(model, state, where=where)
     return Teacher(
-        model,
+        trained_network(meta, state, where=where),
         alpha=getattr(recipe.train, "teacher_alpha", 0.7),
         temperature=getattr(recipe.train, "teacher_temperature", 4.0),
     )

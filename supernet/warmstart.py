@@ -8,7 +8,9 @@ systems that deliver good subnets start from a trained network instead and shrin
 ``widthsearch pretrain``, a supernet checkpoint, a plain ``state_dict`` file (``.pt``,
 ``.pth``, ``.bin``; also the common ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers)
 or a ``.safetensors`` file, all read without unpickling code; a pickled ``nn.Module`` only
-with ``trust_pickle=True``. :func:`load_weights` names the first mismatch in one line.
+with ``trust_pickle=True``. :func:`load_weights` names the first mismatch in one line;
+:func:`trained_network` rebuilds the trained network as a frozen model (the teacher of
+distillation and of the ``kd`` score).
 
 *Channel order.* Slicing keeps a prefix (left side) or a suffix (right side) of each
 group's channels, so the channels at the two ends are the ones narrow subnets inherit.
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 from .handlers import GAMMA, L1
+from .models import create_model
 
 __all__ = [
     "CHANNEL_ORDERS",
@@ -49,6 +52,7 @@ __all__ = [
     "permute_channels",
     "read_state_dict",
     "reorder_channels",
+    "trained_network",
 ]
 
 FULL_FORMAT = "widthsearch.full"
@@ -142,6 +146,28 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], *, where: str) -
                 f"the model needs {tuple(value.shape)}"
             )
     model.load_state_dict(state)
+
+
+def trained_network(
+    meta: Mapping[str, Any], state: Mapping[str, Tensor], *, where: str
+) -> nn.Module:
+    """The trained full network (a ``full.pt``'s, or the copy a warm-started supernet
+    carries) rebuilt from its model arguments and weights: frozen, in eval mode.
+
+    ``meta`` holds the model's arguments (``model``, ``num_classes``, ``in_chans``: a
+    checkpoint's ``meta``); ``where`` names the weights in errors.
+
+    Raises:
+        CheckpointError: the weights do not fit the model (:func:`load_weights`).
+    """
+    model = create_model(
+        meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"])
+    )
+    load_weights(model, state, where=where)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 # ---- channel order ---------------------------------------------------------------------

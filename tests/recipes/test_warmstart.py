@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from widthsearch.evaluate.finetune import load_teacher
 from widthsearch.recipes.cli import main
 from widthsearch.recipes.recipe import load_recipe
-from widthsearch.supernet import Supernet, create_model
+from widthsearch.supernet import CheckpointError, Supernet, create_model, trained_network
 from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
 from widthsearch.supernet.train import Teacher, bcnet_step, distill_loss
 from widthsearch.supernet.warmstart import arrange, channel_importance, reorder_channels
@@ -241,6 +241,20 @@ def test_bcnet_step_distils_every_subnet_from_the_teacher():
         if p.grad is not None:
             assert torch.allclose(got[name], p.grad, atol=1e-6), name
     assert all(not p.requires_grad for p in teacher.model.parameters())
+
+
+def test_trained_network_rebuilds_a_frozen_model_from_meta_and_weights():
+    reference = _randomised("resnet20", 1)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 16}
+    model = trained_network(meta, state, where="the teacher")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    del state["fc.bias"]
+    with pytest.raises(CheckpointError, match=r"^the teacher: does not fit the model: missing"):
+        trained_network(meta, state, where="the teacher")
 
 
 # ---- fine-tuning's teacher and the whole job -------------------------------------------------
