@@ -3,10 +3,14 @@
 Each searchable group ``g`` has logits over its width choices ``c_1 < ... < c_K``;
 ``p_g = softmax(logits_g)``. Channel ``i`` of the group is kept with probability
 ``P(w_g > i) = sum_{k: c_k > i} p_gk`` -- a soft mask that forward hooks multiply onto the
-outputs of the group's BN layers (the producing conv/linear layers for a group with no BN),
-on the *full-width* supernet. Residual adds keep the mask intact: ``relu(m a + m b) = m relu(a
-+ b)`` for ``m >= 0``. The supernet weights are frozen; BN layers use batch statistics with
-``momentum=0`` (running stats untouched; they are restored afterwards anyway).
+outputs of the group's normalisers (BN, LayerNorm; the producing conv/linear layers for a
+group with none), on the *full-width* supernet, along each output's channel dimension as the
+layer's handler established it when tracing (1 for NCHW, the last for ConvNeXt's
+channels-last LayerNorm and Linear). A 0/1 mask after a LayerNorm stands for a narrower
+LayerNorm only approximately: its statistics still see the masked channels. Residual adds
+keep the mask intact: ``relu(m a + m b) = m relu(a + b)`` for ``m >= 0``. The supernet
+weights are frozen; BN layers use batch statistics with ``momentum=0`` (running stats
+untouched; they are restored afterwards anyway).
 
 Depth pruning: a group the core marks ``removable`` also gets width 0 (its residual block is
 dropped at extraction). Its block's contribution to the residual stream is then scaled by
@@ -68,6 +72,8 @@ class SoftMasks:
         normalisers: dict[int, list[nn.Module]] = {}
         producers: dict[int, list[nn.Module]] = {}
         for layer, _in_gs, out_gs in sn.layers:
+            if not layer.handler.owns_output:  # a tensor its owner reads (layer scale)
+                continue
             for out_g in out_gs:
                 if out_g in slot:
                     role = normalisers if layer.handler.normaliser else producers
@@ -76,17 +82,20 @@ class SoftMasks:
         for j in range(len(space)):
             for module in normalisers.get(j) or producers.get(j, []):
                 slots_of.setdefault(id(module), set()).add(j)
-        # per masking module, its output's groups in order: (slot it masks or None, channels)
+        # per masking module: its output's channel dimension, as its handler established it
+        # when tracing (1 for conv/BN, the last for a channels-last Linear or LayerNorm), and
+        # its output's groups in order: (slot it masks or None, channels)
         self._targets = [
             (
                 layer.module,
+                layer.out_dim,
                 [
                     (slot.get(g) if slot.get(g) in slots_of[id(layer.module)] else None, size)
                     for g, size in ((g, rows.stop - rows.start) for g, rows in sn.segments(out_gs))
                 ],
             )
             for layer, _in_gs, out_gs in sn.layers
-            if id(layer.module) in slots_of
+            if layer.handler.owns_output and id(layer.module) in slots_of
         ]
         self._block_outputs = [
             (j, _block_outputs(sn, space.names[j]))
@@ -96,8 +105,8 @@ class SoftMasks:
         self._handles: list[Any] = []
 
     def __enter__(self) -> SoftMasks:
-        for module, parts in self._targets:
-            self._handles.append(module.register_forward_hook(self._mask_hook(parts)))
+        for module, dim, parts in self._targets:
+            self._handles.append(module.register_forward_hook(self._mask_hook(dim, parts)))
         for j, modules in self._block_outputs:
             for module in modules:
                 self._handles.append(module.register_forward_hook(self._alive_hook(j)))
@@ -108,7 +117,7 @@ class SoftMasks:
             handle.remove()
         self._handles.clear()
 
-    def _mask_hook(self, parts: list[tuple[int | None, int]]):
+    def _mask_hook(self, dim: int, parts: list[tuple[int | None, int]]):
         def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
             masks = [None if j is None else self.masks[j] for j, _ in parts]
             if all(m is None for m in masks):
@@ -120,7 +129,9 @@ class SoftMasks:
                     for m, (_, size) in zip(masks, parts, strict=True)
                 ]
             )
-            return output * mask.view([1, -1] + [1] * (output.dim() - 2))
+            shape = [1] * output.dim()
+            shape[dim] = -1
+            return output * mask.view(shape)
 
         return hook
 
@@ -133,17 +144,28 @@ class SoftMasks:
 
 
 def _block_outputs(sn: Supernet, group_name: str) -> list[nn.Module]:
-    """The layers of a removable group's block that write into the residual stream.
+    """The layers of a removable group's block whose outputs are its contribution to the
+    residual stream.
 
-    Those are the block's layers (normalisers such as BN if any, else conv/linear) whose
-    output group is also produced outside the block.
+    The stream is a group also produced outside the block. Its first layer inside the block
+    that writes it from another group (ResNet's conv3, ConvNeXt's second Linear) and the
+    stream's layers after it are the block's output; of those, the normalisers (bn3) if
+    any, else the conv/linear layers. Layers before it that read the stream and write it
+    back (ConvNeXt's depthwise conv and LayerNorm) feed the branch, and a tensor the
+    block's forward reads (its layer scale) has no output of its own: neither is gated.
     """
     block = sn.space[group_name].block
-    inside = [(lay, o) for lay, _i, o in sn.layers if lay.name.startswith(block + ".")]
+    inside = [
+        (lay, i, o)
+        for lay, i, o in sn.layers
+        if lay.name.startswith(block + ".") and lay.handler.owns_output
+    ]
     outside = {o for lay, _i, o in sn.layers if not lay.name.startswith(block + ".")}
-    stream = [(lay, o) for lay, o in inside if o in outside]
-    normalisers = [lay.module for lay, _o in stream if lay.handler.normaliser]
-    return normalisers or [lay.module for lay, _o in stream]
+    stream = [(lay, i, o) for lay, i, o in inside if o in outside]
+    first = next((k for k, (_lay, i, o) in enumerate(stream) if i != o), 0)
+    tail = [lay for lay, _i, _o in stream[first:]]
+    normalisers = [lay.module for lay in tail if lay.handler.normaliser]
+    return normalisers or [lay.module for lay in tail]
 
 
 @register_strategy("relax")

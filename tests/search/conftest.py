@@ -95,3 +95,24 @@ def latency_table_path(tiny_checkpoint, synthetic_latency_table) -> Path:
 @pytest.fixture()
 def latency_table(latency_table_path) -> LatencyTable:
     return load_latency_table(latency_table_path)
+
+
+@pytest.fixture(scope="session")
+def convnext_supernet():
+    """``tv:convnext_tiny`` untrained, 4 classes, traced at 32x32 (channels-last blocks:
+    LayerNorm and Linear on the last dimension), in eval mode; its layer scales (init 1e-6)
+    set near 1 and its biases (init 0) made non-zero, so that what the blocks compute shows
+    in the outputs. Tests leave it as they found it."""
+    import torch
+    import torchvision
+    from widthsearch.supernet import Supernet
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("convnext_tiny", weights=None, num_classes=4)
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, torchvision.models.convnext.CNBlock):
+                block.layer_scale.uniform_(0.5, 1.5)
+            if isinstance(block, torch.nn.Linear | torch.nn.Conv2d) and block.bias is not None:
+                block.bias.normal_(0.0, 0.1)
+    return Supernet.from_model(model, torch.zeros(2, 3, 32, 32), bins=8).eval()

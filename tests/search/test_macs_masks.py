@@ -135,3 +135,29 @@ def test_removed_blocks_are_exact_in_polynomial_expectation_and_masks():
     cfg[removable[0]] = 0
     expected, got = _left_and_one_hot_masked(sn, space, cfg, torch.randn(3, 1, 6, 6))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_soft_masks_on_channels_last_layers(convnext_supernet):
+    """ConvNeXt's blocks mask the outputs of their LayerNorm and first Linear on the last
+    dimension (channels-last): all-ones masks change nothing, and a 0/1 mask on a block's
+    hidden group (or its removal) is exactly the supernet's left subnet without those
+    channels (or that block)."""
+    sn = convnext_supernet
+    space = IndexSpace(sn, removable_zero=True)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = sn(x)
+        with SoftMasks(sn, space) as masks:
+            masks.masks = [torch.ones(g.max_channels) for g in sn.space.searchable]
+            masks.alive = [torch.tensor(1.0) if c[0] == 0 else None for c in space.choices]
+            ones = sn(x)
+    torch.testing.assert_close(ones, plain, rtol=0, atol=0)
+
+    hidden = "features.3.1.block.3"  # Linear(192, 768) on (N, H, W, C); H = W = 4 here
+    removed = "features.5.2.block.3"
+    assert sn.space[hidden].removable and sn.space[removed].removable
+    cfg = sn.space.max()
+    cfg[hidden], cfg[removed] = 288, 0
+    expected, got = _left_and_one_hot_masked(sn, space, cfg, x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, expected, rtol=1e-3, atol=1e-4)

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 from widthsearch.search import (
+    SubnetEvaluator,
     build_evaluator,
     get_strategy,
     list_strategies,
@@ -317,3 +318,20 @@ def test_relax_removes_a_residual_block_and_extraction_is_exact(loaded):
         sub.eval()(x)
     assert counter.get_total_flops() // 2 == result.macs
     assert sum(p.numel() for p in sub.parameters()) == sn.params(result.widths)
+
+
+def test_relax_answers_a_budget_on_channels_last_convnext(convnext_supernet):
+    """ConvNeXt (LayerNorm and Linear on the last dimension, layer scales): relax trains its
+    soft masks and answers a MACs budget within 3 % below it."""
+    sn = convnext_supernet
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(48, 3, 32, 32, generator=g), torch.randint(4, (48,), generator=g)
+    evaluator = SubnetEvaluator(
+        sn, images[:16], labels[:16], images[:16], batch_size=16, fit=(images[16:], labels[16:])
+    )
+    state = {k: v.clone() for k, v in sn.model.state_dict().items()}
+    budget = sn.macs() // 2
+    [result] = get_strategy("relax").search(sn, evaluator, budgets=[budget], seed=0, steps=4)
+    assert 0.97 * budget <= result.macs == sn.macs(result.widths) <= budget, result
+    assert sn.space.validate(result.widths) == result.widths
+    assert all(torch.equal(v, state[k]) for k, v in sn.model.state_dict().items())
