@@ -1,10 +1,13 @@
 """Measure a supernet's latency table on this machine (``widthsearch profile``).
 
-What is measured: every slimmable layer (conv, linear, BN) alone, as the dense layer an
-extracted subnet would have, at every combination of the width choices of the groups it
-touches, on its own input shape at batch ``batch`` -- ``torch.utils.benchmark`` medians,
-``threads`` intra-op threads, no autograd. What is not: activations,
-residual adds, pooling, memory traffic between layers and the framework's per-call overhead.
+What is measured: every slimmable layer (conv, linear, BN, LayerNorm) alone, as the dense
+layer an extracted subnet would have, at every combination of the width choices of the
+groups it touches, on its own input shape at batch ``batch`` (its channels on the dimension
+its handler found when tracing: 1, or the last for ConvNeXt's channels-last LayerNorm and
+Linear) -- ``torch.utils.benchmark`` medians, ``threads`` intra-op threads, no autograd.
+What is not: activations, residual adds, pooling, a per-channel tensor that its owner's
+forward uses directly (ConvNeXt's layer scale: no module of its own, its entries are 0),
+memory traffic between layers and the framework's per-call overhead.
 Those are folded in afterwards by timing whole extracted subnets (narrowest, uniform, full
 and a few random ones) and fitting ``measured = overhead + scale * sum of layer entries +
 activation * sum of layer output elements`` (non-negative least squares); the table stores
@@ -95,9 +98,12 @@ def profile_latency(
     for name, groups, follows in plan:
         layer, (in_g,), _ = entries[name]  # one group each: layer_groups checked it
         in_full = sn.space.groups[in_g].max_channels
-        linear = isinstance(modules[name], nn.Linear)
         axes = [choices[g] for g in groups]
         ms = np.zeros([len(a) for a in axes])
+        if not layer.handler.owns_output:  # a tensor its owner reads: nothing to time alone
+            bar.update(ms.size)
+            layers.append(LayerLatency(name, list(groups), ms))
+            continue
         inputs: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}  # this layer's, reused
         for cell in np.ndindex(*ms.shape):
             widths = [axes[k][i] for k, i in enumerate(cell)]
@@ -106,7 +112,7 @@ def profile_latency(
             slice_layer(module, layer, torch.arange(w_in), torch.arange(w_out))
             for shape in shapes[name]:  # at batch 32 drawing an input costs more than timing
                 if (shape, w_in) not in inputs:
-                    inputs[shape, w_in] = _input(shape, w_in, in_full, linear=linear)
+                    inputs[shape, w_in] = _input(shape, w_in, in_full, dim=layer.in_dim)
             ms[cell] = sum(timed(module, inputs[shape, w_in]) for shape in shapes[name])
             bar.update(1)
         layers.append(LayerLatency(name, list(groups), ms))
@@ -128,7 +134,7 @@ def profile_latency(
     elements = dataclasses.replace(
         table,
         layers=[
-            LayerLatency(t.name, t.groups, _output_elements(t, choices, per_channel[t.name]))
+            LayerLatency(t.name, t.groups, _output_elements(t, choices, per_channel.get(t.name, 0)))
             for t in layers
         ],
     )
@@ -204,26 +210,26 @@ def _output_elements(
 def _layer_shapes(
     sn: Supernet, example: torch.Tensor
 ) -> tuple[dict[str, list[tuple[int, ...]]], dict[str, int]]:
-    """Per slimmable layer at full width: the input shape of each of its calls, and its
-    output elements per output channel (summed over calls)."""
+    """Per slimmable layer that owns its module's output, at full width: the input shape of
+    each of its calls, and its output elements per output channel (summed over calls)."""
     shapes: dict[str, list[tuple[int, ...]]] = {}
     per_channel: dict[str, int] = {}
     handles = []
 
-    def hook(name: str, linear: bool) -> Callable[..., None]:
+    def hook(name: str, dim: int) -> Callable[..., None]:
         def record(_module: nn.Module, args: Any, output: torch.Tensor) -> None:
             shapes.setdefault(name, []).append(tuple(args[0].shape))
-            channels = output.shape[-1] if linear else output.shape[1]
-            per_channel[name] = per_channel.get(name, 0) + output.numel() // channels
+            per_channel[name] = per_channel.get(name, 0) + output.numel() // output.shape[dim]
 
         return record
 
     was_training = sn.training
     try:
         for entry in sn.layers:
-            module = entry.layer.module
-            linear = isinstance(module, nn.Linear)
-            handles.append(module.register_forward_hook(hook(entry.layer.name, linear)))
+            layer = entry.layer
+            if layer.handler.owns_output:  # the channel dimension as tracing found it
+                hook_fn = hook(layer.name, layer.out_dim)
+                handles.append(layer.module.register_forward_hook(hook_fn))
         with sn.active(None):
             sn.eval()(example)
     finally:
@@ -233,10 +239,9 @@ def _layer_shapes(
     return shapes, per_channel
 
 
-def _input(shape: tuple[int, ...], width: int, full: int, *, linear: bool) -> torch.Tensor:
-    """A random input of ``shape`` with its channel dimension cut from ``full`` to ``width``
-    channels (a linear layer's features are channels times a per-channel factor)."""
-    dim = len(shape) - 1 if linear else 1
+def _input(shape: tuple[int, ...], width: int, full: int, *, dim: int) -> torch.Tensor:
+    """A random input of ``shape`` with its channel dimension ``dim`` cut from ``full`` to
+    ``width`` channels (a linear layer's features are channels times a per-channel factor)."""
     shape = list(shape)
     shape[dim] = shape[dim] // full * width
     return torch.randn(shape)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widthsearch.evaluate.profile import _output_elements, fit_latency
-from widthsearch.search.latency import LayerLatency
+import torch
+import torchvision
+from torch import nn
+from widthsearch.evaluate.profile import (
+    _layer_shapes,
+    _output_elements,
+    fit_latency,
+    profile_latency,
+)
+from widthsearch.search.latency import LayerLatency, layer_groups
+from widthsearch.supernet import Supernet
 
 
 def test_fit_recovers_overhead_scale_and_activation_cost():
@@ -38,3 +47,46 @@ def test_output_elements_follow_the_output_width_axis():
     assert np.array_equal(two, [[1, 3, 5], [1, 3, 5]])
     one = _output_elements(LayerLatency("bn", ["a"], []), choices, per_channel=500_000)
     assert np.array_equal(one, [1.0, 2.0])
+
+
+class _ChannelsLastBlock(nn.Module):
+    """ConvNeXt's block in miniature: LayerNorm and Linear on (N, H, W, C), a layer scale
+    that the block's forward multiplies directly, a LayerNorm2d head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 8, 1)
+        self.norm, self.up, self.down = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.layer_scale = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.head, self.fc = torchvision.models.convnext.LayerNorm2d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(x.permute(0, 2, 3, 1))
+        y = self.down(nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
+        return self.fc(self.head(x + self.layer_scale * y).mean((2, 3)))
+
+
+def test_profile_times_channels_last_layers_on_their_channel_dimension():
+    """LayerNorm and Linear on the last dimension are timed with their channels cut there
+    (H = 6, W = 5, C = 8: no other dimension fits); the layer scale, no module of its own,
+    gets zeros."""
+    torch.manual_seed(0)
+    sn = Supernet.from_model(_ChannelsLastBlock().eval(), torch.zeros(1, 2, 6, 5), bins=2)
+    sn.meta.update(input_size=6, in_chans=2)
+    shapes, per_channel = _layer_shapes(sn.eval(), torch.zeros(1, 2, 6, 5))
+    assert shapes["norm"] == [(1, 6, 5, 8)] and shapes["down"] == [(1, 6, 5, 16)]
+    assert shapes["head"] == [(1, 8, 6, 5)] and "layer_scale" not in shapes
+    assert {n: per_channel[n] for n in ("stem", "norm", "up", "down", "head", "fc")} == {
+        "stem": 30,
+        "norm": 30,
+        "up": 30,
+        "down": 30,
+        "head": 30,
+        "fc": 1,
+    }
+    table = profile_latency(sn, seconds=1e-4, calibration=0, progress=False)
+    assert [t.name for t in table.layers] == [name for name, _, _ in layer_groups(sn)]
+    entries = {t.name: np.asarray(t.ms) for t in table.layers}
+    assert not entries.pop("layer_scale").any()
+    assert all((ms > 0).all() for ms in entries.values()), entries
