@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +51,8 @@ from headline import (
     random_init_subnet,
     train_from_scratch,
 )
+from warmstart_tables import pct
+from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
     extract_subnet,
     finetune_subnet,
@@ -154,10 +155,6 @@ def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe.search.calib_batches = args.calib_batches
     recipe.finetune.epochs = args.finetune_epochs
     return recipe
-
-
-def pct(fraction: float) -> str:
-    return f"{round(100 * fraction)}"
 
 
 class Warmstart:
@@ -462,93 +459,6 @@ class Warmstart:
             device=self.args.device,
         )
 
-    # -- table -----------------------------------------------------------------------------
-    def table(self) -> str:
-        rows = [
-            ("trained full network", "full"),
-            ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
-            ("same widths, weights from the trained network", "ft-trained"),
-            ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
-            ("uniform widths from scratch", "scratch"),
-            ("searched widths from scratch (control)", "scratch-searched"),
-        ]
-        head = " | ".join(f"{pct(f)} % MACs" for f in self.args.budgets)
-        lines = [f"| method | {head} |", "|---" + "|---:" * len(self.args.budgets) + "|"]
-        for label, prefix in rows:
-            cols = []
-            for frac in self.args.budgets:
-                docs = [
-                    self.cells.get(
-                        f"{prefix}-s{s}" if prefix == "full" else f"{prefix}-{pct(frac)}-s{s}"
-                    )
-                    for s in self.args.seeds
-                ]
-                docs = [d for d in docs if d is not None]
-                if not docs:
-                    cols.append("-")
-                    continue
-                top = [d["top1"] for d in docs]
-                macs = statistics.mean(d["macs"] for d in docs) / self.full_macs
-                spread = f" ± {statistics.stdev(top):.4f}" if len(top) > 1 else ""
-                cols.append(
-                    f"{statistics.mean(top):.4f}{spread} ({100 * macs:.1f} %, n={len(top)})"
-                )
-            lines.append(f"| {label} | " + " | ".join(cols) + " |")
-        return "\n".join(lines) + "\n\n" + self.costs()
-
-    def costs(self) -> str:
-        """CPU seconds to deliver N budgets: what each method pays once and per budget (the
-        median of its finished cells' wall time, one thread each), totals and break-even."""
-
-        def median(prefix: str, per_budget: bool = True) -> float | None:
-            names = [
-                f"{prefix}-{pct(f)}-s{s}" if per_budget else f"{prefix}-s{s}"
-                for f in (self.args.budgets if per_budget else [None])
-                for s in self.args.seeds
-            ]
-            seconds = [d["wall_seconds"] for d in map(self.cells.get, names) if d]
-            return statistics.median(seconds) if seconds else None
-
-        full, supernet, ft, tp, scratch = (
-            median("full", False),
-            median("supernet", False),
-            median("ft-best"),
-            median("tp"),
-            median("scratch"),
-        )
-        searches = [self.cells.get(f"search-s{s}") for s in self.args.seeds]
-        searches = [d for d in searches if d]
-        if not searches or None in (full, supernet, ft, tp, scratch):
-            return "(cost table: cells not finished)\n"
-        # one search answers all its budgets at once: its share per budget
-        per_search = statistics.median(
-            d["wall_seconds"] / len({r["budget_macs"] for r in d["results"]}) for d in searches
-        )
-        methods = {
-            "widthsearch (pretrain + supernet once; search + fine-tune per budget)": (
-                full + supernet,
-                per_search + ft,
-            ),
-            "Torch-Pruning (pretrain once; prune + fine-tune per budget)": (full, tp),
-            "uniform from scratch (train per budget)": (0.0, scratch),
-        }
-        lines = [
-            "| method | once (s) | per budget (s) | 1 budget | 3 budgets | 10 budgets |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name, (once, each) in methods.items():
-            totals = " | ".join(f"{once + n * each:,.0f}" for n in (1, 3, 10))
-            lines.append(f"| {name} | {once:,.0f} | {each:,.0f} | {totals} |")
-        ours_once, ours_each = methods[next(iter(methods))]
-        for name, (once, each) in list(methods.items())[1:]:
-            gain = each - ours_each
-            if gain > 0 and ours_once > once:
-                verdict = f"cheaper from {int((ours_once - once) / gain) + 1} budgets on"
-            else:
-                verdict = "never cheaper" if ours_once >= once else "always cheaper"
-            lines.append(f"\nAgainst {name.split(' (')[0]}: widthsearch is {verdict}.")
-        return "\n".join(lines) + "\n"
-
 
 def main(argv: list[str] | None = None) -> int:
     passive_openmp()
@@ -570,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:  # a report only reads
         write_json_atomic(settings, path)
         bench.run()
-    table = bench.table()
+    table = table_of(bench.cells, args, bench.full_macs)
     write_text_atomic(table, out / "tables.md")
     print(table)
     return 1 if bench.cells.failed else 0
