@@ -126,6 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--skip", nargs="*", default=[], choices=["ft-trained", "tp"], help="cells not to run")
     add("--widths-seed", type=int, help="control cells train this seed's searched widths")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
+    add("--trainer", default="bcnet", choices=["bcnet", "budgets"], help="supernet trainer kind")
+    add("--strategies", nargs="+", default=STRATEGIES, help="search strategies")
     add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
     add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
     for key, value in PRESETS["default"].items():
@@ -145,10 +147,11 @@ def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe.pretrain.seed = seed
     recipe.train.init = "pretrain"
     recipe.train.channel_order = args.channel_order
+    recipe.train.trainer = args.trainer
     recipe.train.epochs = args.supernet_epochs
     recipe.train.lr = args.supernet_lr
     recipe.train.seed = seed
-    recipe.search.strategies = list(STRATEGIES)
+    recipe.search.strategies = list(args.strategies)
     recipe.search.budgets = list(args.budgets)
     recipe.search.evolution_trials = args.trials
     recipe.search.heldout_images = args.heldout_images
@@ -255,6 +258,7 @@ class Warmstart:
             "epochs": recipe.train.epochs,
             "lr": recipe.train.lr,
             "channel_order": recipe.train.channel_order,
+            "trainer": recipe.train.trainer,
             "train_seconds": round(sum(float(h["seconds"]) for h in result.history), 1),
             "macs_hist": hist,
             "history": result.history,
@@ -264,13 +268,14 @@ class Warmstart:
         ckpt = self.work(seed) / "supernet.pt"
         sn, payload = load_supernet(ckpt)
         settings = recipe.to_dict()["search"]
+        strategies = list(recipe.search.strategies)
         doc = run_search(
             sn,
             build_evaluator(sn, payload, runtime=local_runtime(self.args.device)),
-            strategies=STRATEGIES,
+            strategies=strategies,
             budgets=self.budgets,
             seed=recipe.search.seed,
-            options=search_options(settings, STRATEGIES, payload.get("loss_records")),
+            options=search_options(settings, strategies, payload.get("loss_records")),
             supernet_path=str(ckpt),
         )
         return {"kind": "search", "seed": seed, "results": doc["results"]}

@@ -30,6 +30,7 @@ __all__ = [
     "TrainSection",
     "check_train",
     "stored_recipe",
+    "trained_budgets",
     "validate",
 ]
 
@@ -88,12 +89,16 @@ class TrainSection(_TrainingSchedule):
     channel_order: str = "ends"  # warm start: ends | front | none (importance arrangement)
     teacher_alpha: float = 0.7  # warm start: weight of distillation from the trained network
     teacher_temperature: float = 4.0  # warm start: distillation temperature
-    trainer: str = "bcnet"  # bcnet | sandwich
+    trainer: str = "bcnet"  # bcnet | sandwich | budgets (slimmable training of known budgets)
     distill: bool = False  # in-place distillation from the full width (AutoSlim)
     full_every: int = 2  # BCNet: one full-width step after every this many sampled steps
     coverage: str = "levels"  # BCNet: levels (pairs spread over all MACs) | independent
     level_spread: int = 1  # BCNet levels: bins a group may stray from the pair's level
     sandwich_random: int = 2  # sandwich rule: random widths per step besides max and min
+    budgets: list[float] = field(
+        default_factory=list
+    )  # budgets trainer: MACs fractions trained each step ([] = [search].budgets' fractions)
+    budget_window: float = 0.9  # budgets trainer: trained MACs lie in [window * b, b]
 
 
 @dataclass
@@ -264,8 +269,30 @@ def check_train(recipe: Recipe) -> None:
         raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
     if recipe.run.amp not in ("off", "bf16", "fp16"):
         raise ValueError(f"[run].amp must be off, bf16 or fp16, got {recipe.run.amp!r}")
+    if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in t.budgets) or any(
+        not 0.0 < b <= 1.0 for b in t.budgets
+    ):
+        raise ValueError(f"[train].budgets must be MACs fractions in (0, 1], got {t.budgets!r}")
+    if not 0.0 < t.budget_window <= 1.0:
+        raise ValueError(f"[train].budget_window must be in (0, 1], got {t.budget_window}")
+    if t.trainer == "budgets" and not trained_budgets(recipe):
+        raise ValueError(
+            "the budgets trainer needs MACs fractions in [train].budgets or [search].budgets"
+        )
     if t.level_spread < 0 or recipe.pretrain.epochs < 0:
         raise ValueError("[train].level_spread and [pretrain].epochs must be >= 0")
+
+
+def trained_budgets(recipe: Recipe) -> list[float]:
+    """The MACs fractions the ``budgets`` trainer trains: ``[train].budgets``, else those of
+    ``[search].budgets`` that are fractions (MACs counts and latencies need the model)."""
+    if recipe.train.budgets:
+        return [float(b) for b in recipe.train.budgets]
+    return [
+        float(b)
+        for b in recipe.search.budgets
+        if not isinstance(b, (bool, str)) and 0.0 < float(b) <= 1.0
+    ]
 
 
 def stored_recipe(payload: Mapping[str, Any], *, where: str = "checkpoint") -> Recipe:

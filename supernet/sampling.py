@@ -22,10 +22,19 @@ is unchanged (it holds for any ``k``), and the trained MACs spread over the whol
 
 *Sandwich rule* (US-Nets / AutoSlim): each step trains the max width, the min width and
 ``n_random`` uniformly drawn widths. It is the comparison baseline.
+
+*Budget-focused sampling* (the ``budgets`` trainer): when the budgets are known before
+training, each step trains one subnet near each of them, so that every delivered subnet is
+trained on every batch instead of on the few steps a sampler over all widths spends near it.
+Each budget starts from its *level*, the widest uniform config within it; every group then
+moves up to ``spread`` choices away, random groups narrow until the draw fits the budget and
+widen while it still does, and a draw is kept when its MACs lie in
+``[window * budget, budget]``, the range a search answer lies in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +44,7 @@ from .space import Group, WidthConfig, WidthSpace
 
 __all__ = [
     "COVERAGES",
+    "BudgetSampler",
     "FairSampler",
     "SandwichSampler",
     "StepPlan",
@@ -206,6 +216,109 @@ class SandwichSampler:
         rng = step_rng(self.seed, step)
         randoms = [self.space.sample(rng) for _ in range(self.n_random)]
         return [self.space.max(), self.space.min(), *randoms]
+
+    __call__ = plan
+
+
+class BudgetSampler:
+    """One config near each MACs budget per step (a pure function of seed and step).
+
+    Args:
+        space: The supernet's width space.
+        macs: MACs of a width config (the supernet's exact cost model).
+        budgets: MACs budgets as fractions of the full width's, in ``(0, 1]``.
+        seed: Seeds the draws; same seed, same sequence.
+        spread: How many choices a group may move away from the budget's level.
+        window: A draw counts when its MACs are in ``[window * budget, budget]``.
+        tries: Draws per budget and step before falling back to the level itself.
+    """
+
+    def __init__(
+        self,
+        space: WidthSpace,
+        *,
+        macs: Callable[[Mapping[str, int]], float],
+        budgets: Sequence[float],
+        seed: int = 0,
+        spread: int = 1,
+        window: float = 0.9,
+        tries: int = 32,
+    ) -> None:
+        if not budgets:
+            raise ValueError("the budgets trainer needs at least one MACs budget")
+        if any(not 0.0 < float(b) <= 1.0 for b in budgets):
+            raise ValueError(f"budgets must be MACs fractions in (0, 1], got {list(budgets)}")
+        if spread < 0 or not 0.0 < window <= 1.0 or tries < 1:
+            raise ValueError("need spread >= 0, 0 < window <= 1 and tries >= 1")
+        self.space = space
+        self.macs = macs
+        self.seed = int(seed)
+        self.spread = int(spread)
+        self.window = float(window)
+        self.tries = int(tries)
+        full = float(macs(space.max()))
+        self.limits = [float(b) * full for b in budgets]
+        self.fractions = [float(b) for b in budgets]
+        self.levels = [self._level(limit) for limit in self.limits]
+
+    def _level(self, limit: float) -> WidthConfig:
+        """The widest uniform config within ``limit`` (the narrowest one if none fits)."""
+        ratios = sorted({w / g.max_channels for g in self.space.searchable for w in g.choices})
+        best = self.space.min()
+        for ratio in ratios:
+            cfg = self.space.uniform(ratio)
+            if self.macs(cfg) <= limit:
+                best = cfg
+        return best
+
+    def _near(self, level: WidthConfig, limit: float, rng: np.random.Generator) -> WidthConfig:
+        """A random config near ``level``: each group moves up to ``spread`` choices, then
+        random groups narrow until the config fits ``limit`` and widen while it still does."""
+        groups = self.space.searchable
+        at = {g.name: g.choices.index(level[g.name]) for g in groups}
+        for g in groups:
+            lo, hi = (
+                max(0, at[g.name] - self.spread),
+                min(len(g.choices) - 1, at[g.name] + self.spread),
+            )
+            at[g.name] = int(rng.integers(lo, hi + 1))
+
+        def config() -> WidthConfig:
+            return {**level, **{g.name: g.choices[at[g.name]] for g in groups}}
+
+        while self.macs(config()) > limit:
+            wide = [g.name for g in groups if at[g.name] > 0]
+            if not wide:
+                break
+            at[wide[rng.integers(len(wide))]] -= 1
+        grew = True
+        while grew:
+            grew = False
+            for i in rng.permutation(len(groups)):
+                g = groups[i]
+                if at[g.name] + 1 < len(g.choices):
+                    at[g.name] += 1
+                    if self.macs(config()) <= limit:
+                        grew = True
+                    else:
+                        at[g.name] -= 1
+        return config()
+
+    def plan(self, step: int) -> list[WidthConfig]:
+        """One config per budget, in the budgets' order."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        out = []
+        for i, (level, limit) in enumerate(zip(self.levels, self.limits, strict=True)):
+            rng = step_rng(self.seed, step, i)
+            chosen = level
+            for _ in range(self.tries):
+                cfg = self._near(level, limit, rng)
+                if self.window * limit <= self.macs(cfg) <= limit:
+                    chosen = cfg
+                    break
+            out.append(chosen)
+        return out
 
     __call__ = plan
 

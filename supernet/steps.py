@@ -14,6 +14,10 @@ and ``sandwich_random`` random widths (left side) distilled from the max's detac
 predictions, losses summed, one optimiser step. In-place distillation is part of that rule
 as published, so the sandwich trainer always uses it; ``distill`` only switches it for BCNet.
 
+The *budgets* step trains one subnet near each requested budget (left side), each on the
+trained network's soft predictions when there is a teacher (else on the labels), losses
+summed as in the sandwich rule: slimmable training of the widths that will be delivered.
+
 Every subnet trained adds its label loss to the loss records: per (group, width) a running
 sum and count, which BCNet's search turns into its prior population.
 """
@@ -38,6 +42,7 @@ __all__ = [
     "LossRecords",
     "Teacher",
     "bcnet_step",
+    "budgets_step",
     "distill_loss",
     "sandwich_step",
     "soft_cross_entropy",
@@ -202,6 +207,45 @@ def sandwich_step(
                 loss = soft_cross_entropy(logits, teacher) if distilled else label_loss
             if i == 0 and distill:
                 teacher = F.softmax(_upcast(logits.detach()), dim=1)
+            backward(loss)
+            losses.append(_upcast(label_loss.detach()))
+    finally:
+        sn.set_active(None)
+    return losses
+
+
+def budgets_step(
+    sn: Supernet,
+    x: Tensor,
+    y: Tensor,
+    cfgs: list[WidthConfig],
+    *,
+    criterion: nn.Module,
+    teacher: Teacher | None = None,
+    runtime: Runtime | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> list[Tensor]:
+    """The backward passes of one budgets step: every config of ``cfgs`` on the left side,
+    distilled from ``teacher`` (labels only without one), losses summed.
+
+    Returns:
+        Detached label losses, one per config.
+    """
+    autocast, backward = _precision(runtime, scaler)
+    with autocast():
+        teacher_logits = teacher.logits(x) if teacher is not None else None
+    losses = []
+    try:
+        for cfg in cfgs:
+            sn.set_active(cfg, "left")
+            with autocast():
+                logits = sn(x)
+                label_loss = criterion(logits, y)
+                loss = (
+                    label_loss
+                    if teacher is None
+                    else teacher.loss(logits, label_loss, teacher_logits)
+                )
             backward(loss)
             losses.append(_upcast(label_loss.detach()))
     finally:

@@ -225,9 +225,14 @@ def train_supernet(
             "teacher_state_dict": teacher_state,
         }
 
+    section = recipe.train
+    if section.trainer == "budgets" and not section.budgets:
+        from .recipe import trained_budgets
+
+        section = dataclasses.replace(section, budgets=trained_budgets(recipe))
     return _run_training(
         recipe,
-        recipe.train,
+        section,
         job,
         path=out / CHECKPOINT_NAME,
         log_path=out / LOG_NAME,

@@ -112,7 +112,9 @@ class SupernetTrainer(EpochTrainer):
         self.calib_batches = calib_batches
         self.teacher = teacher
         self.criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
-        self.kind = kind(sn.space, train)
+        self.kind = kind(sn.space, train, macs=sn.macs)
+        evaluated = self.kind.eval_configs() or {"top1_max": None}
+        self.summary_fields = (("loss", "loss"), *((key, key) for key in evaluated))
         self.records = LossRecords(g.name for g in sn.space.searchable)
 
     # -- state ---------------------------------------------------------------------------

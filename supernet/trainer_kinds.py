@@ -1,5 +1,5 @@
 """Trainer kinds: which widths one training step trains, and how (``bcnet``, ``sandwich``,
-``plain``).
+``budgets``, ``plain``).
 
 A kind is one class registered by name with :func:`register_trainer`, as search strategies
 are: it builds its width sampler from the recipe's ``[train]`` section, runs the backward
@@ -19,13 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from .runtime import Runtime
-from .sampling import FairSampler, SandwichSampler
+from .sampling import BudgetSampler, FairSampler, SandwichSampler
 from .space import WidthConfig, WidthSpace
-from .steps import Teacher, bcnet_step, sandwich_step
+from .steps import Teacher, bcnet_step, budgets_step, sandwich_step
 from .supernet import SIDES, Supernet
 
 __all__ = [
     "BCNet",
+    "Budgets",
     "Plain",
     "Sandwich",
     "StepContext",
@@ -63,14 +64,18 @@ class TrainerKind:
     Args:
         space: The supernet's width space.
         train: The recipe's ``[train]`` section (or an object with its attributes).
+        macs: MACs of a width config (the supernet's cost model), for kinds that need it.
     """
 
     name: ClassVar[str] = ""
     sides: ClassVar[tuple[str, ...]] = SIDES  # the BCNet sides its subnets are trained on
 
-    def __init__(self, space: WidthSpace, train: Any) -> None:
+    def __init__(
+        self, space: WidthSpace, train: Any, *, macs: Callable[[WidthConfig], float] | None = None
+    ) -> None:
         self.space = space
         self.train = train
+        self.macs = macs
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
         """Backward passes of optimiser step ``index`` (gradients accumulate, no update)."""
@@ -132,8 +137,8 @@ class BCNet(TrainerKind):
     """Bilateral coupling: each step trains a config on both sides (first and last channels);
     complementary configs and periodic full-width steps make every channel equally trained."""
 
-    def __init__(self, space: WidthSpace, train: Any) -> None:
-        super().__init__(space, train)
+    def __init__(self, space: WidthSpace, train: Any, **kwargs: Any) -> None:
+        super().__init__(space, train, **kwargs)
         self.sampler = FairSampler(
             space,
             seed=train.seed,
@@ -153,8 +158,8 @@ class Sandwich(TrainerKind):
 
     sides = ("left",)
 
-    def __init__(self, space: WidthSpace, train: Any) -> None:
-        super().__init__(space, train)
+    def __init__(self, space: WidthSpace, train: Any, **kwargs: Any) -> None:
+        super().__init__(space, train, **kwargs)
         self.sampler = SandwichSampler(space, seed=train.seed, n_random=train.sandwich_random)
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
@@ -164,6 +169,50 @@ class Sandwich(TrainerKind):
         )
         names = ["max", "min"] + ["random"] * (len(cfgs) - 2)
         return StepLosses(names, list(cfgs), torch.stack(losses))
+
+
+@register_trainer("budgets")
+class Budgets(TrainerKind):
+    """Slimmable training of the requested budgets: every step trains one subnet near each
+    ``[train].budgets`` MACs fraction (left side), distilled from the trained network."""
+
+    sides = ("left",)
+
+    def __init__(self, space: WidthSpace, train: Any, **kwargs: Any) -> None:
+        super().__init__(space, train, **kwargs)
+        if self.macs is None:
+            raise ValueError("the budgets trainer needs the supernet's MACs")
+        self.sampler = BudgetSampler(
+            space,
+            macs=self.macs,
+            budgets=list(getattr(train, "budgets", [])),
+            seed=train.seed,
+            spread=getattr(train, "level_spread", 1),
+            window=getattr(train, "budget_window", 0.9),
+        )
+
+    def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
+        cfgs = self.sampler.plan(index)
+        losses = budgets_step(
+            sn,
+            x,
+            y,
+            cfgs,
+            criterion=ctx.criterion,
+            teacher=ctx.teacher,
+            runtime=ctx.runtime,
+            scaler=ctx.scaler,
+        )
+        return StepLosses(self._names(), list(cfgs), torch.stack(losses))
+
+    def _names(self) -> list[str]:
+        return [f"b{round(100 * f)}" for f in self.sampler.fractions]
+
+    def eval_configs(self) -> dict[str, WidthConfig]:
+        return {
+            f"top1_{name}": level
+            for name, level in zip(self._names(), self.sampler.levels, strict=True)
+        }
 
 
 @register_trainer("plain")

@@ -93,5 +93,5 @@ def test_a_new_trainer_kind_is_one_class_and_its_registration(train_tiny, tmp_pa
         assert entry["trainer"] == "max-only" and set(entry) >= {"loss_max", "top1_max"}
     finally:
         _KINDS.pop("max-only", None)
-    with pytest.raises(ValueError, match="trainer must be one of bcnet, sandwich, plain"):
+    with pytest.raises(ValueError, match="trainer must be one of bcnet, sandwich, budgets, plain"):
         get_trainer("max-only")
