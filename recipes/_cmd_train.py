@@ -14,6 +14,7 @@ from pathlib import Path
 
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, check_train, load_recipe
+from widthsearch.supernet import list_trainers
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -64,7 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_common(p)
     p.add_argument("--epochs", type=int, help="override [train].epochs")
-    p.add_argument("--trainer", choices=["bcnet", "sandwich"], help="override [train].trainer")
+    p.add_argument(
+        "--trainer",
+        choices=[k for k in list_trainers() if k != "plain"],
+        help="override [train].trainer (budgets: slimmable training of the search budgets)",
+    )
     p.add_argument("--seed", type=int, help="override [train].seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/supernet.pt (exactly)")
     p.add_argument(

@@ -86,7 +86,8 @@ class PretrainSection(_TrainingSchedule):
 @dataclass
 class TrainSection(_TrainingSchedule):
     init: str = "scratch"  # scratch | pretrain (OUT/full.pt) | path of a trained network
-    channel_order: str = "ends"  # warm start: ends | front | none (importance arrangement)
+    channel_order: str = "auto"  # warm start: auto | ends | front | none (auto: ends for
+    # trainers of both BCNet sides, front for left-only ones such as budgets)
     teacher_alpha: float = 0.7  # warm start: weight of distillation from the trained network
     teacher_temperature: float = 4.0  # warm start: distillation temperature
     trainer: str = "bcnet"  # bcnet | sandwich | budgets (slimmable training of known budgets)
@@ -252,9 +253,10 @@ def check_train(recipe: Recipe) -> None:
     t = recipe.train
     if not t.init:
         raise ValueError("[train].init must be 'scratch', 'pretrain' or a file path")
-    if t.channel_order not in ("ends", "front", "none"):
+    if t.channel_order not in ("auto", "ends", "front", "none"):
         raise ValueError(
-            f"[train].channel_order must be 'ends', 'front' or 'none', got {t.channel_order!r}"
+            "[train].channel_order must be 'auto', 'ends', 'front' or 'none', "
+            f"got {t.channel_order!r}"
         )
     if t.coverage not in ("levels", "independent"):
         raise ValueError(f"[train].coverage must be 'levels' or 'independent', got {t.coverage!r}")

@@ -44,6 +44,7 @@ from .steps import (
 )
 from .supernet import Supernet
 from .trainer import SupernetTrainer, TrainingDivergedError, epoch_loader, epoch_seed
+from .trainer_kinds import get_trainer
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -157,7 +158,8 @@ def train_supernet(
     every rank trains its shard with the same widths, only rank 0 writes.
 
     With a trained network to start from (``init``, else ``[train].init``): its weights are
-    loaded, every group's channels are reordered by importance (``[train].channel_order``,
+    loaded, every group's channels are reordered by importance (``[train].channel_order``;
+    ``auto``: both ends for BCNet, the front for left-only trainers;
     function-preserving) and the frozen network becomes the teacher every trained subnet
     distils from (``[train].teacher_alpha``, ``teacher_temperature``). Its weights are kept
     in the checkpoint, so resuming and fine-tuning need no other file.
@@ -216,7 +218,9 @@ def train_supernet(
 
         state = read_state_dict(init_path, trust_pickle=job.trust_pickle)
         load_weights(sn.model, state, where=str(init_path))
-        order = getattr(recipe.train, "channel_order", "ends")
+        order = getattr(recipe.train, "channel_order", "auto")
+        if order == "auto":  # important channels where the trained subnets take theirs
+            order = "ends" if "right" in get_trainer(recipe.train.trainer).sides else "front"
         reorder_channels(sn, order)
         teacher_state = {k: v.detach().clone() for k, v in state.items()}
         return {

@@ -99,7 +99,6 @@ def _train_recipe(train_tiny):
     recipe.pretrain.epochs = 1
     recipe.train.trainer = "budgets"
     recipe.train.init = "pretrain"
-    recipe.train.channel_order = "front"
     recipe.train.epochs = 1
     recipe.search.budgets = [0.25, "5M", 0.5]  # MACs counts are left to the search
     return recipe
@@ -128,6 +127,8 @@ def test_the_trainer_distils_each_search_budget_and_reports_them(train_tiny, tmp
     assert sum(entry["macs_hist"]) == 8  # two subnets per step
     _, payload = load_supernet(result.checkpoint)
     assert payload["train_state"]["trainer"] == "budgets"
+    # channel_order "auto": a left-only trainer puts the important channels in front
+    assert payload["init"]["channel_order"] == "front"
 
 
 def test_recipe_errors_for_the_budgets_trainer(train_tiny):
