@@ -83,6 +83,7 @@ META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
 # fine-tuning of every compressed network (not of the from-scratch baselines); not stored in
 # settings.json at these values, so cells made before the options existed stay valid
 FINETUNE_DEFAULTS = {"finetune_lr": 0.02, "finetune_alpha": 0.5}
+UNRECORDED_DEFAULTS = {**FINETUNE_DEFAULTS, "importance": "gamma"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
@@ -126,6 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--skip", nargs="*", default=[], choices=["ft-trained", "tp"], help="cells not to run")
     add("--widths-seed", type=int, help="control cells train this seed's searched widths")
     add("--channel-order", default="ends", choices=["ends", "front", "none"])
+    add("--importance", default="gamma", choices=["gamma", "taylor"], help="channel importance")
     add("--trainer", default="bcnet", choices=["bcnet", "budgets"], help="supernet trainer kind")
     add("--strategies", nargs="+", default=STRATEGIES, help="search strategies")
     add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
@@ -148,6 +150,7 @@ def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe.train.init = "pretrain"
     recipe.train.channel_order = args.channel_order
     recipe.train.trainer = args.trainer
+    recipe.train.importance = args.importance
     recipe.train.epochs = args.supernet_epochs
     recipe.train.lr = args.supernet_lr
     recipe.train.seed = seed
@@ -259,6 +262,7 @@ class Warmstart:
             "lr": recipe.train.lr,
             "channel_order": recipe.train.channel_order,
             "trainer": recipe.train.trainer,
+            "importance": recipe.train.importance,
             "train_seconds": round(sum(float(h["seconds"]) for h in result.history), 1),
             "macs_hist": hist,
             "history": result.history,
@@ -474,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     local = ("part", "threads", "report", "device", "skip", "widths_seed")  # not what is run
     settings = {k: v for k, v in vars(args).items() if k not in local}
-    for key, default in FINETUNE_DEFAULTS.items():
+    for key, default in UNRECORDED_DEFAULTS.items():
         if settings[key] == default:
             del settings[key]
     path = out / "settings.json"

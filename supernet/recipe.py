@@ -88,6 +88,8 @@ class TrainSection(_TrainingSchedule):
     init: str = "scratch"  # scratch | pretrain (OUT/full.pt) | path of a trained network
     channel_order: str = "auto"  # warm start: auto | ends | front | none (auto: ends for
     # trainers of both BCNet sides, front for left-only ones such as budgets)
+    importance: str = "gamma"  # warm start: channel importance, gamma (|BN gamma|) | taylor
+    importance_batches: int = 16  # warm start: training batches for taylor importance
     teacher_alpha: float = 0.7  # warm start: weight of distillation from the trained network
     teacher_temperature: float = 4.0  # warm start: distillation temperature
     trainer: str = "bcnet"  # bcnet | sandwich | budgets (slimmable training of known budgets)
@@ -257,6 +259,11 @@ def check_train(recipe: Recipe) -> None:
         raise ValueError(
             "[train].channel_order must be 'auto', 'ends', 'front' or 'none', "
             f"got {t.channel_order!r}"
+        )
+    if t.importance not in ("gamma", "taylor") or t.importance_batches < 1:
+        raise ValueError(
+            "[train].importance must be 'gamma' or 'taylor' and importance_batches >= 1, "
+            f"got {t.importance!r} and {t.importance_batches}"
         )
     if t.coverage not in ("levels", "independent"):
         raise ValueError(f"[train].coverage must be 'levels' or 'independent', got {t.coverage!r}")

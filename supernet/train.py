@@ -18,6 +18,7 @@ from the checkpoint's history, so the two always agree.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -204,7 +205,9 @@ def train_supernet(
     elif init and init != "scratch":
         init_path = Path(init)
 
-    def setup(sn: Supernet, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    def setup(
+        sn: Supernet, payload: Mapping[str, Any] | None, batches: Callable[[int], list]
+    ) -> dict[str, Any]:
         """Warm start (fresh run) or the stored teacher (resume); the checkpoint's extras."""
         if payload is not None:
             stored = payload.get("teacher_state_dict")
@@ -221,11 +224,13 @@ def train_supernet(
         order = getattr(recipe.train, "channel_order", "auto")
         if order == "auto":  # important channels where the trained subnets take theirs
             order = "ends" if "right" in get_trainer(recipe.train.trainer).sides else "front"
-        reorder_channels(sn, order)
+        importance = getattr(recipe.train, "importance", "gamma")
+        data = batches(recipe.train.importance_batches) if importance == "taylor" else None
+        reorder_channels(sn, order, batches=data)
         teacher_state = {k: v.detach().clone() for k, v in state.items()}
         return {
             "teacher": _teacher(recipe, sn.meta, teacher_state, str(init_path)),
-            "init": {"from": str(init_path), "channel_order": order},
+            "init": {"from": str(init_path), "channel_order": order, "importance": importance},
             "teacher_state_dict": teacher_state,
         }
 
@@ -273,7 +278,7 @@ def pretrain_network(
         path=out / PRETRAIN_NAME,
         log_path=out / PRETRAIN_LOG_NAME,
         file_format="widthsearch.full",
-        setup=lambda sn, payload: {"teacher": None},
+        setup=lambda sn, payload, batches: {"teacher": None},
     )
 
 
@@ -298,12 +303,13 @@ def _run_training(
     path: Path,
     log_path: Path,
     file_format: str,
-    setup: Callable[[Supernet, Mapping[str, Any] | None], dict[str, Any]],
+    setup: Callable[[Supernet, Mapping[str, Any] | None, Callable[[int], list]], dict[str, Any]],
 ) -> TrainResult:
     """Build, (resume), train epochs, save atomically: the job of both training stages.
 
-    ``setup(sn, payload)`` returns ``{"teacher": Teacher | None, **checkpoint extras}``;
-    ``payload`` is the checkpoint being resumed, or ``None`` on a fresh run.
+    ``setup(sn, payload, batches)`` returns ``{"teacher": Teacher | None, **checkpoint
+    extras}``; ``payload`` is the checkpoint being resumed, or ``None`` on a fresh run;
+    ``batches(n)`` gives ``n`` training batches (fixed seed, inputs transformed).
     """
     with job.runtime() as runtime:
         if runtime.is_main and job.log is not None:
@@ -318,7 +324,23 @@ def _run_training(
                 sn.model.load_state_dict(payload["state_dict"])
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{path}: cannot resume from it ({exc})") from None
-        extras = setup(sn, payload)
+
+        def batches(n: int) -> list:
+            loader = epoch_loader(
+                splits.train,
+                epoch=0,
+                seed=section.seed + 2,
+                batch_size=recipe.data.batch_size,
+                workers=0,
+                runtime=runtime.local(),
+            )
+            out = []
+            for x, y in itertools.islice(loader, n):
+                x, y = x.to(runtime.device), y.to(runtime.device)
+                out.append((transform(x) if transform is not None else x, y))
+            return out
+
+        extras = setup(sn, payload, batches)
         teacher = extras.pop("teacher")
         if teacher is not None:
             teacher = dataclasses.replace(teacher, model=runtime.module(teacher.model))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +173,68 @@ def trained_network(
 # ---- channel order ---------------------------------------------------------------------
 
 
-def channel_importance(sn: Any) -> dict[str, np.ndarray]:
+def channel_importance(
+    sn: Any, *, batches: Iterable[tuple[Tensor, Tensor]] | None = None
+) -> dict[str, np.ndarray]:
     """Per searchable group, one importance value per channel.
 
-    Mean over the group's BN layers of ``|gamma| / mean |gamma|`` (each layer normalised, so
-    no layer dominates by scale); for a group without BN, the same over the L1 norms of the
-    output filters of the convs and linears that write it.
+    Without ``batches``: the mean over the group's BN layers of ``|gamma| / mean |gamma|``
+    (each layer normalised, so no layer dominates by scale); for a group without BN, the same
+    over the L1 norms of the output filters of the convs and linears that write it.
+
+    With ``batches`` (``(inputs, labels)`` of training data): first-order Taylor estimates of
+    the loss change when a channel is removed from the whole group, ``sum over batches of
+    (sum over the group's normalisers of gamma * dL/dgamma + beta * dL/dbeta) ** 2``; the
+    data says what the network uses, where gamma's size only hints at it. Groups without a
+    normaliser keep the weight-norm evidence.
     """
+    fallback = _static_importance(sn)
+    if batches is None:
+        return fallback
+    return {**fallback, **_taylor_importance(sn, batches)}
+
+
+def _taylor_importance(sn: Any, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, np.ndarray]:
+    normalisers = []  # (module, [(group index, channel slice)]) of every gamma-bearing layer
+    for layer, _, out_gs in sn.layers:
+        evidence = layer.handler.importance(layer)
+        module = layer.module
+        if evidence is None or evidence.source != GAMMA:
+            continue
+        if getattr(module, "weight", None) is None or getattr(module, "bias", None) is None:
+            continue
+        normalisers.append((module, list(sn.segments(out_gs))))
+    if not normalisers:
+        return {}
+    sums: dict[int, torch.Tensor] = {}
+    was_training = sn.model.training
+    sn.model.eval()  # running statistics stay the trained network's
+    try:
+        for x, y in batches:
+            sn.model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(sn.model(x), y).backward()
+            per_batch: dict[int, torch.Tensor] = {}
+            with torch.no_grad():
+                for module, segments in normalisers:
+                    if module.weight.grad is None or module.bias.grad is None:
+                        continue
+                    change = module.weight * module.weight.grad + module.bias * module.bias.grad
+                    for group, part in segments:
+                        values = change.double().reshape(-1)[part]
+                        per_batch[group] = per_batch.get(group, 0) + values
+            for group, values in per_batch.items():
+                sums[group] = sums.get(group, 0) + values.square()
+    finally:
+        sn.model.zero_grad(set_to_none=True)
+        sn.model.train(was_training)
+    return {
+        g.name: sums[i].cpu().numpy()
+        for i, g in enumerate(sn.space.groups)
+        if not g.fixed and i in sums
+    }
+
+
+def _static_importance(sn: Any) -> dict[str, np.ndarray]:
     rows_of: dict[str, dict[int, list[np.ndarray]]] = {GAMMA: {}, L1: {}}
     for layer, _, out_gs in sn.layers:
         evidence = layer.handler.importance(layer)
@@ -249,13 +304,16 @@ def permute_channels(sn: Any, perms: Mapping[str, np.ndarray]) -> None:
         )
 
 
-def reorder_channels(sn: Any, order: str = "ends") -> dict[str, np.ndarray]:
-    """Permute every searchable group by importance (see the module docstring).
+def reorder_channels(
+    sn: Any, order: str = "ends", *, batches: Iterable[tuple[Tensor, Tensor]] | None = None
+) -> dict[str, np.ndarray]:
+    """Permute every searchable group by importance (see the module docstring; ``batches``:
+    data-driven Taylor importance, see :func:`channel_importance`).
 
     Returns:
         The permutation applied to each group (new position -> old channel).
     """
-    importance = channel_importance(sn)
+    importance = channel_importance(sn, batches=batches)
     blocks = sn.channel_blocks()
     perms = {
         name: arrange(values, order, block=blocks[name]) for name, values in importance.items()
