@@ -149,7 +149,8 @@ def test_init_from_each_file_kind_reproduces_the_trained_network(
         assert "warning" in capsys.readouterr().err
     trained_net = _model(torch.load(trained / "full.pt", weights_only=True)["state_dict"])
     sn, payload = load_supernet(out / "supernet.pt")
-    assert payload["init"] == {"from": str(files[kind]), "channel_order": "ends"}
+    expected = {"from": str(files[kind]), "channel_order": "ends", "importance": "gamma"}
+    assert payload["init"] == expected
     x = torch.randn(8, 1, 16, 16)
     with torch.no_grad():
         expected, got = trained_net(x), sn(x)
