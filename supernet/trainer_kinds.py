@@ -48,6 +48,10 @@ class StepContext:
     runtime: Runtime | None = None
     scaler: torch.amp.GradScaler | None = None
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments every step function takes: label loss and precision."""
+        return {"criterion": self.criterion, "runtime": self.runtime, "scaler": self.scaler}
+
 
 @dataclass(frozen=True)
 class StepLosses:
@@ -117,17 +121,7 @@ def get_trainer(name: str) -> type[TrainerKind]:
 def _bcnet_losses(
     sn: Supernet, x: Tensor, y: Tensor, cfg: WidthConfig | None, ctx: StepContext
 ) -> StepLosses:
-    out = bcnet_step(
-        sn,
-        x,
-        y,
-        cfg,
-        criterion=ctx.criterion,
-        distill=ctx.distill,
-        teacher=ctx.teacher,
-        runtime=ctx.runtime,
-        scaler=ctx.scaler,
-    )
+    out = bcnet_step(sn, x, y, cfg, distill=ctx.distill, teacher=ctx.teacher, **ctx.options())
     trained = cfg if cfg is not None else sn.space.max()
     return StepLosses(list(out), [trained] * len(out), torch.stack(list(out.values())))
 
@@ -164,9 +158,7 @@ class Sandwich(TrainerKind):
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
         cfgs = self.sampler.plan(index)
-        losses = sandwich_step(
-            sn, x, y, cfgs, criterion=ctx.criterion, runtime=ctx.runtime, scaler=ctx.scaler
-        )
+        losses = sandwich_step(sn, x, y, cfgs, **ctx.options())
         names = ["max", "min"] + ["random"] * (len(cfgs) - 2)
         return StepLosses(names, list(cfgs), torch.stack(losses))
 
@@ -190,28 +182,17 @@ class Budgets(TrainerKind):
             spread=getattr(train, "level_spread", 1),
             window=getattr(train, "budget_window", 0.9),
         )
+        self.names = [f"b{round(100 * f)}" for f in self.sampler.fractions]  # loss/eval keys
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
         cfgs = self.sampler.plan(index)
-        losses = budgets_step(
-            sn,
-            x,
-            y,
-            cfgs,
-            criterion=ctx.criterion,
-            teacher=ctx.teacher,
-            runtime=ctx.runtime,
-            scaler=ctx.scaler,
-        )
-        return StepLosses(self._names(), list(cfgs), torch.stack(losses))
-
-    def _names(self) -> list[str]:
-        return [f"b{round(100 * f)}" for f in self.sampler.fractions]
+        losses = budgets_step(sn, x, y, cfgs, teacher=ctx.teacher, **ctx.options())
+        return StepLosses(self.names, list(cfgs), torch.stack(losses))
 
     def eval_configs(self) -> dict[str, WidthConfig]:
         return {
             f"top1_{name}": level
-            for name, level in zip(self._names(), self.sampler.levels, strict=True)
+            for name, level in zip(self.names, self.sampler.levels, strict=True)
         }
 
 
