@@ -146,6 +146,21 @@ def _check_resumable(payload: Mapping[str, Any], sn: Supernet, trainer: str, pat
         )
 
 
+def _check_same_budgets(payload: Mapping[str, Any], recipe: Any, *, where: str) -> None:
+    """Refuse to resume a ``budgets`` trainer on other budgets than it started with (the
+    defaults follow ``[search].budgets``, which a user may edit between two calls)."""
+    if recipe.train.trainer != "budgets":
+        return
+    from .recipe import stored_recipe, trained_budgets
+
+    theirs = trained_budgets(stored_recipe(payload, where=where))
+    if theirs != recipe.train.budgets:
+        raise CheckpointError(
+            f"{where}: was trained for the budgets {theirs}, but the recipe gives "
+            f"{recipe.train.budgets}; use another --out or the same budgets"
+        )
+
+
 def train_supernet(
     recipe: Any,
     *,
@@ -210,6 +225,7 @@ def train_supernet(
     ) -> dict[str, Any]:
         """Warm start (fresh run) or the stored teacher (resume); the checkpoint's extras."""
         if payload is not None:
+            _check_same_budgets(payload, recipe, where=str(out / CHECKPOINT_NAME))
             stored = payload.get("teacher_state_dict")
             extras = {k: payload[k] for k in ("init", "teacher_state_dict") if k in payload}
             where = str(out / CHECKPOINT_NAME)
@@ -234,14 +250,15 @@ def train_supernet(
             "teacher_state_dict": teacher_state,
         }
 
-    section = recipe.train
-    if section.trainer == "budgets" and not section.budgets:
+    if recipe.train.trainer == "budgets":
+        # the stored recipe records the budgets trained, so a resume can compare them
         from .recipe import trained_budgets
 
-        section = dataclasses.replace(section, budgets=trained_budgets(recipe))
+        train = dataclasses.replace(recipe.train, budgets=trained_budgets(recipe))
+        recipe = dataclasses.replace(recipe, train=train)
     return _run_training(
         recipe,
-        section,
+        recipe.train,
         job,
         path=out / CHECKPOINT_NAME,
         log_path=out / LOG_NAME,

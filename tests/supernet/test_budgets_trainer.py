@@ -10,6 +10,7 @@ import widthsearch.supernet.trainer_kinds as kinds_mod
 from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet import Supernet, create_model
 from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.errors import CheckpointError
 from widthsearch.supernet.recipe import validate
 from widthsearch.supernet.sampling import BudgetSampler
 from widthsearch.supernet.steps import budgets_step
@@ -145,3 +146,20 @@ def test_recipe_errors_for_the_budgets_trainer(train_tiny):
         validate(recipe)
     recipe.train.budget_window = 0.9
     validate(recipe)
+
+
+def test_a_resume_keeps_the_budgets_it_started_with(train_tiny, tmp_path):
+    recipe = _train_recipe(train_tiny)
+    recipe.train.epochs = 2
+    quiet = {"progress": False, "log": lambda line: None}
+    pretrain_network(recipe, out_dir=tmp_path, **quiet)
+    train_supernet(recipe, out_dir=tmp_path, stop_after=1, **quiet)
+    _, payload = load_supernet(tmp_path / "supernet.pt")
+    assert payload["recipe"]["train"]["budgets"] == [0.25, 0.5]  # resolved, then stored
+
+    recipe.search.budgets = [0.1, 0.5]  # edited between the two calls
+    with pytest.raises(CheckpointError, match=r"budgets \[0.25, 0.5\].*\[0.1, 0.5\]"):
+        train_supernet(recipe, out_dir=tmp_path, resume=True, **quiet)
+    recipe.search.budgets = [0.25, 0.5]
+    result = train_supernet(recipe, out_dir=tmp_path, resume=True, **quiet)
+    assert [h["epoch"] for h in result.history] == [1, 2]
