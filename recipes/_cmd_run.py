@@ -28,6 +28,7 @@ from widthsearch.recipes._latency_flags import (
 from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
+from widthsearch.supernet.recipe import with_trained_budgets
 from widthsearch.supernet.runtime import launched_rank, local_runtime
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ def _training_done(
     sections = ("model", "data", "space", "train")
     if kind == "widthsearch.full" or recipe.train.init == "pretrain":
         sections += ("pretrain",)
-    same = all(saved.get(k) == v for k, v in recipe.to_dict().items() if k in sections)
+    if kind == "widthsearch.supernet":
+        recipe = with_trained_budgets(recipe)  # as train_supernet stores it
+    ours = recipe.to_dict()
+    same = all(saved.get(k) == v for k, v in ours.items() if k in sections)
     needed = recipe.train.epochs if epochs is None else epochs
     return same and int((payload.get("train_state") or {}).get("epoch", 0)) >= needed
 

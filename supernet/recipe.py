@@ -32,6 +32,7 @@ __all__ = [
     "stored_recipe",
     "trained_budgets",
     "validate",
+    "with_trained_budgets",
 ]
 
 DEFAULT_RECIPE = "quick"
@@ -302,6 +303,16 @@ def trained_budgets(recipe: Recipe) -> list[float]:
         for b in recipe.search.budgets
         if not isinstance(b, (bool, str)) and 0.0 < float(b) <= 1.0
     ]
+
+
+def with_trained_budgets(recipe: Recipe) -> Recipe:
+    """``recipe`` with a ``budgets`` trainer's ``[train].budgets`` filled in (see
+    :func:`trained_budgets`): what a checkpoint stores, so that a rerun or a resume can tell
+    whether the same budgets were trained. Other trainers: ``recipe`` itself."""
+    if recipe.train.trainer != "budgets":
+        return recipe
+    train = dataclasses.replace(recipe.train, budgets=trained_budgets(recipe))
+    return dataclasses.replace(recipe, train=train)
 
 
 def stored_recipe(payload: Mapping[str, Any], *, where: str = "checkpoint") -> Recipe:

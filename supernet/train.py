@@ -225,10 +225,10 @@ def train_supernet(
     ) -> dict[str, Any]:
         """Warm start (fresh run) or the stored teacher (resume); the checkpoint's extras."""
         if payload is not None:
-            _check_same_budgets(payload, recipe, where=str(out / CHECKPOINT_NAME))
+            where = str(out / CHECKPOINT_NAME)
+            _check_same_budgets(payload, recipe, where=where)
             stored = payload.get("teacher_state_dict")
             extras = {k: payload[k] for k in ("init", "teacher_state_dict") if k in payload}
-            where = str(out / CHECKPOINT_NAME)
             teacher = _teacher(recipe, sn.meta, stored, where) if stored else None
             return {"teacher": teacher, **extras}
         if init_path is None:
@@ -250,12 +250,9 @@ def train_supernet(
             "teacher_state_dict": teacher_state,
         }
 
-    if recipe.train.trainer == "budgets":
-        # the stored recipe records the budgets trained, so a resume can compare them
-        from .recipe import trained_budgets
+    from .recipe import with_trained_budgets
 
-        train = dataclasses.replace(recipe.train, budgets=trained_budgets(recipe))
-        recipe = dataclasses.replace(recipe, train=train)
+    recipe = with_trained_budgets(recipe)  # stored, so a resume can compare the budgets
     return _run_training(
         recipe,
         recipe.train,

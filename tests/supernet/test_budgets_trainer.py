@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import widthsearch.supernet.trainer_kinds as kinds_mod
+from widthsearch.recipes._cmd_run import _training_done
 from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet import Supernet, create_model
 from widthsearch.supernet.checkpoint import load_supernet
@@ -163,3 +164,11 @@ def test_a_resume_keeps_the_budgets_it_started_with(train_tiny, tmp_path):
     recipe.search.budgets = [0.25, 0.5]
     result = train_supernet(recipe, out_dir=tmp_path, resume=True, **quiet)
     assert [h["epoch"] for h in result.history] == [1, 2]
+
+    # `run` reuses both finished trainings for the same recipe, and not for other budgets
+    full = tmp_path / "full.pt"
+    assert _training_done(full, recipe, kind="widthsearch.full", epochs=1)
+    assert _training_done(tmp_path / "supernet.pt", recipe)
+    recipe.search.budgets = [0.1, 0.5]
+    assert not _training_done(tmp_path / "supernet.pt", recipe)
+    assert _training_done(full, recipe, kind="widthsearch.full", epochs=1)
