@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from widthsearch.search import calibration_batches, recipe_splits
+from widthsearch.supernet import counted_macs
 from widthsearch.supernet.bn import recalibrate_bn
 from widthsearch.supernet.checkpoint import build_supernet, load_supernet
 from widthsearch.supernet.data import make_loader
@@ -38,19 +38,6 @@ LATENCY_BATCHES = (1, 64)
 _BLOCKS = 10  # blocks a measurement aims for
 _MIN_BLOCKS = 3  # and never fewer (a slow forward runs once per block)
 _META_KEYS = ("model", "num_classes", "in_chans", "input_size", "bins", "min_bins", "round_to")
-
-
-@torch.no_grad()
-def counted_macs(module: nn.Module, example: torch.Tensor) -> int:
-    """MACs of one forward of ``module`` on ``example`` as ``FlopCounterMode`` total / 2."""
-    was_training = module.training
-    module.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            module(example)
-    finally:
-        module.train(was_training)
-    return int(counter.get_total_flops()) // 2
 
 
 def measure_latency(

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'group':<{width}}  {'channels':>8}  choices")
     for g in space.groups:
         choices = "fixed" if g.fixed else ", ".join(map(str, g.choices))
+        if g.name in sn.frozen:  # full width where channels mix: say which op keeps it so
+            choices = f"fixed: {sn.frozen[g.name]}"
         print(f"{g.name:<{width}}  {g.max_channels:>8}  {choices}")
     full, smallest = sn.macs(), sn.macs(space.min())
     params = sn.params()
@@ -90,9 +92,10 @@ def _coverage(args: argparse.Namespace) -> int:
         else:
             supported += 1
             space = sn.space
+            frozen = f" ({len(sn.frozen)} fixed where channels mix)" if sn.frozen else ""
             print(
                 f"{'tv:' + name:<{width}}  supported {len(space.searchable)} searchable groups "
-                f"of {len(space.groups)}",
+                f"of {len(space.groups)}{frozen}",
                 flush=True,
             )
             del sn

@@ -1,5 +1,6 @@
 """What the network can be: width space, slimmable supernet, cost model, extraction."""
 
+from ._counting import counted_macs
 from .cost import CostModel, GatedQuadraticForm, QuadraticForm
 from .data import DataSpec, DataSplits, get_data, make_loader
 from .errors import CheckpointError, DataError, UnsupportedModelError, WidthsearchError
@@ -35,6 +36,7 @@ __all__ = [
     "WidthConfig",
     "WidthSpace",
     "WidthsearchError",
+    "counted_macs",
     "create_model",
     "get_data",
     "get_trainer",

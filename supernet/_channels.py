@@ -6,7 +6,8 @@ along the channels), the features per channel (> 1 after a flatten of H x W maps
 dimension holds the channels (1 for ``(N, C, H, W)``; the last one after a permute to
 channels-last, as in ConvNeXt's blocks). :func:`propagate` follows them through one op, or
 refuses it with a one-line reason naming the op and its graph node: an op that mixes,
-reorders or splits channels cannot be slimmed across. The op types are named here, once.
+reorders or splits channels cannot be slimmed across, and the tracer then freezes the
+channels it touches (:data:`FROZEN`, :meth:`Spaces.freeze`). The op types are named here, once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from .errors import UnsupportedModelError
 from .handlers import Layout
 
 __all__ = [
+    "FROZEN",
     "JOINING",
     "SPLITTING",
     "Channels",
     "Spaces",
+    "cannot_follow",
     "channel_operands",
     "op_name",
     "propagate",
@@ -164,6 +167,13 @@ class Channels(NamedTuple):
     dim: int = 1  # the dimension that holds the channels
 
 
+# The channels of a tensor no group follows any more: the output of an op the supernet cannot
+# slim across (a channel shuffle, attention, a concat with a class token). Its inputs' groups
+# keep full width, so the op always sees the full tensor and stays exact; a layer reading such
+# a tensor reads fixed channels.
+FROZEN = Channels((), 1, -1)
+
+
 class Spaces:
     """Union-find over channel spaces."""
 
@@ -173,6 +183,7 @@ class Spaces:
         self.name: list[str] = []
         self.fixed: list[bool] = []
         self.multiple: list[int] = []
+        self.reason: list[str] = []  # why a space was frozen ("" if it was not)
 
     def new(self, size: int, name: str, *, fixed: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -180,7 +191,15 @@ class Spaces:
         self.name.append(name)
         self.fixed.append(fixed)
         self.multiple.append(1)
+        self.reason.append("")
         return len(self.parent) - 1
+
+    def freeze(self, layout: Layout, reason: str) -> None:
+        """Keep every space of ``layout`` at full width, for ``reason`` (the first one stays)."""
+        for space in layout:
+            root = self.find(space)
+            self.fixed[root] = True
+            self.reason[root] = self.reason[root] or reason
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -199,6 +218,7 @@ class Spaces:
         keep, drop = min(ra, rb), max(ra, rb)  # the earlier space names the group
         self.parent[drop] = keep
         self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
+        self.reason[keep] = self.reason[keep] or self.reason[drop]
         self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
         return keep
 
@@ -244,12 +264,11 @@ def where(node: torch.fx.Node) -> str:
 
 def _refuse(node: torch.fx.Node) -> UnsupportedModelError:
     return UnsupportedModelError(
-        f"{where(node)} mixes or reorders channels (split/shuffle are not supported); "
-        "the supernet cannot slim across it"
+        f"{where(node)} mixes or reorders channels; the supernet cannot slim across it"
     )
 
 
-def _cannot_follow(node: torch.fx.Node) -> UnsupportedModelError:
+def cannot_follow(node: torch.fx.Node) -> UnsupportedModelError:
     return UnsupportedModelError(f"{where(node)}: cannot follow channels through it")
 
 
@@ -306,7 +325,7 @@ def propagate(
     if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
         return _reduce(node, in_shape, out_shape, channels)
     if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
-        raise _cannot_follow(node)
+        raise cannot_follow(node)
     if name in JOINING and len(tracked) > 1:
         return _join(node, [(info[t], shape_of(t)) for t in tracked], spaces)
     if name in _MOVING:
@@ -323,7 +342,7 @@ def propagate(
         if len(out_shape) == 2 and len(in_shape) > 2 and math.prod(in_shape[2:]) != 1:
             if name in _FLATTENING:  # (N, C, H, W) -> (N, C*H*W) with C == C*H*W: H*W == 1
                 return channels
-            raise _cannot_follow(node)
+            raise cannot_follow(node)
         return channels
     if name in _FLATTENING and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):
         return Channels(layout, factor * math.prod(in_shape[2:]))
@@ -411,7 +430,7 @@ def _concat(
     parts = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
     if not isinstance(parts, (tuple, list)) or not isinstance(dim, int):
-        raise _cannot_follow(node)
+        raise cannot_follow(node)
     joined, factor, channel_dim = info[tracked[0]]
     if dim % len(out_shape) != channel_dim:
         if any(shape_of(part) is not None and part not in info for part in parts):
@@ -462,7 +481,7 @@ def _reduce(
     kept = len(out_shape or ()) == len(in_shape)  # keepdim
     dim = channels.dim if kept else channels.dim - sum(d < channels.dim for d in reduced)
     if 0 in reduced or out_shape is None or len(out_shape) < 2:
-        raise _cannot_follow(node)
+        raise cannot_follow(node)
     if out_shape[dim] != in_shape[channels.dim]:
-        raise _cannot_follow(node)
+        raise cannot_follow(node)
     return Channels(channels.layout, channels.factor, dim)

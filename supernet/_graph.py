@@ -12,12 +12,20 @@ channels it scales. What is left after the walk are the groups, and each layer's
 output layout says which group each channel belongs to. Nothing here knows any
 architecture, nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says
 which spaces its calls read and write, and :mod:`._channels` how other ops move channels.
+
+An op the walk cannot follow (a channel shuffle, a split, attention, a concatenation with a
+class token, a module with parameters and no handler) does not stop it: the channels it reads
+are frozen at full width, with the reason, and its output carries no group
+(:data:`~._channels.FROZEN`), so the op always sees the tensors it was written for. Its
+multiply-accumulates are then the same for every width config: ``FlopCounterMode`` counts
+them once, at tracing, as a constant of the cost model. Only a model that cannot be traced,
+or whose every group ends up frozen, is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,10 +34,12 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ._channels import (
+    FROZEN,
     JOINING,
     SPLITTING,
     Channels,
     Spaces,
+    cannot_follow,
     channel_operands,
     op_name,
     propagate,
@@ -37,6 +47,7 @@ from ._channels import (
     shape_of,
     where,
 )
+from ._counting import counted_flops
 from .errors import UnsupportedModelError
 from .handlers import (
     ATTRIBUTE,
@@ -64,6 +75,9 @@ class TraceResult:
     order: list[int]  # root space ids in graph order
     other_params: int  # parameters outside conv/BN/linear layers (constant in the cost model)
     other_params_of: dict[str, int]  # module name -> its own such parameters (depth pruning)
+    frozen: dict[int, str] = field(default_factory=dict)  # root space id -> why it is frozen
+    constant_macs: int = 0  # MACs of the frozen ops, the same at every width
+    constant_macs_of: dict[str, int] = field(default_factory=dict)  # per module, nested ones
 
 
 class _Tracer(torch.fx.Tracer):
@@ -145,37 +159,52 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
         tracked = [a for a in _flat_nodes((node.args, node.kwargs)) if a in info]
         module = modules.get(str(node.target)) if node.op == "call_module" else None
-        if module is not None:
-            handler = handler_for(module)
-            if handler is not None:
-                if len(tracked) != 1:
-                    raise UnsupportedModelError(f"{where(node)}: expected one input tensor")
-                info[node] = found.module_call(node, handler, module, tracked[0], info[tracked[0]])
-                continue
-            if any(True for _ in module.parameters(recurse=True)):
-                if tracked:
-                    raise UnsupportedModelError(
-                        f"{where(node)} ({type(module).__name__}) has parameters on sliced "
-                        f"channels; only {registered_labels()} layers can be slimmed"
+        name = op_name(node)
+        try:
+            if module is not None:
+                handler = handler_for(module)
+                if handler is not None:
+                    if not tracked:
+                        continue  # a layer on constants (a bias table): its cost is constant
+                    if len(tracked) != 1:
+                        raise UnsupportedModelError(f"{where(node)}: expected one input tensor")
+                    info[node] = _layer_call(found, node, handler, module, tracked[0], info)
+                    continue
+                if any(True for _ in module.parameters(recurse=True)):
+                    if tracked:
+                        raise UnsupportedModelError(
+                            f"{where(node)} ({type(module).__name__}) has parameters on "
+                            f"channels it would slice; only {registered_labels()} layers can "
+                            "be slimmed"
+                        )
+                    continue
+                name = "flatten" if isinstance(module, nn.Flatten) else "__module__"
+            if "tensor_meta" not in node.meta:
+                continue  # shape arithmetic (``x.size()``), or an op without tensors
+            source = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+            if source in attribute_of and not tracked and reshapes_per_channel(node, name):
+                attribute_of[node] = attribute_of[source]  # ``gamma.reshape(1, -1, 1, 1)``
+            if not tracked:
+                continue  # an op on untracked tensors
+            if any(info[t] is FROZEN for t in tracked):
+                raise UnsupportedModelError(f"{where(node)} reads frozen channels")
+            if out_shape is None and name in SPLITTING:
+                raise UnsupportedModelError(f"{where(node)} splits channels")
+            if out_shape is None:
+                raise cannot_follow(node)
+            info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
+            if name in JOINING:
+                for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
+                    found.attribute(
+                        node, operand, attribute_of.get(operand), axis, info[node], modules
                     )
-                continue
-            name = "flatten" if isinstance(module, nn.Flatten) else "__module__"
-        else:
-            name = op_name(node)
-
-        if out_shape is None and tracked and name in SPLITTING:
-            raise UnsupportedModelError(
-                f"{where(node)} splits channels (split/chunk are not supported)"
-            )
-        source = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
-        if source in attribute_of and not tracked and reshapes_per_channel(node, name):
-            attribute_of[node] = attribute_of[source]  # ``gamma.reshape(1, -1, 1, 1)``
-        if not tracked or out_shape is None:
-            continue  # shape arithmetic, or an op on untracked tensors
-        info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
-        if name in JOINING:
-            for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
-                found.attribute(node, operand, attribute_of.get(operand), axis, info[node], modules)
+        except UnsupportedModelError as exc:
+            # the channels this op reads keep full width; what it writes follows no group
+            for t in tracked:
+                spaces.freeze(info[t].layout, str(exc))
+            if node in info:
+                spaces.freeze(info[node].layout, str(exc))
+            info[node] = FROZEN
 
     roots: list[int] = []
     for i in range(len(spaces.parent)):
@@ -188,6 +217,8 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         layer.in_spaces = tuple(spaces.find(s) for s in layer.in_spaces)
         layer.out_spaces = tuple(spaces.find(s) for s in layer.out_spaces)
     other_params_of = _other_params(model, layers.values())
+    frozen = {r: spaces.reason[r] for r in roots if spaces.reason[r]}
+    constant_macs_of = _constant_macs(model, example_inputs, layers.values()) if frozen else {}
     return TraceResult(
         layers=list(layers.values()),
         space_size={r: spaces.size[r] for r in roots},
@@ -197,7 +228,67 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         order=roots,
         other_params=sum(other_params_of.values()),
         other_params_of=other_params_of,
+        frozen=frozen,
+        constant_macs=constant_macs_of.get("", 0),
+        constant_macs_of=constant_macs_of,
     )
+
+
+def _layer_call(
+    found: _Layers,
+    node: torch.fx.Node,
+    handler: LayerHandler,
+    module: nn.Module,
+    producer: torch.fx.Node,
+    info: dict[torch.fx.Node, Channels],
+) -> Channels:
+    """One call of a slimmable layer. On frozen channels it reads a fixed space of its own,
+    along the dimension it takes channels on (the first after the batch, or the last)."""
+    channels = info[producer]
+    if channels is not FROZEN:
+        return found.module_call(node, handler, module, producer, channels)
+    shape = shape_of(producer)
+    if shape is None or len(shape) < 2:
+        raise cannot_follow(node)
+    refusal = cannot_follow(node)
+    for dim in dict.fromkeys((1, len(shape) - 1)):
+        fixed = Channels((found.spaces.new(shape[dim], f"{node.target}:in", fixed=True),), 1, dim)
+        try:
+            return found.module_call(node, handler, module, producer, fixed)
+        except UnsupportedModelError as exc:
+            refusal = exc
+    raise refusal
+
+
+def _constant_macs(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], layers: Iterable[SlimLayer]
+) -> dict[str, int]:
+    """MACs per sample outside the slimmable layers (the frozen ops': attention's matmuls, a
+    layer on a constant), for the whole model (key ``""``) and every module holding some.
+
+    ``FlopCounterMode`` counts one forward at batch 1 (:func:`._counting.counted_flops`); the
+    layers' own counts are taken away, since the cost model counts those in their widths."""
+    counter = counted_flops(model, *(x[:1] for x in example_inputs))
+    root = type(model).__name__
+    flops: dict[str, int] = {}
+    for key, per_op in counter.get_flop_counts().items():
+        if key == root or key.startswith(root + "."):
+            flops[key[len(root) + 1 :]] = sum(per_op.values())
+    in_layers = {
+        layer.module_name: flops.get(layer.module_name, 0)
+        for layer in layers
+        if not layer.attribute
+    }
+    out: dict[str, int] = {}
+    for name, total in flops.items():
+        inside = sum(n for m, n in in_layers.items() if not name or m.startswith(name + "."))
+        inside += in_layers.get(name, 0)
+        rest = total - inside
+        if rest % 2:
+            raise UnsupportedModelError(f"module {name!r}: an odd FLOP count outside its layers")
+        if rest > 0:
+            out[name] = rest // 2
+    return out
 
 
 def _other_params(model: nn.Module, layers: Iterable[SlimLayer]) -> dict[str, int]:

@@ -140,7 +140,8 @@ class CostModel:
             out_g = tuple(group_of_space[s] for s in layer.out_spaces)
             in_g = tuple(group_of_space[s] for s in layer.in_spaces)
             layer.handler.cost_terms(layer, in_g, out_g, macs, params)
-        params.gate = _ONE
+        macs.gate = params.gate = _ONE
+        macs.add(trace.constant_macs, _ONE)  # frozen ops: the same at every width
         params.add(trace.other_params - sum(trace.other_params_of.get(n, 0) for n in gates), _ONE)
         for name, gate in gates.items():
             params.gate = gate

@@ -24,6 +24,7 @@ from torch import nn
 
 from ._graph import TraceResult, trace_channels
 from .cost import CostModel
+from .errors import UnsupportedModelError
 from .handlers import CallWidths, SlimLayer, positions, restore, span
 from .space import WidthSpace, make_group
 
@@ -84,6 +85,13 @@ class Supernet(nn.Module):
                 for s in trace.order
             ]
         )
+        if trace.frozen and not self.space.searchable:
+            first = next(iter(trace.frozen.values()))
+            raise UnsupportedModelError(f"no channel group can be slimmed: {first}")
+        # group name -> why it keeps full width, for groups frozen where channels mix
+        self.frozen: dict[str, str] = {
+            trace.space_name[s]: reason for s, reason in trace.frozen.items()
+        }
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(bins=bins, min_bins=min_bins, round_to=round_to)
         self._layers: list[LayerEntry] = [
@@ -106,6 +114,8 @@ class Supernet(nn.Module):
                 layer.module.register_forward_hook(restore_hook, always_call=True)
             )
         blocks = self._find_removable_blocks(example_inputs) if example_inputs else {}
+        # a block holding frozen ops' MACs keeps them: the cost model could not drop them
+        blocks = {g: b for g, b in blocks.items() if b not in trace.constant_macs_of}
         self.space = WidthSpace(
             [
                 dataclasses.replace(g, block=blocks.get(i, ""))

@@ -57,17 +57,23 @@ def test_cli_defaults_openmp_to_passive_waits_but_respects_the_user():
 def test_inspect_all_reports_each_torchvision_classifier_and_the_coverage(capsys, monkeypatch):
     import torchvision
 
-    names = ["squeezenet1_0", "shufflenet_v2_x0_5", "mobilenet_v2"]
+    names = ["squeezenet1_0", "shufflenet_v2_x0_5", "mobilenet_v2", "no_such_net"]
     monkeypatch.setattr(torchvision.models, "list_models", lambda module=None: names)
     assert main(["inspect", "--all", "--input-size", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4
-    by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[:3]}
+    assert len(lines) == 5
+    by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[:4]}
     assert by_name["tv:squeezenet1_0"][0] == "supported"
+    assert "fixed where" not in by_name["tv:squeezenet1_0"][1]
     assert by_name["tv:mobilenet_v2"][0] == "supported"
-    refused, reason = by_name["tv:shufflenet_v2_x0_5"]
-    assert refused == "refused" and "mixes or reorders channels" in reason  # its shuffle
-    assert lines[3] == "coverage: 2 of 3 torchvision classifiers (67%)"
+    # its channel shuffles keep the stages' channels at full width; the branches slim
+    assert by_name["tv:shufflenet_v2_x0_5"] == [
+        "supported",
+        "18 searchable groups of 57 (19 fixed where channels mix)",
+    ]
+    refused, reason = by_name["tv:no_such_net"]
+    assert refused == "refused" and "no_such_net" in reason
+    assert lines[4] == "coverage: 3 of 4 torchvision classifiers (75%)"
 
 
 def test_inspect_needs_a_model_or_all_but_not_both(capsys):

@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from widthsearch.supernet import Supernet, UnsupportedModelError
+from widthsearch.supernet._counting import counted_flops
 
 
-def _tv(name: str) -> nn.Module:
-    return torchvision.models.get_model(name, weights=None, num_classes=10)
+def _tv(name: str, **kwargs) -> nn.Module:
+    return torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
 
 
-def _timm(name: str) -> nn.Module:
-    return timm.create_model(name, pretrained=False, num_classes=10)
+def _timm(name: str, **kwargs) -> nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
 
 
 def _convnext() -> nn.Module:
@@ -29,6 +29,15 @@ def _convnext() -> nn.Module:
         for block in model.modules():
             if isinstance(block, torchvision.models.convnext.CNBlock):
                 block.layer_scale.uniform_(0.5, 1.5)
+    return model
+
+
+def _vit() -> nn.Module:
+    """torchvision's ViT-B/16 on 32 x 32 inputs, with a head that is not zero at init (which
+    would make every subnet's output 0 and hide any slicing error)."""
+    model = _tv("vit_b_16", image_size=32)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.02)
     return model
 
 
@@ -86,8 +95,26 @@ MODELS = [
     ("tv:densenet121", lambda: _tv("densenet121"), (2, 3, 32, 32)),
     # channels-last blocks: permute, LayerNorm, Linear on the last dim, a layer-scale tensor
     ("tv:convnext_tiny", _convnext, (2, 3, 32, 32)),
+    # channel shuffle, split and slicing, attention: the groups there keep full width
+    ("tv:shufflenet_v2_x0_5", lambda: _tv("shufflenet_v2_x0_5"), (2, 3, 32, 32)),
+    ("timm:ghostnet_100", lambda: _timm("ghostnet_100"), (2, 3, 32, 32)),
+    ("tv:vit_b_16", _vit, (2, 3, 32, 32)),
+    (
+        "timm:vit_tiny_patch16_224",
+        lambda: _timm("vit_tiny_patch16_224", img_size=32),
+        (2, 3, 32, 32),
+    ),
 ]
-NO_RESIDUALS = {"tv:vgg11_bn", "concat", "tv:squeezenet1_0", "tv:densenet121"}
+NO_RESIDUALS = {
+    "tv:vgg11_bn",
+    "concat",
+    "tv:squeezenet1_0",
+    "tv:densenet121",
+    "tv:shufflenet_v2_x0_5",
+    "timm:ghostnet_100",  # its residual blocks' groups are fixed (the ghost modules slice)
+    "tv:vit_b_16",
+    "timm:vit_tiny_patch16_224",
+}
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
@@ -107,10 +134,8 @@ def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
 
 
 def _counted_macs(model: nn.Module, x: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x[:1])
-    total = counter.get_total_flops()
+    """``FlopCounterMode`` total / 2 at batch 1, attention's matmuls included."""
+    total = counted_flops(model, x[:1]).get_total_flops()
     assert total % 2 == 0
     return total // 2
 
