@@ -1,14 +1,16 @@
 """`widthsearch inspect MODEL`: the groups a supernet of MODEL would have, its MACs and params;
-`widthsearch inspect --all`: which of torchvision's classifiers can become a supernet."""
+`widthsearch inspect --all`: which of torchvision's classifiers and of a list of timm families
+can become a supernet whose subnets are exact."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 
+import numpy as np
 import torch
 from widthsearch.search import format_macs
-from widthsearch.supernet import Supernet
+from widthsearch.supernet import Supernet, counted_macs
 from widthsearch.supernet.models import create_model
 
 
@@ -18,8 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--all",
         action="store_true",
-        help="trace every torchvision classifier instead (3 x 224 x 224 unless given): one line "
-        "each, then the coverage",
+        help="trace every torchvision classifier and a list of timm families instead (3 x 224 x "
+        "224 unless given) and check one random subnet of each: one line each, then the coverage",
     )
     p.add_argument("--in-chans", type=int, help="input channels (default 1; --all: 3)")
     p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
@@ -76,30 +78,81 @@ def _supernet(name: str, args: argparse.Namespace) -> tuple[Supernet, torch.Tens
     return sn, example
 
 
+# timm families checked by ``inspect --all`` after torchvision's classifiers
+TIMM_FAMILIES = (
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "regnety_016",
+    "densenet121",
+    "convnext_tiny",
+    "ghostnet_100",
+    "mixnet_s",
+    "rexnet_100",
+    "vit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+)
+
+
 def _coverage(args: argparse.Namespace) -> int:
-    """One line per torchvision classifier: its searchable groups, or why it is refused."""
+    """One line per torchvision classifier and timm family: its searchable groups and whether
+    a random subnet is exact, or why it is refused; then the coverage of each list."""
     import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    width = max(map(len, names)) + 3
-    supported = 0
-    for name in names:
-        try:
-            sn, _ = _supernet(f"tv:{name}", args)
-        except Exception as exc:  # a refusal of any kind is this line's answer
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            print(f"{'tv:' + name:<{width}}  refused   {reason}", flush=True)
-        else:
-            supported += 1
+    lists = {
+        "torchvision classifiers": [
+            f"tv:{n}" for n in torchvision.models.list_models(module=torchvision.models)
+        ],
+        "timm families": [f"timm:{n}" for n in TIMM_FAMILIES],
+    }
+    width = max(len(n) for names in lists.values() for n in names) + 2
+    for what, names in lists.items():
+        supported = 0
+        for name in names:
+            try:
+                sn, example = _supernet(name, args)
+                mismatch = _inexact(sn, example)
+            except Exception as exc:  # a refusal of any kind is this line's answer
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                print(f"{name:<{width}}  refused   {reason}", flush=True)
+                continue
             space = sn.space
-            frozen = f" ({len(sn.frozen)} fixed where channels mix)" if sn.frozen else ""
+            frozen = f", {len(sn.frozen)} fixed where channels mix" if sn.frozen else ""
+            status = "supported" if not mismatch else "INEXACT  "
+            supported += not mismatch
             print(
-                f"{'tv:' + name:<{width}}  supported {len(space.searchable)} searchable groups "
-                f"of {len(space.groups)}{frozen}",
+                f"{name:<{width}}  {status} {len(space.searchable)} searchable groups of "
+                f"{len(space.groups)}{frozen}{mismatch}",
                 flush=True,
             )
             del sn
-        gc.collect()
-    share = supported / len(names) if names else 0.0
-    print(f"coverage: {supported} of {len(names)} torchvision classifiers ({share:.0%})")
+            gc.collect()
+        share = supported / len(names) if names else 0.0
+        print(f"coverage: {supported} of {len(names)} {what} ({share:.0%})", flush=True)
     return 0
+
+
+def _inexact(sn: Supernet, example: torch.Tensor) -> str:
+    """``""`` when a random subnet (right side: the last channels of every group) extracts
+    to a model of the original class that computes what the supernet computes and costs
+    what the cost model says; else what differs."""
+    cfg = sn.space.sample(np.random.default_rng(0))
+    x = torch.randn(example.shape, generator=torch.Generator().manual_seed(0))
+    sn.eval()
+    with torch.no_grad(), sn.active(cfg, "right"):
+        expected = sn(x)
+    sub = sn.extract(cfg, "right").eval()
+    with torch.no_grad():
+        got = sub(x)
+    scale = max(1.0, expected.abs().max().item())
+    problems = []
+    if type(sub) is not type(sn.model):
+        problems.append(f"extracted class {type(sub).__name__}")
+    if (got - expected).abs().max().item() > 1e-5 * scale:
+        problems.append("outputs differ")
+    if sn.macs(cfg) != counted_macs(sub, x):
+        problems.append(f"MACs {sn.macs(cfg)} != counted {counted_macs(sub, x)}")
+    if sn.params(cfg) != sum(p.numel() for p in sub.parameters()):
+        problems.append("params differ")
+    return f": {'; '.join(problems)}" if problems else ""

@@ -54,26 +54,45 @@ def test_cli_defaults_openmp_to_passive_waits_but_respects_the_user():
     assert user.stdout.strip() == "ACTIVE", user.stderr
 
 
-def test_inspect_all_reports_each_torchvision_classifier_and_the_coverage(capsys, monkeypatch):
+def test_inspect_all_reports_each_classifier_and_the_coverage(capsys, monkeypatch):
     import torchvision
+    from widthsearch.recipes import _cmd_inspect
 
     names = ["squeezenet1_0", "shufflenet_v2_x0_5", "mobilenet_v2", "no_such_net"]
     monkeypatch.setattr(torchvision.models, "list_models", lambda module=None: names)
+    monkeypatch.setattr(_cmd_inspect, "TIMM_FAMILIES", ("ghostnet_100",))
     assert main(["inspect", "--all", "--input-size", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5
-    by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[:4]}
-    assert by_name["tv:squeezenet1_0"][0] == "supported"
-    assert "fixed where" not in by_name["tv:squeezenet1_0"][1]
+    assert len(lines) == 7
+    by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines if ":" in line.split()[0]}
+    assert by_name["tv:squeezenet1_0"] == ["supported", "25 searchable groups of 27"]
     assert by_name["tv:mobilenet_v2"][0] == "supported"
     # its channel shuffles keep the stages' channels at full width; the branches slim
     assert by_name["tv:shufflenet_v2_x0_5"] == [
         "supported",
-        "18 searchable groups of 57 (19 fixed where channels mix)",
+        "18 searchable groups of 57, 19 fixed where channels mix",
     ]
     refused, reason = by_name["tv:no_such_net"]
     assert refused == "refused" and "no_such_net" in reason
     assert lines[4] == "coverage: 3 of 4 torchvision classifiers (75%)"
+    assert by_name["timm:ghostnet_100"][0] == "supported"
+    assert lines[6] == "coverage: 1 of 1 timm families (100%)"
+
+
+def test_inspect_all_says_when_a_subnet_is_not_exact(monkeypatch):
+    from widthsearch.recipes import _cmd_inspect
+
+    sn, example = _cmd_inspect._supernet("tv:mobilenet_v2", _args(input_size=32))
+    assert _cmd_inspect._inexact(sn, example) == ""
+    monkeypatch.setattr(type(sn), "macs", lambda self, cfg=None: 7)
+    assert _cmd_inspect._inexact(sn, example).startswith(": MACs 7 != counted ")
+
+
+def _args(**kwargs):
+    import argparse
+
+    base = dict(num_classes=10, in_chans=3, input_size=32, bins=8, min_bins=1, round_to=1)
+    return argparse.Namespace(**{**base, **kwargs})
 
 
 def test_inspect_needs_a_model_or_all_but_not_both(capsys):
