@@ -218,7 +218,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         layer.out_spaces = tuple(spaces.find(s) for s in layer.out_spaces)
     other_params_of = _other_params(model, layers.values())
     frozen = {r: spaces.reason[r] for r in roots if spaces.reason[r]}
-    constant_macs_of = _constant_macs(model, example_inputs, layers.values()) if frozen else {}
+    constant_macs_of = _constant_macs(model, example_inputs, layers.values())
     return TraceResult(
         layers=list(layers.values()),
         space_size={r: spaces.size[r] for r in roots},
