@@ -56,6 +56,8 @@ class Supernet(nn.Module):
         space: The width space (groups in graph order).
         meta: How the supernet was built (model name, arguments, width-space settings), so a
             checkpoint can rebuild it.
+        frozen: Group name -> why it keeps full width, for the groups an op the supernet
+            cannot slim across reads (a channel shuffle, attention, a class-token concat).
     """
 
     def __init__(
@@ -88,7 +90,6 @@ class Supernet(nn.Module):
         if trace.frozen and not self.space.searchable:
             first = next(iter(trace.frozen.values()))
             raise UnsupportedModelError(f"no channel group can be slimmed: {first}")
-        # group name -> why it keeps full width, for groups frozen where channels mix
         self.frozen: dict[str, str] = {
             trace.space_name[s]: reason for s, reason in trace.frozen.items()
         }
