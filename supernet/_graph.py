@@ -111,11 +111,12 @@ def _flat_nodes(args: Any) -> list[torch.fx.Node]:
 def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> TraceResult:
     """Trace ``model`` and return its channel spaces and slimmable layers.
 
+    Channels coupled in a way the supernet cannot slim (split, channel shuffle, attention,
+    reductions over the channels, per-channel parameters outside the slimmable layers, ...)
+    are frozen, each with a one-line reason naming the module or op (``TraceResult.frozen``).
+
     Raises:
-        UnsupportedModelError: the model cannot be traced, or couples channels in a way the
-            supernet cannot slim (split, channel shuffle, reductions over the channels,
-            per-channel parameters outside conv/BN/linear layers, ...). The message names
-            the module or op.
+        UnsupportedModelError: the model cannot be traced; names the model and fx's reason.
     """
     was_training = model.training
     model.eval()  # trace the inference graph: no stochastic depth/dropout branches
