@@ -83,7 +83,7 @@ META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
 # fine-tuning of every compressed network (not of the from-scratch baselines); not stored in
 # settings.json at these values, so cells made before the options existed stay valid
 FINETUNE_DEFAULTS = {"finetune_lr": 0.02, "finetune_alpha": 0.5}
-UNRECORDED_DEFAULTS = {**FINETUNE_DEFAULTS, "importance": "gamma"}
+UNRECORDED_DEFAULTS = {**FINETUNE_DEFAULTS, "importance": "gamma", "inplace": False}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
@@ -130,6 +130,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--importance", default="gamma", choices=["gamma", "taylor"], help="channel importance")
     add("--trainer", default="bcnet", choices=["bcnet", "budgets"], help="supernet trainer kind")
     add("--strategies", nargs="+", default=STRATEGIES, help="search strategies")
+    add(
+        "--inplace",
+        action="store_true",
+        help="budgets trainer: train the full width too; subnets and fine-tunes distil from it",
+    )
     add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
     add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
     for key, value in PRESETS["default"].items():
@@ -153,6 +158,7 @@ def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe.train.importance = args.importance
     recipe.train.epochs = args.supernet_epochs
     recipe.train.lr = args.supernet_lr
+    recipe.train.distill = bool(args.inplace)
     recipe.train.seed = seed
     recipe.search.strategies = list(args.strategies)
     recipe.search.budgets = list(args.budgets)

@@ -17,6 +17,8 @@ as published, so the sandwich trainer always uses it; ``distill`` only switches 
 The *budgets* step trains one subnet near each requested budget (left side), each on the
 trained network's soft predictions when there is a teacher (else on the labels), losses
 summed as in the sandwich rule: slimmable training of the widths that will be delivered.
+With ``distill`` it also trains the full width and the subnets learn from its live
+predictions (in-place distillation) instead of the frozen teacher's.
 
 Every subnet trained adds its label loss to the loss records: per (group, width) a running
 sum and count, which BCNet's search turns into its prior population.
@@ -222,32 +224,46 @@ def budgets_step(
     *,
     criterion: nn.Module,
     teacher: Teacher | None = None,
+    inplace: bool = False,
     runtime: Runtime | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> list[Tensor]:
     """The backward passes of one budgets step: every config of ``cfgs`` on the left side,
     distilled from ``teacher`` (labels only without one), losses summed.
 
+    With ``inplace`` the full width trains first, on the teacher's loss (labels without
+    one), and the configs of ``cfgs`` distil from its detached predictions instead of the
+    frozen teacher's (with the teacher's ``alpha`` and temperature): the teacher keeps
+    learning with the subnets it teaches.
+
     Returns:
-        Detached label losses, one per config.
+        Detached label losses: the full width's first with ``inplace``, then one per config.
     """
     autocast, backward = _precision(runtime, scaler)
     with autocast():
         teacher_logits = teacher.logits(x) if teacher is not None else None
     losses = []
+
+    def train(cfg: WidthConfig | None, target: Tensor | None) -> Tensor:
+        sn.set_active(cfg, "left")
+        with autocast():
+            logits = sn(x)
+            label_loss = criterion(logits, y)
+            if target is None:
+                loss = label_loss
+            elif teacher is None:
+                loss = soft_cross_entropy(logits, F.softmax(_upcast(target), dim=1))
+            else:
+                loss = teacher.loss(logits, label_loss, target)
+        backward(loss)
+        losses.append(_upcast(label_loss.detach()))
+        return logits.detach()
+
     try:
+        if inplace:
+            teacher_logits = train(None, teacher_logits)
         for cfg in cfgs:
-            sn.set_active(cfg, "left")
-            with autocast():
-                logits = sn(x)
-                label_loss = criterion(logits, y)
-                loss = (
-                    label_loss
-                    if teacher is None
-                    else teacher.loss(logits, label_loss, teacher_logits)
-                )
-            backward(loss)
-            losses.append(_upcast(label_loss.detach()))
+            train(cfg, teacher_logits)
     finally:
         sn.set_active(None)
     return losses

@@ -166,7 +166,8 @@ class Sandwich(TrainerKind):
 @register_trainer("budgets")
 class Budgets(TrainerKind):
     """Slimmable training of the requested budgets: every step trains one subnet near each
-    ``[train].budgets`` MACs fraction (left side), distilled from the trained network."""
+    ``[train].budgets`` MACs fraction (left side), distilled from the trained network, or
+    with ``[train].distill`` from the full width trained alongside (in-place distillation)."""
 
     sides = ("left",)
 
@@ -185,15 +186,23 @@ class Budgets(TrainerKind):
         self.names = [f"b{round(100 * f)}" for f in self.sampler.fractions]  # loss/eval keys
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
-        cfgs = self.sampler.plan(index)
-        losses = budgets_step(sn, x, y, cfgs, teacher=ctx.teacher, **ctx.options())
-        return StepLosses(self.names, list(cfgs), torch.stack(losses))
+        cfgs = list(self.sampler.plan(index))
+        inplace = ctx.distill
+        losses = budgets_step(sn, x, y, cfgs, teacher=ctx.teacher, inplace=inplace, **ctx.options())
+        if inplace:
+            return StepLosses(["max", *self.names], [self.space.max(), *cfgs], torch.stack(losses))
+        return StepLosses(self.names, cfgs, torch.stack(losses))
 
     def eval_configs(self) -> dict[str, WidthConfig]:
-        return {
+        levels = {
             f"top1_{name}": level
             for name, level in zip(self.names, self.sampler.levels, strict=True)
         }
+        return (
+            {**levels, "top1_max": self.space.max()}
+            if getattr(self.train, "distill", False)
+            else levels
+        )
 
 
 @register_trainer("plain")

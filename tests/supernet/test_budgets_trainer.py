@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import widthsearch.supernet.trainer_kinds as kinds_mod
+from widthsearch.evaluate.teacher import load_teacher
 from widthsearch.recipes._cmd_run import _training_done
 from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet import Supernet, create_model
@@ -14,7 +15,7 @@ from widthsearch.supernet.checkpoint import load_supernet
 from widthsearch.supernet.errors import CheckpointError
 from widthsearch.supernet.recipe import validate
 from widthsearch.supernet.sampling import BudgetSampler
-from widthsearch.supernet.steps import budgets_step
+from widthsearch.supernet.steps import Teacher, budgets_step
 from widthsearch.supernet.train import pretrain_network, train_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,6 +96,32 @@ def test_a_step_trains_only_the_left_channels_its_configs_use(resnet20):
         assert torch.equal(sn(x), full_width)  # back at full width after the step
 
 
+def test_inplace_the_full_width_trains_first_and_the_subnets_distil_from_it(resnet20):
+    sn = resnet20
+    frozen = create_model("resnet20", num_classes=10, in_chans=1)
+    teacher = Teacher(frozen, alpha=1.0, temperature=2.0)  # pure distillation
+    cfgs = BudgetSampler(sn.space, macs=sn.macs, budgets=[0.1, 0.25], seed=0).plan(1)
+    ce = torch.nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    sn.train()
+    sn.zero_grad()
+    losses = budgets_step(sn, x, y, cfgs, criterion=ce, teacher=teacher, inplace=True)
+    stepped = [p.grad.clone() for p in sn.parameters()]
+
+    sn.zero_grad()  # the same passes by hand: full width on the frozen teacher, then from it
+    with sn.active(None):
+        full = sn(x)
+    assert torch.allclose(losses[0], ce(full, y))
+    teacher.loss(full, ce(full, y), teacher.logits(x)).backward()
+    for cfg in cfgs:
+        with sn.active(cfg, "left"):
+            logits = sn(x)
+        teacher.loss(logits, ce(logits, y), full.detach()).backward()
+    assert len(losses) == 1 + len(cfgs)
+    for got, want in zip(stepped, (p.grad for p in sn.parameters()), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def _train_recipe(train_tiny):
     recipe = load_recipe(str(train_tiny))
     recipe.data.train_limit = 128  # 4 steps of 32
@@ -172,3 +199,20 @@ def test_a_resume_keeps_the_budgets_it_started_with(train_tiny, tmp_path):
     recipe.search.budgets = [0.1, 0.5]
     assert not _training_done(tmp_path / "supernet.pt", recipe)
     assert _training_done(full, recipe, kind="widthsearch.full", epochs=1)
+
+
+def test_with_distill_the_full_width_trains_and_becomes_the_finetune_teacher(train_tiny, tmp_path):
+    recipe = _train_recipe(train_tiny)
+    recipe.train.distill = True
+    pretrain_network(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
+    result = train_supernet(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
+    (entry,) = result.history
+    assert {"loss_max", "top1_max", "loss_b25", "loss_b50"} <= set(entry)
+    assert sum(entry["macs_hist"]) == 12  # the full width and two subnets per step
+    sn, payload = load_supernet(result.checkpoint)
+    teacher, recalibrate = load_teacher(result.checkpoint, payload["meta"])
+    assert recalibrate  # the full width's BN statistics are a mix over the trained widths
+    x = torch.randn(4, 1, 16, 16)
+    sn.eval()
+    with torch.no_grad(), sn.active(None):
+        assert torch.allclose(teacher(x), sn(x), atol=1e-6)  # the supernet's full width
