@@ -4,6 +4,7 @@
         [--supernet scratch=OTHER.pt ...] [--configs 30] [--seeds 0 1] \
         [--truth finetune scratch] --out benchmarks/results/ranking
     .venv/bin/python benchmarks/ranking.py --smoke --out /tmp/ranking-smoke   # about a minute
+    .venv/bin/python benchmarks/ranking.py --supernet warm=SUPERNET.pt --report   # table only
 
 1. ``configs``: ``--configs`` width configs of the first supernet's space, one per
    equal-width stratum of 5-100 % of its full MACs, drawn (seeded) from random configs and
@@ -76,6 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--bootstrap", type=int, default=2000)
     add("--threads", type=int, default=1)
     add("--smoke", action="store_true", help="tiny synthetic supernet, every cell kind")
+    add("--report", action="store_true", help="only the table of the finished cells")
     args = parser.parse_args(argv)
     if args.smoke:
         args.configs, args.seeds, args.heldout_images = 6, [0], [40, 80]
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     bench = Ranking(args)
-    bench.run()
+    if not args.report:
+        bench.run()
     summary = bench.summary()
     write_json_atomic(summary, bench.out / "summary.json")
     table = bench.table()
