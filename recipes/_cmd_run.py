@@ -6,7 +6,9 @@ extract each answer with the best weight inheritance, fine-tune it, measure it, 
 ``DIR/report.md`` and ``DIR/pareto.png``. Every stage's output stays in ``DIR`` (supernet.pt,
 search.json, subnets/) so a rerun reuses what is finished: the supernet when its training
 is complete, the search when that supernet and the recipe's ``[search]`` are unchanged, and
-each fine-tuned subnet whose widths are still the search's answer.
+each fine-tuned subnet whose widths are still the search's answer. Answers of the same widths
+(strategies often agree) are extracted, fine-tuned and measured once; the later ones' rows
+name the first (``same_as``) and share its figures.
 """
 
 from __future__ import annotations
@@ -226,13 +228,16 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     full: dict[str, Any] | None = None
     teacher = checkpoint if recipe.finetune.distill else None
+    finished: dict[tuple[tuple[str, int], ...], tuple[str, dict[str, Any]]] = {}
     for answer in doc.results:
         budget = answer.budget_macs
         if budget is None:  # a latency budget: the tag and the lookup use milliseconds
             budget = f"{answer.budget_ms:g}ms"
         tag = f"{answer.strategy}-{budget}"
         extracted, tuned = subnets / f"{tag}.pt", subnets / f"{tag}-ft.pt"
-        if not _same_widths(tuned, answer.widths):
+        widths = tuple(sorted((k, int(v)) for k, v in answer.widths.items()))
+        twin, figures = finished.get(widths, (None, {}))  # strategies often agree
+        if twin is None and not _same_widths(tuned, answer.widths):
             extract_subnet(
                 (sn, payload),
                 search=doc,
@@ -259,15 +264,17 @@ def run(args: argparse.Namespace) -> int:
                 data_parallel=False,
                 **where,
             )
-        figures = evaluate_model(
-            tuned,
-            latency=recipe.eval.latency and not args.no_latency,
-            latency_seconds=recipe.eval.latency_seconds,
-            full=full is None,
-            supernet=checkpoint,
-            trust_pickle=trust,
-            **where,
-        )
+        if twin is None:
+            figures = evaluate_model(
+                tuned,
+                latency=recipe.eval.latency and not args.no_latency,
+                latency_seconds=recipe.eval.latency_seconds,
+                full=full is None,
+                supernet=checkpoint,
+                trust_pickle=trust,
+                **where,
+            )
+            finished[widths] = (tag, figures)
         full = full or figures.get("full")
         rows.append(
             {
@@ -283,9 +290,11 @@ def run(args: argparse.Namespace) -> int:
                 "inheritance": figures.get("inheritance"),
                 "evaluations": answer.evaluations,
                 "search_seconds": answer.seconds,
+                "same_as": twin,  # the tag whose files and figures these are, if another's
             }
         )
-        print(f"      {tag}: top1 {figures['top1']:.4f}, MACs {figures['macs']}")
+        same = f" (same widths as {twin})" if twin else ""
+        print(f"      {tag}: top1 {figures['top1']:.4f}, MACs {figures['macs']}{same}")
     write_json_atomic(rows, out / "results.json")
 
     # 4. report

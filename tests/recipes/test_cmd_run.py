@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
+import widthsearch.evaluate as evaluate_mod
+import widthsearch.search as search_mod
+from widthsearch.recipes.cli import main
 from widthsearch.supernet.checkpoint import load_supernet
 
 SCRIPT = Path(sys.executable).parent / "widthsearch"
@@ -60,7 +64,8 @@ def test_run_writes_report_plot_and_reuses_finished_work(run_tiny, tmp_path):
     assert str(out / "report.md") in proc.stdout
     # every file the run wrote is plain data: readable weights-only, nothing in it runs
     artefacts = [out / "supernet.pt", *out.glob("subnets/*.pt")]
-    assert len(artefacts) == 1 + 2 * len(rows)  # extracted and fine-tuned subnets
+    trained = [r for r in rows if r["same_as"] is None]  # answers of the same widths share
+    assert len(artefacts) == 1 + 2 * len(trained)  # extracted and fine-tuned subnets
     for path in artefacts:
         assert torch.load(path, weights_only=True)["format"].startswith("widthsearch."), path
 
@@ -131,3 +136,37 @@ def test_a_search_is_reused_only_from_a_sound_file_of_the_same_settings(tmp_path
     path.write_text("{")
     assert _finished_search(path, settings) is None  # not JSON
     assert _finished_search(tmp_path / "none.json", settings) is None
+
+
+def test_answers_of_the_same_widths_are_fine_tuned_once(run_tiny, tmp_path, monkeypatch):
+    real_search, real_finetune = search_mod.search_widths, evaluate_mod.finetune_subnet
+    tuned = []
+
+    def agreeing_search(*args, **kwargs):  # bisection answers what uniform answered
+        doc = real_search(*args, **kwargs)
+        uniform = next(r for r in doc.results if r.strategy == "uniform")
+        results = [
+            dataclasses.replace(r, widths=dict(uniform.widths), macs=uniform.macs)
+            if r.strategy == "bisection"
+            else r
+            for r in doc.results
+        ]
+        return dataclasses.replace(doc, results=results)
+
+    def counting_finetune(subnet, *, out, **kwargs):
+        tuned.append(Path(out).name)
+        return real_finetune(subnet, out=out, **kwargs)
+
+    monkeypatch.setattr(search_mod, "search_widths", agreeing_search)
+    monkeypatch.setattr(evaluate_mod, "finetune_subnet", counting_finetune)
+    out = tmp_path / "job"
+    args = ["run", str(run_tiny), "--out", str(out), "--no-latency", "--budget", "0.5"]
+    assert main([*args, "--strategy", "uniform", "--strategy", "bisection"]) == 0
+
+    (budget,) = {r["budget_macs"] for r in json.loads((out / "results.json").read_text())}
+    first, second = json.loads((out / "results.json").read_text())
+    assert tuned == [f"uniform-{budget}-ft.pt"]  # one fine-tune for the two answers
+    assert second["strategy"] == "bisection" and second["same_as"] == f"uniform-{budget}"
+    for key in ("top1", "macs", "params", "inheritance"):
+        assert second[key] == first[key], key
+    assert not (out / "subnets" / f"bisection-{budget}-ft.pt").exists()
