@@ -187,9 +187,10 @@ class Budgets(TrainerKind):
 
     def step(self, sn: Supernet, x: Tensor, y: Tensor, index: int, ctx: StepContext) -> StepLosses:
         cfgs = list(self.sampler.plan(index))
-        inplace = ctx.distill
-        losses = budgets_step(sn, x, y, cfgs, teacher=ctx.teacher, inplace=inplace, **ctx.options())
-        if inplace:
+        losses = budgets_step(
+            sn, x, y, cfgs, teacher=ctx.teacher, inplace=ctx.distill, **ctx.options()
+        )
+        if ctx.distill:  # the full width trained first
             return StepLosses(["max", *self.names], [self.space.max(), *cfgs], torch.stack(losses))
         return StepLosses(self.names, cfgs, torch.stack(losses))
 
