@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
+from widthsearch.supernet.checkpoint import SUPERNET_FORMAT, load_checkpoint, load_supernet
 from widthsearch.supernet.errors import CheckpointError
 
 __all__ = ["load_teacher"]
@@ -33,9 +33,7 @@ def load_teacher(
     """
     from widthsearch.supernet.warmstart import FULL_FORMAT, trained_network
 
-    payload = load_checkpoint(
-        path, kind=(FULL_FORMAT, "widthsearch.supernet"), trust_pickle=trust_pickle
-    )
+    payload = load_checkpoint(path, kind=(FULL_FORMAT, SUPERNET_FORMAT), trust_pickle=trust_pickle)
     key = "state_dict" if payload["format"] == FULL_FORMAT else "teacher_state_dict"
     state = payload.get(key)
     theirs = payload.get("meta") or {}
@@ -59,7 +57,7 @@ def _full_width_kept_learning(payload: Mapping[str, Any]) -> bool:
     full width, not the network it started from, is the teacher they learnt from last."""
     from widthsearch.supernet.recipe import stored_recipe
 
-    if payload.get("format") != "widthsearch.supernet":
+    if payload.get("format") != SUPERNET_FORMAT:
         return False
     train = stored_recipe(payload).train
     return train.trainer == "budgets" and bool(train.distill)
