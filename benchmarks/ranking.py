@@ -47,7 +47,7 @@ from cells import Cells, log, measure, passive_openmp
 from widthsearch.evaluate import extract_subnet, finetune_subnet, save_subnet
 from widthsearch.recipes.recipe import Recipe
 from widthsearch.search import build_evaluator, scoring_data
-from widthsearch.supernet import Supernet, load_weights, read_state_dict
+from widthsearch.supernet import Supernet, load_weights, read_state_dict, reorder_channels
 from widthsearch.supernet.checkpoint import (
     build_supernet,
     load_supernet,
@@ -186,6 +186,10 @@ class Ranking:
             cells.run(
                 f"score-trained-top1-{images}", lambda n=images: self.trained_cell(n, configs)
             )
+            cells.run(
+                f"score-trained-ordered-top1-{images}",
+                lambda n=images: self.trained_cell(n, configs, ordered=True),
+            )
         for seed in args.seeds:
             for i, entry in enumerate(configs["configs"]):
                 for kind in args.truth:
@@ -222,9 +226,12 @@ class Ranking:
             return {"skipped": "kd needs the trained network a warm-started supernet carries"}
         return {"supernet": path, **self._scores(sn, payload, metric, images, configs)}
 
-    def trained_cell(self, images: int, configs) -> dict[str, Any]:
+    def trained_cell(self, images: int, configs, *, ordered: bool = False) -> dict[str, Any]:
         """The trained full network as the supernet, BN recalibrated per config, no supernet
-        training (what a search straight on a trained checkpoint relies on)."""
+        training (what a search straight on a trained checkpoint relies on). ``ordered``:
+        its channels first arranged as the supernet's warm start arranged them, so that a
+        config's slices hold the channels the supernet's do (|BN gamma| importance is
+        recomputed exactly; Taylor importance on held-out images the scores do not use)."""
         sn, payload = load_supernet(self.reference)
         if self.args.trained:
             state = read_state_dict(self.args.trained)
@@ -234,8 +241,20 @@ class Ranking:
             return {"skipped": "no trained network: give --trained FULL.pt"}
         trained = build_supernet(dict(sn.meta))
         load_weights(trained.model, state, where="the trained network")
+        order = None
+        if ordered:
+            init = payload.get("init") or {}
+            order = init.get("channel_order")
+            if order is None:
+                return {"skipped": "the supernet was not warm-started: no channel order"}
+            batches = None
+            if init.get("importance", "gamma") == "taylor":  # held-out images not scored
+                images_fit, labels_fit = scoring_data(payload, sn.meta, fit=True).fit
+                batches = list(zip(images_fit.split(128), labels_fit.split(128), strict=True))
+            reorder_channels(trained, order, batches=batches)
         return {
             "weights": self.args.trained or "teacher",
+            "channel_order": order,
             **self._scores(trained.eval(), payload, "top1", images, configs),
         }
 

@@ -43,3 +43,32 @@ def test_configs_cover_the_macs_range_one_per_stratum():
     assert len(set(hits)) >= 9, fractions  # nearly every stratum has its own config
     assert max(fractions) > 0.8 and min(fractions) < 0.2
     assert configs == ranking.stratified_configs(sn, 10, seed=3)  # seeded
+
+
+def test_the_ordered_trained_score_slices_the_channels_the_warm_supernet_slices(
+    train_tiny, tmp_path, one_thread
+):
+    """A warm-started supernet that has not moved (lr 0) is its trained network with the
+    channels arranged by importance: scored config by config, the ``trained-ordered``
+    predictor must give exactly the supernet's own scores."""
+    from widthsearch.recipes.recipe import load_recipe
+    from widthsearch.supernet.train import pretrain_network, train_supernet
+
+    recipe = load_recipe(str(train_tiny))
+    recipe.data.train_limit, recipe.pretrain.epochs = 320, 1
+    pretrain_network(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
+    recipe.train.epochs, recipe.train.lr = 1, 0.0
+    train_supernet(
+        recipe, out_dir=tmp_path / "sn", init=str(tmp_path / "full.pt"), progress=False,
+        log=lambda line: None,
+    )  # fmt: skip
+    path = str(tmp_path / "sn" / "supernet.pt")
+    args = ranking.parse_args(
+        ["--supernet", f"warm={path}", "--configs", "5", "--out", str(tmp_path / "r")]
+    )
+    bench = ranking.Ranking(args)
+    configs = bench.configs_cell()
+    own = bench.score_cell(path, "top1", 100, configs)
+    ordered = bench.trained_cell(100, configs, ordered=True)
+    assert ordered["channel_order"] == "ends" and ordered["scores"] == own["scores"]
+    assert bench.trained_cell(100, configs)["scores"] != own["scores"]  # the trained order
