@@ -17,8 +17,9 @@
 3. Scores, each after BN recalibration on the held-out split the supernets' training left
    out: per supernet, metric (``top1``, ``ce``, and ``kd`` when the supernet carries a
    trained network) and held-out size; ``trained``: the first supernet's trained network
-   (or ``--trained FULL.pt``) with BN recalibration only, no supernet training; and MACs
-   alone.
+   (or ``--trained FULL.pt``) with BN recalibration only, no supernet training, in its own
+   channel order and (``trained-ordered``) in the order the supernet's warm start chose; and
+   MACs alone.
 4. Kendall tau and Spearman rho of every score against the truth (its mean over seeds),
    with 95 % bootstrap intervals over configs, and the scoring seconds per config.
 
