@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from widthsearch.recipes.recipe import load_recipe
 from widthsearch.supernet import Supernet, create_model
+from widthsearch.supernet.train import pretrain_network, train_supernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -51,17 +53,13 @@ def test_the_ordered_trained_score_slices_the_channels_the_warm_supernet_slices(
     """A warm-started supernet that has not moved (lr 0) is its trained network with the
     channels arranged by importance: scored config by config, the ``trained-ordered``
     predictor must give exactly the supernet's own scores."""
-    from widthsearch.recipes.recipe import load_recipe
-    from widthsearch.supernet.train import pretrain_network, train_supernet
-
     recipe = load_recipe(str(train_tiny))
     recipe.data.train_limit, recipe.pretrain.epochs = 320, 1
-    pretrain_network(recipe, out_dir=tmp_path, progress=False, log=lambda line: None)
+    pretrain_network(recipe, out_dir=tmp_path, progress=False, log=print)
     recipe.train.epochs, recipe.train.lr = 1, 0.0
     train_supernet(
-        recipe, out_dir=tmp_path / "sn", init=str(tmp_path / "full.pt"), progress=False,
-        log=lambda line: None,
-    )  # fmt: skip
+        recipe, out_dir=tmp_path / "sn", init=str(tmp_path / "full.pt"), progress=False, log=print
+    )
     path = str(tmp_path / "sn" / "supernet.pt")
     args = ranking.parse_args(
         ["--supernet", f"warm={path}", "--configs", "5", "--out", str(tmp_path / "r")]
