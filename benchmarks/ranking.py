@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--train-limit", type=int, help="truth runs on this many training images")
     add("--bootstrap", type=int, default=2000)
     add("--threads", type=int, default=1)
+    add("--descending", action="store_true", help="truth from the last config (a 2nd worker)")
     add("--smoke", action="store_true", help="tiny synthetic supernet, every cell kind")
     add("--report", action="store_true", help="only the table of the finished cells")
     args = parser.parse_args(argv)
@@ -191,13 +193,30 @@ class Ranking:
                 f"score-trained-ordered-top1-{images}",
                 lambda n=images: self.trained_cell(n, configs, ordered=True),
             )
+        order = list(enumerate(configs["configs"]))
+        if args.descending:
+            order.reverse()
         for seed in args.seeds:
-            for i, entry in enumerate(configs["configs"]):
+            for i, entry in order:
                 for kind in args.truth:
+                    name = f"truth-{kind}-{i:02d}-s{seed}"
+                    if cells.get(name) is None and not self.claim(name):
+                        log(f"{name}: another worker has it, skipped")
+                        continue
                     cells.run(
-                        f"truth-{kind}-{i:02d}-s{seed}",
-                        lambda k=kind, i=i, e=entry, s=seed: self.truth_cell(k, i, e, s),
+                        name, lambda k=kind, i=i, e=entry, s=seed: self.truth_cell(k, i, e, s)
                     )
+
+    def claim(self, name: str) -> bool:
+        """Whether this process may run the cell: no other live worker of ``--out`` holds it."""
+        path = self.out / "work" / "claims" / f"{name}.pid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            holder = int(path.read_text() or 0)
+            if holder != os.getpid() and Path(f"/proc/{holder}").exists():
+                return False
+        path.write_text(str(os.getpid()))
+        return True
 
     # -- cells -----------------------------------------------------------------------------
     def configs_cell(self) -> dict[str, Any]:
