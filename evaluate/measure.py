@@ -31,6 +31,7 @@ from ._common import (
     read_subnet,
     top1,
 )
+from .teacher import load_teacher
 
 __all__ = ["LATENCY_BATCHES", "counted_macs", "dataset_top1", "evaluate_model", "measure_latency"]
 
@@ -171,8 +172,9 @@ def evaluate_model(
         threads: Torch threads while timing.
         batch_size: Batch size of the test pass.
         test_limit: Test images (default: the recipe's ``[data].test_limit``; 0 = all).
-        full: Also measure the full model (the supernet at full width, weights from the
-            recorded supernet file when it exists, else untrained: top-1 then ``None``).
+        full: Also measure the full model: the trained network a warm-started supernet
+            carries (``"network": "trained"``), else the supernet at full width, weights from
+            the recorded supernet file when it exists, else untrained (top-1 then ``None``).
         supernet: Supernet file for the full model (default: the one recorded).
         progress: tqdm bars (``None``: only on a terminal).
         trust_pickle: Accept subnet and supernet files that need unpickling (older files).
@@ -264,8 +266,11 @@ def evaluate_model(
     result["latency_threads"] = threads if latency else None
     result["latency_device"] = str(runtime.device) if latency else None
     if full:
-        full_module = runtime.module(sn.extract(sn.space.max(), side="left")).eval()
-        if trained and len(splits.train):
+        reference, recalibrate = sn.extract(sn.space.max(), side="left"), trained
+        if trained:  # the trained network a warm start carries is the model the user had
+            reference, recalibrate = load_teacher(sn_path, meta, trust_pickle=trust_pickle)
+        full_module = runtime.module(reference).eval()
+        if recalibrate and len(splits.train):
             # like the subnet at extraction: BN statistics of this width, not the supernet's
             # running mix of every width it trained
             recalibrate_bn(full_module, calibration_batches(splits.train, recipe, resize=resize))
@@ -282,7 +287,8 @@ def evaluate_model(
             if trained
             else None,
             "weights": str(sn_path) if trained else None,
-            "bn_recalibrated": bool(trained and len(splits.train)),
+            "network": "trained" if trained and not recalibrate else "supernet",
+            "bn_recalibrated": bool(recalibrate and len(splits.train)),
         }
         ref.update(
             _figures(

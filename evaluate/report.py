@@ -38,6 +38,12 @@ def _latency(row: Mapping[str, Any], batch: int) -> float | None:
     return None
 
 
+def _full_label(full: Mapping[str, Any]) -> str:
+    """The reference row's name: the trained network a warm start began from, else the
+    supernet's full width."""
+    return "trained network" if full.get("network") == "trained" else "full model"
+
+
 def _num(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
@@ -85,7 +91,7 @@ def format_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     if full:
         lines.append(
-            "| full | *full model* | — | "
+            f"| full | *{_full_label(full)}* | — | "
             + " | ".join(
                 [
                     _num(full.get("top1"), ".4f"),
@@ -163,7 +169,7 @@ def plot_pareto(
             markersize=14,
             color="black",
             linestyle="none",
-            label="full model",
+            label=_full_label(full),
         )
     ax.set_xlabel("MACs (M)")
     ax.set_ylabel("test top-1 (fine-tuned)" if key == "top1" else "supernet score (held-out)")

@@ -13,7 +13,7 @@ import torch
 from widthsearch.evaluate import counted_macs, dataset_top1, evaluate_model, read_subnet
 from widthsearch.recipes.cli import main
 from widthsearch.search import recipe_splits
-from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
+from widthsearch.supernet.checkpoint import load_supernet, save_supernet, write_json_atomic
 
 
 def test_eval_cli_prints_one_json_object_with_consistent_figures(
@@ -111,3 +111,30 @@ def test_eval_prints_predicted_and_measured_latency(
     assert main([*argv, "--latency-table", str(lat)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resnet56" in err[0] and "profile again" in err[0]
+
+
+def test_the_full_row_of_a_warm_started_supernet_is_the_trained_network(
+    subnet_path, supernet_path, tmp_path
+):
+    """A warm start's report compares the subnets with the network the user trained (the one
+    the supernet carries), not with the supernet's full width, which the budgets trainer
+    never trains."""
+    from widthsearch.evaluate.teacher import load_teacher
+
+    sn, payload = load_supernet(supernet_path)
+    trained = {
+        k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in sn.model.state_dict().items()
+    }
+    warm = tmp_path / "warm.pt"
+    save_supernet(warm, sn, recipe=payload["recipe"], epoch=1, teacher_state_dict=trained)
+    result = evaluate_model(subnet_path, supernet=warm, latency=False, test_limit=64)
+    full = result["full"]
+    assert full["network"] == "trained" and full["bn_recalibrated"] is False
+    splits, _ = recipe_splits(payload["recipe"], payload["meta"], test_limit=64)
+    teacher, recalibrate = load_teacher(warm, payload["meta"])
+    assert recalibrate is False
+    assert full["top1"] == pytest.approx(dataset_top1(teacher, splits.test))
+    assert full["macs"] == full["macs_counted"] == sn.macs()
+    plain = evaluate_model(subnet_path, supernet=supernet_path, latency=False, test_limit=64)
+    assert plain["full"]["network"] == "supernet" and plain["full"]["bn_recalibrated"] is True

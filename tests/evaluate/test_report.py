@@ -57,6 +57,9 @@ def test_report_has_one_line_per_strategy_and_budget_and_a_png(tmp_path):
     png = paths["pareto"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["pareto.png", "report.md"]
+    # a warm start's reference row is the trained network it began from
+    warm = write_report(_rows(), out_dir=tmp_path / "w", full={**FULL, "network": "trained"})
+    assert _table(warm["report"].read_text())[0][:2] == ["full", "*trained network*"]
 
 
 def test_report_with_missing_values_and_no_baseline(tmp_path):
