@@ -26,8 +26,10 @@ data:
 		fi; \
 	fi
 
+# One process per core (torchrun, gloo): data-parallel training, subnets fine-tuned side by side.
+CORES ?= $(shell nproc 2>/dev/null || echo 1)
 demo: $(VENV)/.installed data
-	$(BIN)/widthsearch run --out runs/demo
+	$(BIN)/torchrun --standalone --nproc_per_node $(CORES) -m widthsearch.recipes.cli run --out runs/demo
 	@echo "Report: runs/demo/report.md (plot: runs/demo/pareto.png)"
 
 # Lint and the import contracts (pyproject.toml), then the suite with the real data in place

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -31,10 +32,13 @@ from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
 from widthsearch.supernet.recipe import with_trained_budgets
-from widthsearch.supernet.runtime import launched_rank, local_runtime
+from widthsearch.supernet.runtime import barrier, local_runtime, running
 
 if TYPE_CHECKING:
     from widthsearch.search import SearchDocument
+
+# how long the other ranks of a torchrun job wait for rank 0's search (gloo's default: 30 min)
+_WAIT_FOR_SEARCH = datetime.timedelta(hours=24)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -114,22 +118,80 @@ def _same_widths(path: Path, widths: Mapping[str, int]) -> bool:
     return {k: int(v) for k, v in saved.items()} == {k: int(v) for k, v in widths.items()}
 
 
+def _tag(answer: Any) -> str:
+    """The file stem of an answer: strategy and budget (MACs, or milliseconds)."""
+    budget = answer.budget_macs if answer.budget_macs is not None else f"{answer.budget_ms:g}ms"
+    return f"{answer.strategy}-{budget}"
+
+
+def _distinct_answers(doc: SearchDocument) -> dict[str, Any]:
+    """One answer per distinct widths, under the tag of the first answer that has them
+    (strategies often agree: those widths are extracted, fine-tuned and measured once)."""
+    first: dict[tuple[tuple[str, int], ...], tuple[str, Any]] = {}
+    for answer in doc.results:
+        widths = tuple(sorted((k, int(v)) for k, v in answer.widths.items()))
+        first.setdefault(widths, (_tag(answer), answer))
+    return dict(first.values())
+
+
+def _search(
+    recipe: Recipe,
+    args: argparse.Namespace,
+    sn: Any,
+    payload: Mapping[str, Any],
+    checkpoint: Path,
+    search_path: Path,
+    reused: bool,
+    where: Mapping[str, Any],
+) -> SearchDocument:
+    """Every strategy for every budget, written to ``search_path``; a finished search of the
+    same supernet and ``[search]`` settings is reused as it is (searches are seeded)."""
+    from widthsearch.search import (
+        build_evaluator,
+        resolve_budgets,
+        search_options,
+        search_widths,
+    )
+    from widthsearch.supernet.checkpoint import write_json_atomic
+
+    settings = recipe.to_dict()["search"]
+    doc = _finished_search(search_path, settings) if reused else None
+    if doc is not None:
+        print(f"[2/4] search: reusing {search_path}")
+        return doc
+    constraints = constraints_from_args(args, sn, recipe.search.budgets, settings)
+    budgets = resolve_budgets(sn, recipe.search.budgets, constraints=constraints)
+    options = search_options(settings, recipe.search.strategies, payload.get("loss_records"))
+    evaluator = build_evaluator(sn, payload, runtime=local_runtime(**where))
+    print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
+    doc = search_widths(
+        sn,
+        evaluator,
+        strategies=recipe.search.strategies,
+        budgets=budgets,
+        seed=recipe.search.seed,
+        options=options,
+        supernet_path=str(checkpoint),
+        constraints=constraints,
+    )
+    doc = dataclasses.replace(doc, recipe_search=settings)
+    write_json_atomic(doc.to_dict(), search_path)
+    return doc
+
+
 def run(args: argparse.Namespace) -> int:
     from widthsearch.evaluate import (
         evaluate_model,
         extract_subnet,
         finetune_subnet,
+        read_search,
         write_report,
     )
     from widthsearch.search import (
         budget_measure,
-        build_evaluator,
         get_strategy,
         load_latency_table,
-        resolve_budgets,
         scoring_data,
-        search_options,
-        search_widths,
     )
     from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
     from widthsearch.supernet.train import PRETRAIN_NAME, pretrain_network, train_supernet
@@ -186,69 +248,40 @@ def run(args: argparse.Namespace) -> int:
             trust_pickle=trust,
             **where,
         )
-    if launched_rank() != 0:
-        return 0  # under torchrun the training stages ran data-parallel; rank 0 does the rest
-    runtime = local_runtime(**where)
-
-    # 2. search: every strategy, every budget, one JSON (seeded, so reusable as it is)
-    sn, payload = load_supernet(checkpoint, trust_pickle=trust)
-    search_settings = recipe.to_dict()["search"]
+    # 2. search (rank 0; the other ranks of a torchrun job wait), then 3. extract and
+    #    fine-tune the distinct answers, spread over the ranks (each alone, on its device)
     search_path = out / "search.json"
-    doc = _finished_search(search_path, search_settings) if reused else None
-    if doc is not None:
-        print(f"[2/4] search: reusing {search_path}")
-    else:
-        constraints = constraints_from_args(args, sn, recipe.search.budgets, search_settings)
-        budgets = resolve_budgets(sn, recipe.search.budgets, constraints=constraints)
-        options = search_options(
-            search_settings, recipe.search.strategies, payload.get("loss_records")
-        )
-        evaluator = build_evaluator(sn, payload, runtime=runtime)
-        print(f"[2/4] search: {', '.join(recipe.search.strategies)} x {len(budgets)} budgets")
-        doc = search_widths(
-            sn,
-            evaluator,
-            strategies=recipe.search.strategies,
-            budgets=budgets,
-            seed=recipe.search.seed,
-            options=options,
-            supernet_path=str(checkpoint),
-            constraints=constraints,
-        )
-        doc = dataclasses.replace(doc, recipe_search=search_settings)
-        write_json_atomic(doc.to_dict(), search_path)
-
-    # 3. extract (best inheritance), fine-tune, evaluate every answer
-    print(
-        f"[3/4] extract, fine-tune ({recipe.finetune.epochs} epochs) and evaluate "
-        f"{len(doc.results)} subnets"
-    )
-    data = scoring_data(payload, sn.meta, where="extract")
-    subnets = out / "subnets"
-    rows: list[dict[str, Any]] = []
-    full: dict[str, Any] | None = None
-    teacher = checkpoint if recipe.finetune.distill else None
-    finished: dict[tuple[tuple[str, int], ...], tuple[str, dict[str, Any]]] = {}
-    for answer in doc.results:
-        budget = answer.budget_macs
-        if budget is None:  # a latency budget: the tag and the lookup use milliseconds
-            budget = f"{answer.budget_ms:g}ms"
-        tag = f"{answer.strategy}-{budget}"
-        extracted, tuned = subnets / f"{tag}.pt", subnets / f"{tag}-ft.pt"
-        widths = tuple(sorted((k, int(v)) for k, v in answer.widths.items()))
-        twin, figures = finished.get(widths, (None, {}))  # strategies often agree
-        if twin is None and not _same_widths(tuned, answer.widths):
+    with running(**where, timeout=_WAIT_FOR_SEARCH) as job:
+        sn, payload = load_supernet(checkpoint, trust_pickle=trust)
+        if job.is_main:
+            doc = _search(recipe, args, sn, payload, checkpoint, search_path, reused, where)
+        barrier(job)
+        if not job.is_main:
+            doc = read_search(search_path)
+        if job.is_main:
+            spread = f", spread over {job.world_size} processes" if job.distributed else ""
+            print(
+                f"[3/4] extract, fine-tune ({recipe.finetune.epochs} epochs{spread}) and "
+                f"evaluate {len(doc.results)} subnets"
+            )
+        data = scoring_data(payload, sn.meta, where="extract")
+        mine = list(_distinct_answers(doc).items())[job.rank :: job.world_size]
+        on_my_device = {**where, "device": str(job.device)}
+        for tag, answer in mine:
+            extracted, tuned = out / "subnets" / f"{tag}.pt", out / "subnets" / f"{tag}-ft.pt"
+            if _same_widths(tuned, answer.widths):
+                continue  # finished by an earlier run
             extract_subnet(
                 (sn, payload),
                 search=doc,
                 strategy=answer.strategy,
-                budget=budget,
+                budget=answer.budget_macs or f"{answer.budget_ms:g}ms",
                 out=extracted,
                 candidates=recipe.finetune.inheritance,
                 data=data,
                 supernet_path=str(checkpoint),
                 log=None,
-                **where,
+                **on_my_device,
             )
             finetune_subnet(
                 extracted,
@@ -256,17 +289,32 @@ def run(args: argparse.Namespace) -> int:
                 epochs=recipe.finetune.epochs,
                 lr=recipe.finetune.lr,
                 weight_decay=recipe.finetune.weight_decay,
-                teacher=teacher,
+                teacher=checkpoint if recipe.finetune.distill else None,
                 seed=recipe.search.seed,
                 init=recipe.finetune.init,
                 log=None,
                 trust_pickle=trust,
                 data_parallel=False,
-                **where,
+                **on_my_device,
             )
-        if twin is None:
+            if job.distributed:
+                print(f"      {tag}: fine-tuned by process {job.rank}", flush=True)
+        barrier(job)
+    if job.rank != 0:
+        return 0
+
+    # 3. (cont.) measure every answer on rank 0 alone: latency on an otherwise idle machine
+    rows: list[dict[str, Any]] = []
+    full: dict[str, Any] | None = None
+    measured: dict[str, dict[str, Any]] = {}
+    tags = _distinct_answers(doc)
+    for answer in doc.results:
+        tag = _tag(answer)
+        twin = next(t for t, a in tags.items() if dict(a.widths) == dict(answer.widths))
+        figures = measured.get(twin)
+        if figures is None:
             figures = evaluate_model(
-                tuned,
+                out / "subnets" / f"{twin}-ft.pt",
                 latency=recipe.eval.latency and not args.no_latency,
                 latency_seconds=recipe.eval.latency_seconds,
                 full=full is None,
@@ -274,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
                 trust_pickle=trust,
                 **where,
             )
-            finished[widths] = (tag, figures)
+            measured[twin] = figures
         full = full or figures.get("full")
         rows.append(
             {
@@ -290,10 +338,10 @@ def run(args: argparse.Namespace) -> int:
                 "inheritance": figures.get("inheritance"),
                 "evaluations": answer.evaluations,
                 "search_seconds": answer.seconds,
-                "same_as": twin,  # the tag whose files and figures these are, if another's
+                "same_as": twin if twin != tag else None,  # whose files and figures these are
             }
         )
-        same = f" (same widths as {twin})" if twin else ""
+        same = f" (same widths as {twin})" if twin != tag else ""
         print(f"      {tag}: top1 {figures['top1']:.4f}, MACs {figures['macs']}{same}")
     write_json_atomic(rows, out / "results.json")
 

@@ -28,7 +28,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--amp",
         choices=AMP_MODES,
-        help="mixed precision: off, bf16 (CPU too) or fp16 (with a gradient scaler); "
+        help="mixed precision: off, bf16 (CPU too), fp16 (with a gradient scaler) or auto "
+        "(bf16 where the device computes it natively, else off); "
         "default: [run].amp, else off",
     )
     group.add_argument(

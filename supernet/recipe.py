@@ -149,6 +149,7 @@ class EvalSection:
 class RunSection:
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
     amp: str = "off"  # mixed precision of forward passes: off | bf16 | fp16 (gradient scaler)
+    # | auto (bf16 where the device computes it natively, else off)
     channels_last: bool = False  # channels-last memory format for weights and batches
 
 
@@ -277,8 +278,8 @@ def check_train(recipe: Recipe) -> None:
         )
     if recipe.search.score not in ("top1", "ce", "kd"):
         raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
-    if recipe.run.amp not in ("off", "bf16", "fp16"):
-        raise ValueError(f"[run].amp must be off, bf16 or fp16, got {recipe.run.amp!r}")
+    if recipe.run.amp not in ("off", "bf16", "fp16", "auto"):
+        raise ValueError(f"[run].amp must be off, bf16, fp16 or auto, got {recipe.run.amp!r}")
     if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in t.budgets) or any(
         not 0.0 < b <= 1.0 for b in t.budgets
     ):

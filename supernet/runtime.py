@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -52,12 +53,13 @@ __all__ = [
     "init_runtime",
     "launched_rank",
     "local_runtime",
+    "native_bf16",
     "resolve_device",
     "set_cuda_rng_state",
     "shutdown_runtime",
 ]
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU = torch.device("cpu")
@@ -96,6 +98,18 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (what ``amp = "auto"`` turns bf16 on for)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:  # oneDNN's own check: AVX512-BF16 or AMX
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _has_cuda() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
@@ -108,7 +122,9 @@ class Runtime:
         rank, world_size, local_rank: This process in the job (0, 1, 0 alone).
         device: Where tensors and modules live.
         amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast for forward passes (fp16 trains
-            with a gradient scaler; bf16 needs none and works on the CPU too).
+            with a gradient scaler; bf16 needs none and works on the CPU too); ``"auto"``
+            becomes ``"bf16"`` where the device computes it natively (a GPU with bf16, a CPU
+            with AVX512-BF16 or AMX), else ``"off"`` (emulated bf16 is slower than fp32).
         channels_last: Keep 4-D weights and batches in channels-last memory format.
     """
 
@@ -122,6 +138,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.amp == "auto":
+            object.__setattr__(self, "amp", "bf16" if native_bf16(self.device) else "off")
 
     @property
     def distributed(self) -> bool:
@@ -202,11 +220,13 @@ def init_runtime(
     *,
     amp: str = "off",
     channels_last: bool = False,
+    timeout: datetime.timedelta | None = None,
 ) -> Runtime:
     """The runtime of this process, joining the ``torchrun`` job in the environment if any.
 
     Under ``torchrun`` with CUDA each process takes GPU ``LOCAL_RANK`` (NCCL backend); on
-    the CPU the backend is gloo. Call :func:`shutdown_runtime` when done.
+    the CPU the backend is gloo. ``timeout``: how long a collective waits for the other
+    ranks (``None``: the backend's default). Call :func:`shutdown_runtime` when done.
 
     Raises:
         DeviceError: unknown or unavailable device.
@@ -223,7 +243,8 @@ def init_runtime(
             resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout else {}))
     return Runtime(rank, world_size, local_rank, resolved, amp, bool(channels_last))
 
 
@@ -247,10 +268,14 @@ def shutdown_runtime(runtime: Runtime) -> None:
 
 @contextlib.contextmanager
 def running(
-    device: str | torch.device | None = "auto", *, amp: str = "off", channels_last: bool = False
+    device: str | torch.device | None = "auto",
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+    timeout: datetime.timedelta | None = None,
 ) -> Iterator[Runtime]:
     """:func:`init_runtime` ... :func:`shutdown_runtime` as a ``with`` block."""
-    runtime = init_runtime(device, amp=amp, channels_last=channels_last)
+    runtime = init_runtime(device, amp=amp, channels_last=channels_last, timeout=timeout)
     try:
         yield runtime
     finally:

@@ -40,6 +40,7 @@ def tiny_recipe(**data: Any) -> dict[str, Any]:
     recipe["search"].update(heldout_images=128, calib_batches=2, eval_batch_size=64, seed=0)
     recipe["finetune"].update(epochs=1, lr=0.02)
     recipe["eval"].update(latency_seconds=0.02)
+    recipe["run"].update(amp="off", channels_last=False)  # exact fp32 comparisons
     return recipe
 
 

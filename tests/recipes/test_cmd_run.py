@@ -13,7 +13,7 @@ import torch
 import widthsearch.evaluate as evaluate_mod
 import widthsearch.search as search_mod
 from widthsearch.recipes.cli import main
-from widthsearch.supernet.checkpoint import load_supernet
+from widthsearch.supernet.checkpoint import load_checkpoint, load_supernet
 
 SCRIPT = Path(sys.executable).parent / "widthsearch"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -170,3 +170,36 @@ def test_answers_of_the_same_widths_are_fine_tuned_once(run_tiny, tmp_path, monk
     for key in ("top1", "macs", "params", "inheritance"):
         assert second[key] == first[key], key
     assert not (out / "subnets" / f"bisection-{budget}-ft.pt").exists()
+
+
+def test_under_torchrun_the_subnets_are_spread_over_the_ranks_and_equal_one_process(
+    run_tiny, tmp_path
+):
+    """Search on rank 0, each distinct answer extracted and fine-tuned by one rank alone,
+    measured on rank 0: the same files a single process makes from the same supernet."""
+    alone, spread = tmp_path / "alone", tmp_path / "spread"
+    args = ["--no-latency", "--strategy", "bisection", "--strategy", "uniform"]
+    proc = _run(str(run_tiny), "--out", str(alone), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spread.mkdir()
+    for name in ("supernet.pt", "search.json"):  # the same supernet and answers
+        (spread / name).write_bytes((alone / name).read_bytes())
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+        "-m", "widthsearch.recipes.cli", "run", str(run_tiny), "--out", str(spread), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "spread over 2 processes" in proc.stdout
+    assert "reusing" in proc.stdout and "pretraining" not in proc.stdout
+    by_rank = {line.split()[-1] for line in proc.stdout.splitlines() if "fine-tuned by" in line}
+    assert by_rank == {"0", "1"}, proc.stdout
+    tuned = sorted(p.name for p in (alone / "subnets").glob("*-ft.pt"))
+    assert tuned == sorted(p.name for p in (spread / "subnets").glob("*-ft.pt")) and tuned
+    for name in tuned:
+        ours = load_checkpoint(spread / "subnets" / name, kind="widthsearch.subnet")
+        theirs = load_checkpoint(alone / "subnets" / name, kind="widthsearch.subnet")
+        for key, value in theirs["state_dict"].items():
+            assert torch.equal(ours["state_dict"][key], value), (name, key)
+    rows = json.loads((spread / "results.json").read_text())
+    assert rows == json.loads((alone / "results.json").read_text())

@@ -108,12 +108,25 @@ def test_resolve_device_unknown_names_list_the_choices(name):
 
 
 def test_runtime_rejects_unknown_amp():
-    with pytest.raises(ValueError, match="amp must be one of off, bf16, fp16, got 'fp32'"):
+    with pytest.raises(ValueError, match="amp must be one of off, bf16, fp16, auto, got 'fp32'"):
         Runtime(amp="fp32")
     with pytest.raises(ValueError, match="fp32"):
         init_runtime("cpu", amp="fp32")
     with pytest.raises(ValueError, match="fp32"):
         local_runtime("cpu", amp="fp32")
+
+
+def test_auto_amp_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    import widthsearch.supernet.runtime as runtime_mod
+
+    for native, expected in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(runtime_mod, "native_bf16", lambda device, n=native: n)
+        assert Runtime(amp="auto").amp == local_runtime("cpu", amp="auto").amp == expected
+        assert init_runtime("cpu", amp="auto").amp == expected
+    monkeypatch.undo()
+    assert runtime_mod.native_bf16(torch.device("meta")) is False
+    cpu = runtime_mod.native_bf16(torch.device("cpu"))
+    assert Runtime(amp="auto").amp == ("bf16" if cpu else "off")
 
 
 @pytest.mark.parametrize(("amp", "enabled"), [("off", False), ("bf16", False), ("fp16", True)])
