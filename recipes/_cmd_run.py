@@ -32,7 +32,7 @@ from widthsearch.recipes._runtime_flags import runtime_options
 from widthsearch.recipes.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from widthsearch.supernet.checkpoint import load_checkpoint
 from widthsearch.supernet.recipe import with_trained_budgets
-from widthsearch.supernet.runtime import barrier, local_runtime, running
+from widthsearch.supernet.runtime import barrier, launched_rank, local_runtime, running
 
 if TYPE_CHECKING:
     from widthsearch.search import SearchDocument
@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     # 1. trained network (init = "pretrain") and supernet: reuse finished ones, continue
     #    unfinished ones, or train them
     trust = args.trust_pickle
+    say = print if launched_rank() == 0 else lambda *_: None  # once per torchrun job
     reused = pretrain_unchanged = True
     if recipe.train.init == "pretrain":
         full_path = out / PRETRAIN_NAME
@@ -229,18 +230,18 @@ def run(args: argparse.Namespace) -> int:
             full_path, recipe, kind="widthsearch.full", epochs=epochs, trust_pickle=trust
         )
         if done:
-            print(f"[0/4] trained network: reusing {full_path}")
+            say(f"[0/4] trained network: reusing {full_path}")
         else:
             reused = pretrain_unchanged = False  # then a supernet of the old one is stale
-            print(f"[0/4] trained network: pretraining {recipe.model.name} -> {full_path}")
+            say(f"[0/4] trained network: pretraining {recipe.model.name} -> {full_path}")
             pretrain_network(
                 recipe, out_dir=out, resume=full_path.is_file(), trust_pickle=trust, **where
             )
     reused = reused and _training_done(checkpoint, recipe, trust_pickle=trust)
     if reused:
-        print(f"[1/4] supernet: reusing {checkpoint}")
+        say(f"[1/4] supernet: reusing {checkpoint}")
     else:
-        print(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
+        say(f"[1/4] supernet: training {recipe.model.name} on {recipe.data.name} -> {checkpoint}")
         train_supernet(
             recipe,
             out_dir=out,
