@@ -178,7 +178,7 @@ def test_under_torchrun_the_subnets_are_spread_over_the_ranks_and_equal_one_proc
     """Search on rank 0, each distinct answer extracted and fine-tuned by one rank alone,
     measured on rank 0: the same files a single process makes from the same supernet."""
     alone, spread = tmp_path / "alone", tmp_path / "spread"
-    args = ["--no-latency", "--strategy", "bisection", "--strategy", "uniform"]
+    args = ["--no-latency", "--strategy", "bisection", "--strategy", "uniform", "--budget", "0.5"]
     proc = _run(str(run_tiny), "--out", str(alone), *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     spread.mkdir()
