@@ -8,7 +8,9 @@ search.json, subnets/) so a rerun reuses what is finished: the supernet when its
 is complete, the search when that supernet and the recipe's ``[search]`` are unchanged, and
 each fine-tuned subnet whose widths are still the search's answer. Answers of the same widths
 (strategies often agree) are extracted, fine-tuned and measured once; the later ones' rows
-name the first (``same_as``) and share its figures.
+name the first (``same_as``) and share its figures. Under ``torchrun`` the training stages
+run data-parallel, rank 0 searches, the distinct answers are extracted and fine-tuned side
+by side (one rank each, alone on its device) and rank 0 measures them all.
 """
 
 from __future__ import annotations
@@ -118,19 +120,22 @@ def _same_widths(path: Path, widths: Mapping[str, int]) -> bool:
     return {k: int(v) for k, v in saved.items()} == {k: int(v) for k, v in widths.items()}
 
 
-def _tag(answer: Any) -> str:
-    """The file stem of an answer: strategy and budget (MACs, or milliseconds)."""
-    budget = answer.budget_macs if answer.budget_macs is not None else f"{answer.budget_ms:g}ms"
-    return f"{answer.strategy}-{budget}"
+def _budget(answer: Any) -> int | str:
+    """An answer's budget as extraction names it: MACs, or a latency in milliseconds."""
+    return answer.budget_macs if answer.budget_macs is not None else f"{answer.budget_ms:g}ms"
+
+
+def _widths_key(answer: Any) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((k, int(v)) for k, v in answer.widths.items()))
 
 
 def _distinct_answers(doc: SearchDocument) -> dict[str, Any]:
-    """One answer per distinct widths, under the tag of the first answer that has them
-    (strategies often agree: those widths are extracted, fine-tuned and measured once)."""
+    """One answer per distinct widths, under the tag (file stem) of the first answer that
+    has them (strategies often agree: those widths are extracted, fine-tuned and measured
+    once)."""
     first: dict[tuple[tuple[str, int], ...], tuple[str, Any]] = {}
     for answer in doc.results:
-        widths = tuple(sorted((k, int(v)) for k, v in answer.widths.items()))
-        first.setdefault(widths, (_tag(answer), answer))
+        first.setdefault(_widths_key(answer), (f"{answer.strategy}-{_budget(answer)}", answer))
     return dict(first.values())
 
 
@@ -259,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         barrier(job)
         if not job.is_main:
             doc = read_search(search_path)
-        if job.is_main:
+        else:
             spread = f", spread over {job.world_size} processes" if job.distributed else ""
             print(
                 f"[3/4] extract, fine-tune ({recipe.finetune.epochs} epochs{spread}) and "
@@ -276,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
                 (sn, payload),
                 search=doc,
                 strategy=answer.strategy,
-                budget=answer.budget_macs or f"{answer.budget_ms:g}ms",
+                budget=_budget(answer),
                 out=extracted,
                 candidates=recipe.finetune.inheritance,
                 data=data,
@@ -308,10 +313,9 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     full: dict[str, Any] | None = None
     measured: dict[str, dict[str, Any]] = {}
-    tags = _distinct_answers(doc)
+    twins = {_widths_key(a): tag for tag, a in _distinct_answers(doc).items()}
     for answer in doc.results:
-        tag = _tag(answer)
-        twin = next(t for t, a in tags.items() if dict(a.widths) == dict(answer.widths))
+        tag, twin = f"{answer.strategy}-{_budget(answer)}", twins[_widths_key(answer)]
         figures = measured.get(twin)
         if figures is None:
             figures = evaluate_model(
