@@ -21,7 +21,8 @@
    channel order and (``trained-ordered``) in the order the supernet's warm start chose; and
    MACs alone.
 4. Kendall tau and Spearman rho of every score against the truth (its mean over seeds),
-   with 95 % bootstrap intervals over configs, and the scoring seconds per config.
+   with 95 % bootstrap intervals over configs, each score's tau minus MACs alone's with a
+   paired interval (the same resamples), and the scoring seconds per config.
 
 Every finished unit is a JSON cell under ``--out/cells`` (a rerun skips it; trainings
 resume per epoch); the table goes to stdout and ``--out/tables.md``.
@@ -140,27 +141,44 @@ def stratified_configs(sn: Supernet, count: int, *, seed: int) -> list[dict[str,
     return configs
 
 
-def bootstrap(score: Sequence[float], truth: Sequence[float], *, rounds: int) -> dict[str, Any]:
-    """Kendall tau and Spearman rho with 95 % percentile intervals over resampled configs."""
+def bootstrap(
+    score: Sequence[float],
+    truth: Sequence[float],
+    *,
+    rounds: int,
+    baseline: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Kendall tau and Spearman rho with 95 % percentile intervals over resampled configs;
+    with ``baseline`` (MACs alone) also tau minus the baseline's tau on the same resamples (a
+    paired interval: whether a score ranks better than the baseline, not whether two
+    intervals overlap)."""
     x, y = np.asarray(score, dtype=float), np.asarray(truth, dtype=float)
+    b = None if baseline is None else np.asarray(baseline, dtype=float)
     rng = np.random.default_rng(0)
-    taus, rhos = [], []
+    taus, rhos, gains = [], [], []
     for _ in range(rounds):
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) == 0 or np.ptp(y[idx]) == 0:
             continue  # a resample without spread has no rank correlation
         taus.append(stats.kendalltau(x[idx], y[idx]).statistic)
         rhos.append(stats.spearmanr(x[idx], y[idx]).statistic)
+        if b is not None and np.ptp(b[idx]) > 0:
+            gains.append(taus[-1] - stats.kendalltau(b[idx], y[idx]).statistic)
 
     def interval(values: list[float]) -> list[float]:
         return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])] if values else []
 
-    return {
-        "kendall_tau": float(stats.kendalltau(x, y).statistic),
+    tau = float(stats.kendalltau(x, y).statistic)
+    out = {
+        "kendall_tau": tau,
         "kendall_ci": interval(taus),
         "spearman_rho": float(stats.spearmanr(x, y).statistic),
         "spearman_ci": interval(rhos),
     }
+    if b is not None:
+        out["tau_gain"] = tau - float(stats.kendalltau(b, y).statistic)
+        out["tau_gain_ci"] = interval(gains)
+    return out
 
 
 class Ranking:
@@ -334,15 +352,13 @@ class Ranking:
             if len(have) < 3:
                 continue
             target = [truth[i] for i in have]
+            macs = [configs["configs"][i]["macs"] for i in have]
+            rounds = self.args.bootstrap
             rows = [
                 {
                     "predictor": "MACs alone",
                     "seconds_per_config": 0.0,
-                    **bootstrap(
-                        [configs["configs"][i]["macs"] for i in have],
-                        target,
-                        rounds=self.args.bootstrap,
-                    ),
+                    **bootstrap(macs, target, rounds=rounds, baseline=macs),
                 }
             ]
             for cell in sorted(p.stem for p in self.cells.folder.glob("score-*.json")):
@@ -354,7 +370,7 @@ class Ranking:
                         "predictor": cell.removeprefix("score-"),
                         "seconds_per_config": doc["seconds_per_config"],
                         **bootstrap(
-                            [doc["scores"][i] for i in have], target, rounds=self.args.bootstrap
+                            [doc["scores"][i] for i in have], target, rounds=rounds, baseline=macs
                         ),
                     }
                 )
@@ -369,14 +385,16 @@ class Ranking:
                 f"{block['configs']} configs over {round(100 * LOW)}-{round(100 * HIGH)} % MACs",
                 "",
                 "| score (supernet-metric-held-out images) | Kendall tau [95 % CI] "
-                "| Spearman rho [95 % CI] | s / config |",
-                "|---|---:|---:|---:|",
+                "| tau - MACs' [paired 95 % CI] | Spearman rho [95 % CI] | s / config |",
+                "|---|---:|---:|---:|---:|",
             ]
             for r in sorted(block["rows"], key=lambda r: -r["kendall_tau"]):
                 tau_ci = ", ".join(f"{v:.2f}" for v in r["kendall_ci"])
+                gain_ci = ", ".join(f"{v:+.2f}" for v in r.get("tau_gain_ci", []))
                 rho_ci = ", ".join(f"{v:.2f}" for v in r["spearman_ci"])
                 lines.append(
                     f"| {r['predictor']} | {r['kendall_tau']:.3f} [{tau_ci}] "
+                    f"| {r.get('tau_gain', 0.0):+.3f} [{gain_ci}] "
                     f"| {r['spearman_rho']:.3f} [{rho_ci}] | {r['seconds_per_config']:.3f} |"
                 )
             lines.append("")

@@ -33,6 +33,20 @@ def test_bootstrap_gives_the_rank_correlations_and_intervals_around_them():
     assert low < result["kendall_tau"] < high and high - low > 0.1  # 20 configs: wide
 
 
+def test_the_paired_gain_over_a_baseline_uses_the_same_resamples():
+    """tau minus the baseline's tau per resample: a perfect score beats a noisy baseline with
+    an interval above zero even where the two tau intervals would overlap; the baseline
+    against itself gains exactly nothing."""
+    truth = np.linspace(0.80, 0.93, 20)
+    noisy = truth + np.random.default_rng(1).normal(0, 0.03, truth.size)
+    itself = ranking.bootstrap(noisy, truth, rounds=300, baseline=noisy)
+    assert itself["tau_gain"] == 0 and itself["tau_gain_ci"] == [0.0, 0.0]
+    better = ranking.bootstrap(truth, truth, rounds=300, baseline=noisy)
+    assert better["tau_gain"] == pytest.approx(1 - stats.kendalltau(noisy, truth).statistic)
+    assert better["tau_gain_ci"][0] > 0
+    assert "tau_gain" not in ranking.bootstrap(truth, truth, rounds=10)
+
+
 def test_configs_cover_the_macs_range_one_per_stratum():
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, in_chans=1)
