@@ -41,6 +41,7 @@ def tiny_recipe(**data: Any) -> dict[str, Any]:
     recipe["finetune"].update(epochs=1, lr=0.02)
     recipe["eval"].update(latency_seconds=0.02)
     recipe["run"].update(amp="off", channels_last=False)  # exact fp32 comparisons
+    recipe["train"].update(trainer="bcnet", importance="gamma")  # both sides trained
     return recipe
 
 

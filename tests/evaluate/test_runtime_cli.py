@@ -66,7 +66,7 @@ def test_every_computing_command_has_the_runtime_flags(capsys):
     assert set(RUNTIME_COMMANDS) == set(COMMANDS)
     for command in COMMANDS:
         text = _help(command, capsys)
-        for flag in ("--device DEVICE", "--amp {off,bf16,fp16}", "--channels-last"):
+        for flag in ("--device DEVICE", "--amp {off,bf16,fp16,auto}", "--channels-last"):
             assert flag in text, (command, flag)
     assert "--device" not in _help("inspect", capsys)
 
