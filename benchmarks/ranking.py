@@ -79,7 +79,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--train-limit", type=int, help="truth runs on this many training images")
     add("--bootstrap", type=int, default=2000)
     add("--threads", type=int, default=1)
-    add("--descending", action="store_true", help="truth from the last config (a 2nd worker)")
     add("--smoke", action="store_true", help="tiny synthetic supernet, every cell kind")
     add("--report", action="store_true", help="only the table of the finished cells")
     args = parser.parse_args(argv)
@@ -211,11 +210,8 @@ class Ranking:
                 f"score-trained-ordered-top1-{images}",
                 lambda n=images: self.trained_cell(n, configs, ordered=True),
             )
-        order = list(enumerate(configs["configs"]))
-        if args.descending:
-            order.reverse()
         for seed in args.seeds:
-            for i, entry in order:
+            for i, entry in enumerate(configs["configs"]):
                 for kind in args.truth:
                     name = f"truth-{kind}-{i:02d}-s{seed}"
                     if cells.get(name) is None and not self.claim(name):

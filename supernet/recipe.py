@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .runtime import AMP_MODES
 from .trainer_kinds import list_trainers
 
 __all__ = [
@@ -278,8 +279,8 @@ def check_train(recipe: Recipe) -> None:
         )
     if recipe.search.score not in ("top1", "ce", "kd"):
         raise ValueError(f"[search].score must be top1, ce or kd, got {recipe.search.score!r}")
-    if recipe.run.amp not in ("off", "bf16", "fp16", "auto"):
-        raise ValueError(f"[run].amp must be off, bf16, fp16 or auto, got {recipe.run.amp!r}")
+    if recipe.run.amp not in AMP_MODES:
+        raise ValueError(f"[run].amp must be one of {', '.join(AMP_MODES)}, got {recipe.run.amp!r}")
     if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in t.budgets) or any(
         not 0.0 < b <= 1.0 for b in t.budgets
     ):
