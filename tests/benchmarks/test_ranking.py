@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -84,3 +85,16 @@ def test_the_ordered_trained_score_slices_the_channels_the_warm_supernet_slices(
     ordered = bench.trained_cell(100, configs, ordered=True)
     assert ordered["channel_order"] == "ends" and ordered["scores"] == own["scores"]
     assert bench.trained_cell(100, configs)["scores"] != own["scores"]  # the trained order
+
+
+def test_a_truth_cell_claimed_by_a_live_worker_is_left_to_it(tmp_path):
+    """Two processes on one ``--out`` share a seed's configs: a cell held by another live
+    process is skipped; one whose holder has exited is taken over."""
+    args = ranking.parse_args(["--supernet", "warm=x.pt", "--out", str(tmp_path)])
+    worker = ranking.Ranking(args)
+    assert worker.claim("truth-finetune-00-s0") and worker.claim("truth-finetune-00-s0")
+    held = tmp_path / "work" / "claims" / "truth-finetune-01-s0.pid"
+    held.write_text("1")  # init: alive for as long as the machine is
+    assert not worker.claim("truth-finetune-01-s0")
+    held.write_text("999999999")  # no such process
+    assert worker.claim("truth-finetune-01-s0") and held.read_text() == str(os.getpid())
