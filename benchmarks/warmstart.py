@@ -83,7 +83,13 @@ META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
 # fine-tuning of every compressed network (not of the from-scratch baselines); not stored in
 # settings.json at these values, so cells made before the options existed stay valid
 FINETUNE_DEFAULTS = {"finetune_lr": 0.02, "finetune_alpha": 0.5}
-UNRECORDED_DEFAULTS = {**FINETUNE_DEFAULTS, "importance": "gamma", "inplace": False}
+UNRECORDED_DEFAULTS = {
+    **FINETUNE_DEFAULTS,
+    "importance": "gamma",
+    "inplace": False,
+    "trainer": "bcnet",
+    "strategies": STRATEGIES,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
