@@ -22,7 +22,9 @@
    MACs alone.
 4. Kendall tau and Spearman rho of every score against the truth (its mean over seeds),
    with 95 % bootstrap intervals over configs, each score's tau minus MACs alone's with a
-   paired interval (the same resamples), and the scoring seconds per config.
+   paired interval (the same resamples), its partial tau given MACs (what it knows that
+   MACs do not), and the scoring seconds per config; the truth's own seed-to-seed tau
+   bounds what any predictor can reach.
 
 Every finished unit is a JSON cell under ``--out/cells`` (a rerun skips it; trainings
 resume per epoch); the table goes to stdout and ``--out/tables.md``.
@@ -140,6 +142,19 @@ def stratified_configs(sn: Supernet, count: int, *, seed: int) -> list[dict[str,
     return configs
 
 
+def partial_tau(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Kendall's partial tau of ``x`` and ``y`` given ``z``: how far ``x`` ranks ``y`` beyond
+    what both share with ``z`` (MACs here). NaN where ``z`` ranks ``x`` or ``y`` perfectly
+    (MACs alone against itself): nothing is left to rank."""
+
+    def tau(a: np.ndarray, b: np.ndarray) -> float:
+        return float(stats.kendalltau(a, b).statistic)
+
+    xy, xz, yz = tau(x, y), tau(x, z), tau(y, z)
+    rest = (1 - xz**2) * (1 - yz**2)
+    return float("nan") if rest <= 1e-12 else (xy - xz * yz) / float(np.sqrt(rest))
+
+
 def bootstrap(
     score: Sequence[float],
     truth: Sequence[float],
@@ -150,11 +165,12 @@ def bootstrap(
     """Kendall tau and Spearman rho with 95 % percentile intervals over resampled configs;
     with ``baseline`` (MACs alone) also tau minus the baseline's tau on the same resamples (a
     paired interval: whether a score ranks better than the baseline, not whether two
-    intervals overlap)."""
+    intervals overlap) and the partial tau given the baseline (whether the score knows
+    anything the baseline does not, the question a search at one budget asks)."""
     x, y = np.asarray(score, dtype=float), np.asarray(truth, dtype=float)
     b = None if baseline is None else np.asarray(baseline, dtype=float)
     rng = np.random.default_rng(0)
-    taus, rhos, gains = [], [], []
+    taus, rhos, gains, partials = [], [], [], []
     for _ in range(rounds):
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) == 0 or np.ptp(y[idx]) == 0:
@@ -163,9 +179,11 @@ def bootstrap(
         rhos.append(stats.spearmanr(x[idx], y[idx]).statistic)
         if b is not None and np.ptp(b[idx]) > 0:
             gains.append(taus[-1] - stats.kendalltau(b[idx], y[idx]).statistic)
+            partials.append(partial_tau(x[idx], y[idx], b[idx]))
 
     def interval(values: list[float]) -> list[float]:
-        return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])] if values else []
+        values = [v for v in values if not np.isnan(v)]
+        return [float(v) for v in np.percentile(values, [2.5, 97.5])] if values else []
 
     tau = float(stats.kendalltau(x, y).statistic)
     out = {
@@ -177,7 +195,34 @@ def bootstrap(
     if b is not None:
         out["tau_gain"] = tau - float(stats.kendalltau(b, y).statistic)
         out["tau_gain_ci"] = interval(gains)
+        partial = partial_tau(x, y, b)
+        if not np.isnan(partial):
+            out["partial_tau"], out["partial_ci"] = partial, interval(partials)
     return out
+
+
+def seed_agreement(runs: dict[int, dict[int, float]], macs: Sequence[float]) -> dict[str, Any]:
+    """How well one seed's truth ranks another's over the configs both have (``runs``: seed ->
+    config -> top-1): the ceiling of any predictor's tau against a single seed, and the
+    partial tau given MACs, the ceiling of the within-budget signal."""
+    seeds = sorted(runs)
+    if len(seeds) < 2:
+        return {}
+    a, b = seeds[:2]
+    shared = sorted(set(runs[a]) & set(runs[b]))
+    if len(shared) < 3:
+        return {}
+    x, y = np.array([runs[a][i] for i in shared]), np.array([runs[b][i] for i in shared])
+    z = np.asarray(macs, dtype=float)[shared]
+    return {
+        "seeds": [a, b],
+        "configs": len(shared),
+        "kendall_tau": float(stats.kendalltau(x, y).statistic),
+        "macs_tau": [float(stats.kendalltau(z, t).statistic) for t in (x, y)],
+        "partial_tau": partial_tau(x, y, z),
+        "max_gap": float(np.max(np.abs(x - y))),
+        "median_gap": float(np.median(np.abs(x - y))),
+    }
 
 
 class Ranking:
@@ -339,16 +384,19 @@ class Ranking:
         n = len(configs["configs"])
         out: dict[str, Any] = {}
         for kind in self.args.truth:
-            truth = []
-            for i in range(n):
-                runs = [self.cells.get(f"truth-{kind}-{i:02d}-s{s}") for s in self.args.seeds]
-                runs = [r for r in runs if r is not None]
-                truth.append(float(np.mean([r["top1"] for r in runs])) if runs else None)
-            have = [i for i, t in enumerate(truth) if t is not None]
+            runs: dict[int, dict[int, float]] = {}
+            for s in self.args.seeds:
+                for i in range(n):
+                    cell = self.cells.get(f"truth-{kind}-{i:02d}-s{s}")
+                    if cell is not None:
+                        runs.setdefault(s, {})[i] = cell["top1"]
+            truth = [[r[i] for r in runs.values() if i in r] for i in range(n)]
+            have = [i for i, t in enumerate(truth) if t]
             if len(have) < 3:
                 continue
-            target = [truth[i] for i in have]
-            macs = [configs["configs"][i]["macs"] for i in have]
+            target = [float(np.mean(truth[i])) for i in have]
+            all_macs = [c["macs"] for c in configs["configs"]]
+            macs = [all_macs[i] for i in have]
             rounds = self.args.bootstrap
             rows = [
                 {
@@ -370,7 +418,12 @@ class Ranking:
                         ),
                     }
                 )
-            out[kind] = {"configs": len(have), "seeds": self.args.seeds, "rows": rows}
+            out[kind] = {
+                "configs": len(have),
+                "seeds": self.args.seeds,
+                "rows": rows,
+                "seed_agreement": seed_agreement(runs, all_macs),
+            }
         return out
 
     def table(self) -> str:
@@ -381,18 +434,35 @@ class Ranking:
                 f"{block['configs']} configs over {round(100 * LOW)}-{round(100 * HIGH)} % MACs",
                 "",
                 "| score (supernet-metric-held-out images) | Kendall tau [95 % CI] "
-                "| tau - MACs' [paired 95 % CI] | Spearman rho [95 % CI] | s / config |",
-                "|---|---:|---:|---:|---:|",
+                "| tau - MACs' [paired 95 % CI] | partial tau given MACs [95 % CI] "
+                "| Spearman rho [95 % CI] | s / config |",
+                "|---|---:|---:|---:|---:|---:|",
             ]
             for r in sorted(block["rows"], key=lambda r: -r["kendall_tau"]):
                 tau_ci = ", ".join(f"{v:.2f}" for v in r["kendall_ci"])
                 gain_ci = ", ".join(f"{v:+.2f}" for v in r.get("tau_gain_ci", []))
+                partial = "—"
+                if "partial_tau" in r:
+                    partial_ci = ", ".join(f"{v:+.2f}" for v in r["partial_ci"])
+                    partial = f"{r['partial_tau']:+.3f} [{partial_ci}]"
                 rho_ci = ", ".join(f"{v:.2f}" for v in r["spearman_ci"])
                 lines.append(
                     f"| {r['predictor']} | {r['kendall_tau']:.3f} [{tau_ci}] "
-                    f"| {r.get('tau_gain', 0.0):+.3f} [{gain_ci}] "
+                    f"| {r.get('tau_gain', 0.0):+.3f} [{gain_ci}] | {partial} "
                     f"| {r['spearman_rho']:.3f} [{rho_ci}] | {r['seconds_per_config']:.3f} |"
                 )
+            agree = block["seed_agreement"]
+            if agree:
+                a, b = agree["seeds"]
+                lines += [
+                    "",
+                    f"The truth against itself, seed {a} vs seed {b} over the "
+                    f"{agree['configs']} configs both have: Kendall tau "
+                    f"{agree['kendall_tau']:.3f} (MACs alone against each: "
+                    f"{agree['macs_tau'][0]:.3f} / {agree['macs_tau'][1]:.3f}), partial tau "
+                    f"given MACs {agree['partial_tau']:+.3f}; top-1 gaps median "
+                    f"{agree['median_gap']:.4f}, max {agree['max_gap']:.4f}.",
+                ]
             lines.append("")
         return "\n".join(lines) if lines else "(no truth cells finished)"
 

@@ -98,3 +98,38 @@ def test_a_truth_cell_claimed_by_a_live_worker_is_left_to_it(tmp_path):
     assert not worker.claim("truth-finetune-01-s0")
     held.write_text("999999999")  # no such process
     assert worker.claim("truth-finetune-01-s0") and held.read_text() == str(os.getpid())
+
+
+def test_partial_tau_keeps_only_what_a_score_knows_beyond_macs():
+    """Truth = a MACs trend + a shape effect. A score that knows only MACs has no partial tau
+    left; one that knows the shape effect keeps a high one although its plain tau is lower;
+    MACs against itself is undefined and the row shows none."""
+    rng = np.random.default_rng(0)
+    macs = np.linspace(1, 30, 30)
+    shape = rng.normal(0, 1, 30)
+    truth = np.log(macs) + 0.3 * shape
+    knows_macs = macs + rng.normal(0, 3, 30)  # MACs, jittered: no shape information
+    knows_shape = 0.5 * np.log(macs) + shape
+    plain = {
+        name: stats.kendalltau(x, truth).statistic
+        for name, x in (("macs", knows_macs), ("shape", knows_shape))
+    }
+    assert plain["macs"] > plain["shape"]  # plain tau prefers the one that knows MACs
+    low, high = ranking.bootstrap(knows_macs, truth, rounds=300, baseline=macs)["partial_ci"]
+    assert low < 0 < high
+    assert ranking.partial_tau(knows_shape, truth, macs) > 0.3
+    assert np.isnan(ranking.partial_tau(macs**2, truth, macs))  # MACs in another unit
+    row = ranking.bootstrap(knows_shape, truth, rounds=300, baseline=macs)
+    assert row["partial_tau"] == pytest.approx(ranking.partial_tau(knows_shape, truth, macs))
+    assert row["partial_ci"][0] > 0  # outside zero: it knows something MACs do not
+    assert "partial_tau" not in ranking.bootstrap(macs, truth, rounds=50, baseline=macs)
+
+
+def test_seed_agreement_compares_the_configs_both_seeds_have():
+    macs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    runs = {0: {0: 0.80, 1: 0.85, 2: 0.84, 3: 0.90, 4: 0.91}, 1: {0: 0.81, 1: 0.84, 3: 0.92}}
+    agree = ranking.seed_agreement(runs, macs)
+    assert agree["seeds"] == [0, 1] and agree["configs"] == 3  # configs 0, 1, 3
+    assert agree["kendall_tau"] == pytest.approx(1.0)
+    assert agree["max_gap"] == pytest.approx(0.02) and agree["median_gap"] == pytest.approx(0.01)
+    assert ranking.seed_agreement({0: runs[0]}, macs) == {}  # one seed: nothing to compare
