@@ -8,7 +8,9 @@ Rows are plain dicts so the pipeline fills them from whatever it measured::
 ``score`` is the supernet's held-out score from the search, ``top1`` the fine-tuned test
 top-1; missing values print as "—". At every budget the baseline strategy (``uniform``)
 comes first and every row shows its top-1 difference to it: that difference is what a
-search strategy is worth.
+search strategy is worth. The MACs column says how much of a MACs budget each answer uses,
+so a difference bought with more MACs (uniform widths often stop well below the budget)
+reads as such.
 """
 
 from __future__ import annotations
@@ -118,13 +120,16 @@ def format_table(
         elif top1 is not None and base is not None:
             delta = f"{100 * (float(top1) - float(base)):+.2f} pt"
         name = f"**{r['strategy']}**" if r["strategy"] == baseline else str(r["strategy"])
+        macs = format_macs(r.get("macs"))
+        if budget and r.get("budget_ms") is None and r.get("macs") is not None:
+            macs += f" ({float(r['macs']) / budget:.0%} of budget)"
         cells = [
             label,
             name,
             _num(r.get("score"), ".4f"),
             _num(top1, ".4f"),
             delta,
-            format_macs(r.get("macs")),
+            macs,
             format_macs(r.get("params")),
             _num(_latency(r, 1), ".3f"),
             _num(_latency(r, 64), ".3f"),

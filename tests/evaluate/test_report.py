@@ -54,12 +54,23 @@ def test_report_has_one_line_per_strategy_and_budget_and_a_png(tmp_path):
     assert [row[1] for row in body] == ["**uniform**", "evolution", "bisection"] * 2
     assert body[1][4] == "+2.00 pt" and body[2][4] == "+1.00 pt" and body[0][4] == "baseline"
     assert body[1][7] == "1.000" and body[1][8] == "20.000"
+    assert body[1][5] == "10.00M (100% of budget)"  # MACs: how much of the budget is used
     png = paths["pareto"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["pareto.png", "report.md"]
     # a warm start's reference row is the trained network it began from
     warm = write_report(_rows(), out_dir=tmp_path / "w", full={**FULL, "network": "trained"})
     assert _table(warm["report"].read_text())[0][:2] == ["full", "*trained network*"]
+
+
+def test_the_macs_column_shows_a_uniform_answer_short_of_its_budget(tmp_path):
+    """Uniform widths often stop well below the budget: the row says so, so that its Δ is not
+    read as a comparison at equal MACs."""
+    rows = _rows()
+    assert rows[2]["strategy"] == "uniform" and rows[2]["budget_macs"] == 10_000_000
+    rows[2]["macs"] = 5_700_000
+    body = _table(write_report(rows, out_dir=tmp_path, full=FULL)["report"].read_text())[1:]
+    assert body[0][1] == "**uniform**" and body[0][5] == "5.70M (57% of budget)"
 
 
 def test_report_with_missing_values_and_no_baseline(tmp_path):
