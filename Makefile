@@ -16,13 +16,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-# Fashion-MNIST from Debian's package when we can install it; otherwise torchvision downloads it.
-data:
+# Fashion-MNIST from Debian's package when we can install it; otherwise torchvision downloads
+# it here, in one process (the demo's torchrun processes would race for the same files).
+data: $(VENV)/.installed
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ -z "$$WIDTHSEARCH_DATA" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 		else \
-			echo "Fashion-MNIST not in $(FMNIST): torchvision will try to download it"; \
+			echo "Fashion-MNIST not in $(FMNIST): downloading it with torchvision"; \
+			$(BIN)/python -c "from widthsearch.supernet.data import get_data; get_data()" \
+				2>/dev/null || echo "Fashion-MNIST could not be downloaded"; \
 		fi; \
 	fi
 
