@@ -37,11 +37,12 @@ demo: $(VENV)/.installed data
 
 # Lint and the import contracts (pyproject.toml), then the suite with the real data in place
 # (`data`, as for `make demo`); in CI (CI set) a missing dataset fails its tests instead of
-# skipping them. Under 10 minutes.
+# skipping them. One pytest-xdist worker per core (a test file stays on one worker, so its
+# module fixtures are built once). Under 10 minutes.
 test: $(VENV)/.installed data
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(CORES) --dist loadfile --durations 15
 
 # Mutation testing of the cost model, samplers, width space, budgets and inheritance
 # (not part of `make test`; about an hour on one core). Results: build/mutants/*/.

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test`: one worker per core) each worker keeps to one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
