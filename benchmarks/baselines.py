@@ -1,5 +1,5 @@
 """The baselines a searched subnet is compared with: the same widths from random init
-trained from scratch, and Torch-Pruning (L1 magnitude pruning to the budget).
+trained from scratch, and Torch-Pruning (L1 magnitude or Taylor pruning to the budget).
 
 Each baseline becomes an ordinary subnet file (:func:`baseline_subnet`), so the one
 fine-tune and measuring code treats it like any extracted subnet.
@@ -8,11 +8,12 @@ fine-tune and measuring code treats it like any extracted subnet.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from cells import log
 from torch import nn
 from widthsearch.evaluate import SubnetRecord, finetune_subnet
@@ -98,8 +99,26 @@ def train_from_scratch(
 # ---- Torch-Pruning --------------------------------------------------------------------------
 
 
-def prune_to_budget(model: nn.Module, meta: Mapping[str, Any], budget: int) -> dict[str, Any]:
-    """L1 magnitude pruning (Torch-Pruning), the ratio bisected to the widest net <= budget.
+PRUNING_IMPORTANCE = ("l1", "taylor")
+
+
+def prune_to_budget(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    budget: int,
+    *,
+    importance: str = "l1",
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (),
+    global_ranking: bool = False,
+) -> dict[str, Any]:
+    """Torch-Pruning of ``model``, the ratio bisected to the widest net <= budget.
+
+    ``importance``: ``"l1"``, the L1 norm of each channel's weights (``MagnitudePruner``);
+    ``"taylor"``, |weight x gradient| summed over each dependency group
+    (``GroupTaylorImportance``), the gradient of the cross-entropy over ``batches`` of
+    training data (``(images, labels)``, the network in eval mode). ``global_ranking``:
+    channels compete across layers (``global_pruning``), so the MACs can stop within about
+    1 % of the budget; otherwise every group loses the same share and the MACs move in steps.
 
     Returns the pruned module, the ratio, its widths per supernet group and the check that
     those widths describe it exactly (same tensor shapes as the supernet's extraction, same
@@ -108,20 +127,41 @@ def prune_to_budget(model: nn.Module, meta: Mapping[str, Any], budget: int) -> d
     """
     import torch_pruning as tp
 
+    if importance not in PRUNING_IMPORTANCE:
+        raise ValueError(f"importance must be one of {PRUNING_IMPORTANCE}, not {importance!r}")
     example = torch.zeros(
         1, int(meta["in_chans"]), int(meta["input_size"]), int(meta["input_size"])
     )
+    grads: list[torch.Tensor | None] = []
+    if importance == "taylor":
+        model = copy.deepcopy(model).eval()
+        model.zero_grad()
+        seen = 0
+        for images, labels in batches:
+            F.cross_entropy(model(images), labels, reduction="sum").backward()
+            seen += len(labels)
+        if not seen:
+            raise ValueError("Taylor importance needs batches of training data")
+        grads = [None if p.grad is None else p.grad / seen for p in model.parameters()]
 
     def prune(ratio: float) -> nn.Module:
-        pruned = copy.deepcopy(model).eval()
-        pruner = tp.pruner.MagnitudePruner(
+        pruned = copy.deepcopy(model).eval()  # a deep copy drops .grad: put it back
+        for param, grad in zip(pruned.parameters(), grads, strict=False):
+            param.grad = None if grad is None else grad.clone()
+        pruner = tp.pruner.BasePruner(
             pruned,
             example,
-            importance=tp.importance.MagnitudeImportance(p=1),
+            importance=(
+                tp.importance.MagnitudeImportance(p=1)
+                if importance == "l1"
+                else tp.importance.GroupTaylorImportance()
+            ),
             pruning_ratio=ratio,
+            global_pruning=global_ranking,
             ignored_layers=[pruned.fc],
         )
         pruner.step()
+        pruned.zero_grad(set_to_none=True)
         return pruned
 
     # MACs fall as the ratio grows: keep MACs(hi) <= budget < MACs(lo). Not 0.99: a ratio

@@ -13,11 +13,14 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
    sampling, distillation from the trained network).
 3. ``search``: bisection, evolution, peel and uniform at every budget.
 4. ``ft-best``: the best searched answer by supernet score at each budget, extracted with
-   adaptive inheritance and fine-tuned (distilled from the trained network);
-   ``ft-trained``: the same widths with the trained network's weights (L1 / BN-gamma top-k),
-   the same fine-tuning.
+   adaptive inheritance and fine-tuned (distilled from the trained network); ``ft-second``:
+   the next best answer with other widths, ``ft-uniform``: the uniform answer, the same way;
+   ``ft-trained``: the ``ft-best`` widths with the trained network's weights (L1 / BN-gamma
+   top-k), the same fine-tuning.
 5. ``tp``: Torch-Pruning (L1 magnitude) of the same trained network to the same budget, the
-   same fine-tuning and teacher.
+   same fine-tuning and teacher (every group loses the same share, so the MACs stop in steps
+   below the budget); ``tp-taylor``: Taylor importance (|weight x gradient| per dependency
+   group, gradients from 16 training batches) ranked globally, within 1 % of the budget.
 6. ``scratch``: the uniform-width network at the budget (any channel count, not only the
    supernet's bins), trained from scratch.
 7. ``scratch-searched`` (``--part control``): the ``ft-best`` widths from random weights,
@@ -32,9 +35,9 @@ resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ from headline import (
     random_init_subnet,
     train_from_scratch,
 )
+from warmstart_settings import META, TAYLOR_BATCHES, UNRECORDED_DEFAULTS, build_recipe, parse_args
 from warmstart_tables import pct
 from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
@@ -59,7 +63,7 @@ from widthsearch.evaluate import (
     read_subnet,
     save_subnet,
 )
-from widthsearch.recipes.recipe import Recipe, load_recipe
+from widthsearch.recipes.recipe import Recipe
 from widthsearch.search import (
     build_evaluator,
     resolve_budgets,
@@ -74,105 +78,9 @@ from widthsearch.supernet.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
+from widthsearch.supernet.data import get_data
 from widthsearch.supernet.runtime import local_runtime
 from widthsearch.supernet.train import pretrain_network, train_supernet
-
-STRATEGIES = ["bisection", "evolution", "peel", "uniform"]
-META = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 28}
-
-# fine-tuning of every compressed network (not of the from-scratch baselines); not stored in
-# settings.json at these values, so cells made before the options existed stay valid
-FINETUNE_DEFAULTS = {"finetune_lr": 0.02, "finetune_alpha": 0.5}
-UNRECORDED_DEFAULTS = {
-    **FINETUNE_DEFAULTS,
-    "importance": "gamma",
-    "inplace": False,
-    "trainer": "bcnet",
-    "strategies": STRATEGIES,
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {
-        "train_limit": 0,
-        "test_limit": 0,
-        "pretrain_epochs": 8,
-        "supernet_epochs": 4,
-        "supernet_lr": 0.02,
-        "finetune_epochs": 2,
-        "scratch_epochs": 10,
-        "trials": 100,
-        "heldout_images": 2000,
-        "calib_batches": 4,
-    },
-    "smoke": {
-        "train_limit": 1000,
-        "test_limit": 500,
-        "pretrain_epochs": 1,
-        "supernet_epochs": 1,
-        "supernet_lr": 0.02,
-        "finetune_epochs": 1,
-        "scratch_epochs": 1,
-        "trials": 8,
-        "heldout_images": 250,
-        "calib_batches": 1,
-    },
-}
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--smoke", action="store_true", help="tiny preset, a couple of minutes")
-    add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
-    add("--part", choices=["all", "pipeline", "scratch", "control"], default="all")
-    add("--report", action="store_true", help="only print the table of the finished cells")
-    add("--seeds", type=int, nargs="+", default=[0, 1])
-    add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
-    add("--threads", type=int, default=1, help="torch threads")
-    add("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    add("--skip", nargs="*", default=[], choices=["ft-trained", "tp"], help="cells not to run")
-    add("--widths-seed", type=int, help="control cells train this seed's searched widths")
-    add("--channel-order", default="ends", choices=["ends", "front", "none"])
-    add("--importance", default="gamma", choices=["gamma", "taylor"], help="channel importance")
-    add("--trainer", default="bcnet", choices=["bcnet", "budgets"], help="supernet trainer kind")
-    add("--strategies", nargs="+", default=STRATEGIES, help="search strategies")
-    add(
-        "--inplace",
-        action="store_true",
-        help="budgets trainer: train the full width too; subnets and fine-tunes distil from it",
-    )
-    add("--finetune-lr", type=float, default=FINETUNE_DEFAULTS["finetune_lr"])
-    add("--finetune-alpha", type=float, default=FINETUNE_DEFAULTS["finetune_alpha"])
-    for key, value in PRESETS["default"].items():
-        add(f"--{key.replace('_', '-')}", type=type(value))
-    args = parser.parse_args(argv)
-    for key, value in PRESETS["smoke" if args.smoke else "default"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
-    recipe = load_recipe("resnet20-fashion-mnist")
-    recipe.data.train_limit = args.train_limit
-    recipe.data.test_limit = args.test_limit
-    recipe.pretrain.epochs = args.pretrain_epochs
-    recipe.pretrain.seed = seed
-    recipe.train.init = "pretrain"
-    recipe.train.channel_order = args.channel_order
-    recipe.train.trainer = args.trainer
-    recipe.train.importance = args.importance
-    recipe.train.epochs = args.supernet_epochs
-    recipe.train.lr = args.supernet_lr
-    recipe.train.distill = bool(args.inplace)
-    recipe.train.seed = seed
-    recipe.search.strategies = list(args.strategies)
-    recipe.search.budgets = list(args.budgets)
-    recipe.search.evolution_trials = args.trials
-    recipe.search.heldout_images = args.heldout_images
-    recipe.search.calib_batches = args.calib_batches
-    recipe.finetune.epochs = args.finetune_epochs
-    return recipe
 
 
 class Warmstart:
@@ -215,16 +123,27 @@ class Warmstart:
                 f"ft-best-{pct(frac)}-s{seed}",
                 lambda b=budget, f=frac: self.finetune_cell(recipe, seed, b, f),
             )
+            for pick in ("second", "uniform"):
+                if f"ft-{pick}" not in self.args.skip:
+                    cells.run(
+                        f"ft-{pick}-{pct(frac)}-s{seed}",
+                        lambda b=budget, f=frac, p=pick: self.finetune_cell(
+                            recipe, seed, b, f, pick=p
+                        ),
+                    )
             if "ft-trained" not in self.args.skip:
                 cells.run(
                     f"ft-trained-{pct(frac)}-s{seed}",
                     lambda b=budget, f=frac: self.trained_cell(recipe, seed, b, f),
                 )
-            if "tp" not in self.args.skip:
-                cells.run(
-                    f"tp-{pct(frac)}-s{seed}",
-                    lambda b=budget, f=frac: self.pruning_cell(recipe, seed, b, f),
-                )
+            for kind, importance in (("tp", "l1"), ("tp-taylor", "taylor")):
+                if kind not in self.args.skip:
+                    cells.run(
+                        f"{kind}-{pct(frac)}-s{seed}",
+                        lambda b=budget, f=frac, i=importance: self.pruning_cell(
+                            recipe, seed, b, f, importance=i
+                        ),
+                    )
 
     # -- cells -----------------------------------------------------------------------------
     def full_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
@@ -296,35 +215,39 @@ class Warmstart:
         )
         return {"kind": "search", "seed": seed, "results": doc["results"]}
 
-    def finetune_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
-        search = self.cells.get(f"search-s{seed}")
-        candidates = [
-            r
-            for r in search["results"]
-            if int(r["budget_macs"]) == budget and r["strategy"] != "uniform"
-        ]
-        best = max(candidates, key=lambda r: r["score"])
-        uniform = next(
-            r
-            for r in search["results"]
-            if int(r["budget_macs"]) == budget and r["strategy"] == "uniform"
+    def finetune_cell(
+        self, recipe: Recipe, seed: int, budget: int, frac: float, *, pick: str = "best"
+    ) -> dict[str, Any]:
+        """One search answer at the budget, extracted and fine-tuned: ``pick`` ``"best"`` by
+        supernet score, ``"second"`` (the best whose widths differ from the best's) or
+        ``"uniform"``."""
+        answers = [r for r in self.cells.get(f"search-s{seed}")["results"]]
+        answers = [r for r in answers if int(r["budget_macs"]) == budget]
+        uniform = next(r for r in answers if r["strategy"] == "uniform")
+        ranked = sorted(
+            (r for r in answers if r["strategy"] != "uniform"), key=lambda r: -r["score"]
         )
+        chosen = {"best": ranked[0], "uniform": uniform}.get(pick)
+        if pick == "second":
+            chosen = next((r for r in ranked if r["widths"] != ranked[0]["widths"]), None)
+            if chosen is None:
+                return {"kind": "searched-second", "skipped": "every answer has the best's widths"}
         work = self.work(seed)
         ckpt = work / "supernet.pt"
-        extracted = work / f"best-{pct(frac)}.pt"
-        tuned = work / f"best-{pct(frac)}-ft.pt"
+        extracted = work / f"{pick}-{pct(frac)}.pt"
+        tuned = work / f"{pick}-{pct(frac)}-ft.pt"
         if not extracted.is_file():
-            self.extract(load_supernet(ckpt), best, extracted, recipe.finetune.inheritance, ckpt)
+            self.extract(load_supernet(ckpt), chosen, extracted, recipe.finetune.inheritance, ckpt)
         self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
         return {
-            "kind": "searched",
+            "kind": "searched" if pick == "best" else f"searched-{pick}",
             "seed": seed,
             "fraction": frac,
             "budget_macs": budget,
-            "strategy": best["strategy"],
-            "score": best["score"],
+            "strategy": chosen["strategy"],
+            "score": chosen["score"],
             "uniform_score": uniform["score"],
-            "widths": best["widths"],
+            "widths": chosen["widths"],
             "inheritance": read_subnet(tuned).get("inheritance"),
             **measure(tuned, latency=False),
         }
@@ -356,30 +279,55 @@ class Warmstart:
             **measure(tuned, latency=False),
         }
 
-    def pruning_cell(self, recipe: Recipe, seed: int, budget: int, frac: float) -> dict[str, Any]:
+    def pruning_cell(
+        self, recipe: Recipe, seed: int, budget: int, frac: float, *, importance: str = "l1"
+    ) -> dict[str, Any]:
         work = self.work(seed)
-        pruned_path, tuned = work / f"tp-{pct(frac)}.pt", work / f"tp-{pct(frac)}-ft.pt"
+        name = "tp" if importance == "l1" else f"tp-{importance}"
+        pruned_path, tuned = work / f"{name}-{pct(frac)}.pt", work / f"{name}-{pct(frac)}-ft.pt"
         if not pruned_path.is_file():
             meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
             trained = create_model(META["model"], num_classes=10, in_chans=1)
             load_weights(trained, read_state_dict(work / "full.pt"), where=str(work / "full.pt"))
-            pruned = prune_to_budget(trained, meta, budget)
+            pruned = prune_to_budget(
+                trained,
+                meta,
+                budget,
+                importance=importance,
+                batches=self.training_batches(recipe, seed) if importance == "taylor" else (),
+                global_ranking=importance == "taylor",
+            )
             if not pruned["verified"]:
                 raise RuntimeError("pruned channels do not map onto the supernet's groups")
             doc = random_init_subnet(
                 pruned["meta"], pruned["widths"], recipe, seed=seed, label="torch-pruning"
             )
             doc["module"] = pruned["module"]
-            doc["inheritance"] = {"chosen": "torch-pruning-l1", "ratio": pruned["ratio"]}
+            doc["inheritance"] = {"chosen": f"torch-pruning-{importance}", "ratio": pruned["ratio"]}
             save_subnet(doc, pruned_path)
         self.finetune(pruned_path, tuned, recipe, teacher=work / "full.pt", seed=seed)
         return {
             "kind": "torch-pruning",
+            "importance": importance,
             "seed": seed,
             "fraction": frac,
             "budget_macs": budget,
             **measure(tuned, latency=False),
         }
+
+    def training_batches(self, recipe: Recipe, seed: int) -> list[tuple[torch.Tensor, ...]]:
+        """``TAYLOR_BATCHES`` seeded batches of the training split (Taylor importance)."""
+        d = recipe.data
+        splits = get_data(
+            d.name, heldout_size=d.heldout_size, seed=d.seed, train_limit=d.train_limit or None
+        )
+        loader = torch.utils.data.DataLoader(
+            splits.train,
+            batch_size=d.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return list(itertools.islice(loader, TAYLOR_BATCHES))
 
     def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
         """The uniform-width resnet20 closest below the budget, any channel count."""
@@ -483,7 +431,7 @@ class Warmstart:
 
 def main(argv: list[str] | None = None) -> int:
     passive_openmp()
-    args = parse_args(argv)
+    args = parse_args(argv, description=__doc__.splitlines()[0])
     torch.set_num_threads(args.threads)
     bench = Warmstart(args)
     out = Path(args.out)

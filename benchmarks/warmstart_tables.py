@@ -19,8 +19,11 @@ def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
     rows = [
         ("trained full network", "full"),
         ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
-        ("same widths, weights from the trained network", "ft-trained"),
+        ("second-best searched subnet, the same way", "ft-second"),
+        ("uniform subnet of the warm supernet, the same way", "ft-uniform"),
+        ("same widths as the best, weights from the trained network", "ft-trained"),
         ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
+        ("Torch-Pruning Taylor (global) of the same network, same fine-tune", "tp-taylor"),
         ("uniform widths from scratch", "scratch"),
         ("searched widths from scratch (control)", "scratch-searched"),
     ]
@@ -33,7 +36,7 @@ def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
                 cells.get(f"{prefix}-s{s}" if prefix == "full" else f"{prefix}-{pct(frac)}-s{s}")
                 for s in args.seeds
             ]
-            docs = [d for d in docs if d is not None]
+            docs = [d for d in docs if d is not None and "top1" in d]
             if not docs:
                 cols.append("-")
                 continue
