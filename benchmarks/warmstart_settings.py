@@ -22,10 +22,12 @@ UNRECORDED_DEFAULTS = {
     "inplace": False,
     "trainer": "bcnet",
     "strategies": STRATEGIES,
+    "data": "fashion-mnist",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
+        "data": "fashion-mnist",
         "train_limit": 0,
         "test_limit": 0,
         "pretrain_epochs": 8,
@@ -37,7 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "heldout_images": 2000,
         "calib_batches": 4,
     },
-    "smoke": {
+    "smoke": {  # every cell kind on synthetic data
+        "data": "synthetic",
         "train_limit": 1000,
         "test_limit": 500,
         "pretrain_epochs": 1,
@@ -55,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def parse_args(argv: Sequence[str] | None, *, description: str = "") -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
-    add("--smoke", action="store_true", help="tiny preset, a couple of minutes")
+    add("--smoke", action="store_true", help="every cell kind on synthetic data, minutes")
     add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
     add("--part", choices=["all", "pipeline", "scratch", "control"], default="all")
     add("--report", action="store_true", help="only print the table of the finished cells")
@@ -87,6 +90,7 @@ def parse_args(argv: Sequence[str] | None, *, description: str = "") -> argparse
 
 def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe = load_recipe("resnet20-fashion-mnist")
+    recipe.data.name = args.data
     recipe.data.train_limit = args.train_limit
     recipe.data.test_limit = args.test_limit
     recipe.pretrain.epochs = args.pretrain_epochs
