@@ -25,6 +25,10 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
    supernet's bins), trained from scratch.
 7. ``scratch-searched`` (``--part control``): the ``ft-best`` widths from random weights,
    trained like ``scratch``: does the search find better shapes, or only better weights?
+8. ``supernet-random``, ``search-random``, ``ft-random`` (``--part random``): the BCNet
+   supernet from random weights (pretraining's epochs and lr plus the warm supernet's
+   epochs), searched, its best answer fine-tuned with the same teacher: the path without
+   a warm start.
 
 Every finished cell is a JSON file under ``--out/cells`` and a rerun skips it; training
 resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 1-5,
@@ -35,7 +39,6 @@ resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -50,11 +53,16 @@ from headline import (
     log,
     measure,
     passive_openmp,
-    prune_to_budget,
     random_init_subnet,
-    train_from_scratch,
 )
-from warmstart_settings import META, TAYLOR_BATCHES, UNRECORDED_DEFAULTS, build_recipe, parse_args
+from warmstart_baselines import BaselineCells
+from warmstart_settings import (
+    META,
+    UNRECORDED_DEFAULTS,
+    build_recipe,
+    parse_args,
+    random_supernet_recipe,
+)
 from warmstart_tables import pct
 from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
@@ -71,19 +79,18 @@ from widthsearch.search import (
     scoring_data,
     search_options,
 )
-from widthsearch.supernet import create_model, load_weights, read_state_dict
+from widthsearch.supernet import load_weights
 from widthsearch.supernet.checkpoint import (
     build_supernet,
     load_supernet,
     write_json_atomic,
     write_text_atomic,
 )
-from widthsearch.supernet.data import get_data
 from widthsearch.supernet.runtime import local_runtime
 from widthsearch.supernet.train import pretrain_network, train_supernet
 
 
-class Warmstart:
+class Warmstart(BaselineCells):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Path(args.out)
@@ -111,6 +118,37 @@ class Warmstart:
                         f"scratch-searched-{pct(frac)}-s{seed}",
                         lambda b=budget, f=frac, s=seed: self.searched_scratch_cell(b, f, s),
                     )
+            if self.args.part in ("all", "random"):
+                self.random_path(seed)
+
+    def supernet_dir(self, seed: int, variant: str) -> Path:
+        """Where the ``warm`` or ``random`` supernet of a seed, its extractions and fine-tunes
+        live."""
+        return self.work(seed) if variant == "warm" else self.work(seed) / variant
+
+    def random_path(self, seed: int) -> None:
+        """The supernet from random weights, searched, its best answer fine-tuned with the
+        same teacher (the seed's trained network): what the warm start adds."""
+        cells = self.cells
+        if cells.get(f"full-s{seed}") is None:
+            raise SystemExit(f"full-s{seed} has not finished: run --part pipeline first")
+        recipe = random_supernet_recipe(self.args, seed)
+        cells.run(
+            f"supernet-random-s{seed}",
+            lambda: self.supernet_cell(recipe, seed, variant="random"),
+        )
+        if (
+            cells.run(
+                f"search-random-s{seed}", lambda: self.search_cell(recipe, seed, variant="random")
+            )
+            is None
+        ):
+            return
+        for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+            cells.run(
+                f"ft-random-{pct(frac)}-s{seed}",
+                lambda b=budget, f=frac: self.finetune_cell(recipe, seed, b, f, variant="random"),
+            )
 
     def pipeline(self, seed: int) -> None:
         recipe, cells = build_recipe(self.args, seed), self.cells
@@ -175,8 +213,8 @@ class Warmstart:
             **measure(as_subnet, latency=False),
         }
 
-    def supernet_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
-        work = self.work(seed)
+    def supernet_cell(self, recipe: Recipe, seed: int, *, variant: str = "warm") -> dict[str, Any]:
+        work = self.supernet_dir(seed, variant)
         result = train_supernet(
             recipe,
             out_dir=work,
@@ -188,6 +226,7 @@ class Warmstart:
         hist = [sum(x) for x in zip(*(h["macs_hist"] for h in result.history), strict=True)]
         return {
             "kind": "supernet",
+            "variant": variant,
             "seed": seed,
             "epochs": recipe.train.epochs,
             "lr": recipe.train.lr,
@@ -199,8 +238,8 @@ class Warmstart:
             "history": result.history,
         }
 
-    def search_cell(self, recipe: Recipe, seed: int) -> dict[str, Any]:
-        ckpt = self.work(seed) / "supernet.pt"
+    def search_cell(self, recipe: Recipe, seed: int, *, variant: str = "warm") -> dict[str, Any]:
+        ckpt = self.supernet_dir(seed, variant) / "supernet.pt"
         sn, payload = load_supernet(ckpt)
         settings = recipe.to_dict()["search"]
         strategies = list(recipe.search.strategies)
@@ -213,15 +252,24 @@ class Warmstart:
             options=search_options(settings, strategies, payload.get("loss_records")),
             supernet_path=str(ckpt),
         )
-        return {"kind": "search", "seed": seed, "results": doc["results"]}
+        return {"kind": "search", "variant": variant, "seed": seed, "results": doc["results"]}
 
     def finetune_cell(
-        self, recipe: Recipe, seed: int, budget: int, frac: float, *, pick: str = "best"
+        self,
+        recipe: Recipe,
+        seed: int,
+        budget: int,
+        frac: float,
+        *,
+        pick: str = "best",
+        variant: str = "warm",
     ) -> dict[str, Any]:
-        """One search answer at the budget, extracted and fine-tuned: ``pick`` ``"best"`` by
-        supernet score, ``"second"`` (the best whose widths differ from the best's) or
-        ``"uniform"``."""
-        answers = [r for r in self.cells.get(f"search-s{seed}")["results"]]
+        """One search answer at the budget, extracted and fine-tuned (distilled from the
+        seed's trained network): ``pick`` ``"best"`` by supernet score, ``"second"`` (the
+        best whose widths differ from the best's) or ``"uniform"``; from the ``warm`` or the
+        ``random`` supernet."""
+        search = f"search-s{seed}" if variant == "warm" else f"search-{variant}-s{seed}"
+        answers = [r for r in self.cells.get(search)["results"]]
         answers = [r for r in answers if int(r["budget_macs"]) == budget]
         uniform = next(r for r in answers if r["strategy"] == "uniform")
         ranked = sorted(
@@ -232,15 +280,18 @@ class Warmstart:
             chosen = next((r for r in ranked if r["widths"] != ranked[0]["widths"]), None)
             if chosen is None:
                 return {"kind": "searched-second", "skipped": "every answer has the best's widths"}
-        work = self.work(seed)
+        work = self.supernet_dir(seed, variant)
         ckpt = work / "supernet.pt"
         extracted = work / f"{pick}-{pct(frac)}.pt"
         tuned = work / f"{pick}-{pct(frac)}-ft.pt"
         if not extracted.is_file():
             self.extract(load_supernet(ckpt), chosen, extracted, recipe.finetune.inheritance, ckpt)
-        self.finetune(extracted, tuned, recipe, teacher=ckpt, seed=seed)
+        # the warm supernet carries the trained network; the random one has none
+        teacher = ckpt if variant == "warm" else self.work(seed) / "full.pt"
+        self.finetune(extracted, tuned, recipe, teacher=teacher, seed=seed)
         return {
             "kind": "searched" if pick == "best" else f"searched-{pick}",
+            "variant": variant,
             "seed": seed,
             "fraction": frac,
             "budget_macs": budget,
@@ -278,117 +329,6 @@ class Warmstart:
             "inheritance": read_subnet(tuned).get("inheritance"),
             **measure(tuned, latency=False),
         }
-
-    def pruning_cell(
-        self, recipe: Recipe, seed: int, budget: int, frac: float, *, importance: str = "l1"
-    ) -> dict[str, Any]:
-        work = self.work(seed)
-        name = "tp" if importance == "l1" else f"tp-{importance}"
-        pruned_path, tuned = work / f"{name}-{pct(frac)}.pt", work / f"{name}-{pct(frac)}-ft.pt"
-        if not pruned_path.is_file():
-            meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
-            trained = create_model(META["model"], num_classes=10, in_chans=1)
-            load_weights(trained, read_state_dict(work / "full.pt"), where=str(work / "full.pt"))
-            pruned = prune_to_budget(
-                trained,
-                meta,
-                budget,
-                importance=importance,
-                batches=self.training_batches(recipe, seed) if importance == "taylor" else (),
-                global_ranking=importance == "taylor",
-            )
-            if not pruned["verified"]:
-                raise RuntimeError("pruned channels do not map onto the supernet's groups")
-            doc = random_init_subnet(
-                pruned["meta"], pruned["widths"], recipe, seed=seed, label="torch-pruning"
-            )
-            doc["module"] = pruned["module"]
-            doc["inheritance"] = {"chosen": f"torch-pruning-{importance}", "ratio": pruned["ratio"]}
-            save_subnet(doc, pruned_path)
-        self.finetune(pruned_path, tuned, recipe, teacher=work / "full.pt", seed=seed)
-        return {
-            "kind": "torch-pruning",
-            "importance": importance,
-            "seed": seed,
-            "fraction": frac,
-            "budget_macs": budget,
-            **measure(tuned, latency=False),
-        }
-
-    def training_batches(self, recipe: Recipe, seed: int) -> list[tuple[torch.Tensor, ...]]:
-        """``TAYLOR_BATCHES`` seeded batches of the training split (Taylor importance)."""
-        d = recipe.data
-        splits = get_data(
-            d.name, heldout_size=d.heldout_size, seed=d.seed, train_limit=d.train_limit or None
-        )
-        loader = torch.utils.data.DataLoader(
-            splits.train,
-            batch_size=d.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        return list(itertools.islice(loader, TAYLOR_BATCHES))
-
-    def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
-        """The uniform-width resnet20 closest below the budget, any channel count."""
-        recipe = build_recipe(self.args, seed)
-        meta = {**META, "bins": 64, "min_bins": 1, "round_to": 1}
-        sn = build_supernet(meta)
-        lo, hi = 0.01, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if sn.macs(sn.space.uniform(mid)) <= budget else (lo, mid)
-        tuned = self.from_scratch(
-            f"scratch-{pct(frac)}", meta, sn.space.uniform(lo), recipe, seed=seed, label="scratch"
-        )
-        return {
-            "kind": "scratch",
-            "seed": seed,
-            "fraction": frac,
-            "budget_macs": budget,
-            "ratio": lo,
-            "epochs": self.args.scratch_epochs,
-            **measure(tuned, latency=False),
-        }
-
-    def searched_scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
-        """Control: the ``ft-best`` widths from random weights, trained like ``scratch``. Above
-        the uniform widths, the search finds better shapes; below, only its weights help."""
-        source = seed if self.args.widths_seed is None else self.args.widths_seed
-        best = self.cells.get(f"ft-best-{pct(frac)}-s{source}")
-        if best is None:
-            raise RuntimeError(f"ft-best-{pct(frac)}-s{source} has not finished")
-        meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
-        recipe = build_recipe(self.args, seed)
-        tuned = self.from_scratch(
-            f"scratch-searched-{pct(frac)}", meta, best["widths"], recipe, seed=seed, label="ctl"
-        )
-        return {
-            "kind": "scratch-searched",
-            "seed": seed,
-            "widths_seed": source,
-            "fraction": frac,
-            "budget_macs": budget,
-            "strategy": best["strategy"],
-            "widths": best["widths"],
-            "epochs": self.args.scratch_epochs,
-            **measure(tuned, latency=False),
-        }
-
-    def from_scratch(
-        self, name: str, meta: dict[str, Any], widths, recipe: Recipe, *, seed: int, label: str
-    ) -> Path:
-        """``widths`` from random initialisation trained ``--scratch-epochs`` at lr 0.1 (no
-        teacher), resumable: the trained subnet file ``work/NAME.pt``."""
-        work = self.work(seed)
-        init, tuned = work / f"{name}-init.pt", work / f"{name}.pt"
-        if not init.is_file():
-            doc = random_init_subnet(meta, widths, recipe, seed=1000 + seed, label=label)
-            save_subnet(doc, init)
-        train_from_scratch(
-            init, tuned, epochs=self.args.scratch_epochs, lr=0.1, seed=seed, eval_images=0
-        )
-        return tuned
 
     def extract(
         self, source: tuple, result: dict[str, Any], out: Path, candidates: list[str], ckpt: Path

@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None, *, description: str = "") -> argparse
     add = parser.add_argument
     add("--smoke", action="store_true", help="every cell kind on synthetic data, minutes")
     add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
-    add("--part", choices=["all", "pipeline", "scratch", "control"], default="all")
+    add("--part", choices=["all", "pipeline", "scratch", "control", "random"], default="all")
     add("--report", action="store_true", help="only print the table of the finished cells")
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
@@ -109,4 +109,15 @@ def build_recipe(args: argparse.Namespace, seed: int) -> Recipe:
     recipe.search.heldout_images = args.heldout_images
     recipe.search.calib_batches = args.calib_batches
     recipe.finetune.epochs = args.finetune_epochs
+    return recipe
+
+
+def random_supernet_recipe(args: argparse.Namespace, seed: int) -> Recipe:
+    """The path without a trained network: the BCNet supernet from random weights, as many
+    epochs as pretraining and the warm supernet together, at the pretraining lr."""
+    recipe = build_recipe(args, seed)
+    recipe.train.init = "scratch"
+    recipe.train.trainer, recipe.train.distill = "bcnet", False
+    recipe.train.epochs = args.pretrain_epochs + args.supernet_epochs
+    recipe.train.lr = recipe.pretrain.lr
     return recipe

@@ -19,6 +19,7 @@ def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
     rows = [
         ("trained full network", "full"),
         ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
+        ("best searched subnet of a supernet from random weights, the same way", "ft-random"),
         ("second-best searched subnet, the same way", "ft-second"),
         ("uniform subnet of the warm supernet, the same way", "ft-uniform"),
         ("same widths as the best, weights from the trained network", "ft-trained"),

@@ -23,6 +23,9 @@ KINDS = [
     "tp-taylor-25-s0",
     "scratch-25-s0",
     "scratch-searched-25-s0",
+    "supernet-random-s0",
+    "search-random-s0",
+    "ft-random-25-s0",
 ]
 
 
@@ -47,6 +50,11 @@ def test_smoke_runs_every_cell_kind_at_its_budget_and_a_rerun_redoes_nothing(
         assert second["widths"] != best["widths"] and second["strategy"] != best["strategy"]
     assert cells["scratch-searched-25-s0"]["widths"] == best["widths"]
     assert cells["ft-trained-25-s0"]["widths"] == best["widths"]
+    random = {r["strategy"]: r for r in cells["search-random-s0"]["results"]}
+    best_random = max((random["bisection"], random["peel"]), key=lambda r: r["score"])
+    assert cells["ft-random-25-s0"]["widths"] == best_random["widths"]
+    assert cells["supernet-random-s0"]["epochs"] == 2  # pretraining's and the supernet's
+    assert cells["ft-random-25-s0"]["variant"] == "random"
     for name, cell in cells.items():
         if "budget_macs" in cell and "top1" in cell:
             assert cell["macs"] <= cell["budget_macs"] == budget, name
@@ -56,7 +64,7 @@ def test_smoke_runs_every_cell_kind_at_its_budget_and_a_rerun_redoes_nothing(
     assert cells["tp-taylor-25-s0"]["importance"] == "taylor"
 
     table = (out / "tables.md").read_text()
-    for row in ("uniform subnet of the warm supernet", "Torch-Pruning Taylor", "control"):
+    for row in ("uniform subnet", "Torch-Pruning Taylor", "control", "from random weights"):
         line = next(line for line in table.splitlines() if row in line)
         assert "n=1" in line, line
 
