@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _supernet(name: str, args: argparse.Namespace) -> tuple[Supernet, torch.Tensor]:
-    model = create_model(name, num_classes=args.num_classes, in_chans=args.in_chans)
+    model = create_model(
+        name, num_classes=args.num_classes, in_chans=args.in_chans, input_size=args.input_size
+    )
     example = torch.zeros(1, args.in_chans, args.input_size, args.input_size)
     sn = Supernet.from_model(
         model,

@@ -24,6 +24,8 @@ or whose every group ends up frozen, is refused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,7 +126,8 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         tracer = _Tracer()
         graph = tracer.trace(model)
         gm = torch.fx.GraphModule(tracer.root, graph)
-        with torch.no_grad():
+        # ShapeProp prints the traceback of a failing node itself: the error below says it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*example_inputs)
     except UnsupportedModelError:
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,9 @@ def list_models() -> list[str]:
     ]
 
 
-def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int = 10, in_chans: int = 3, input_size: int | None = None
+) -> nn.Module:
     """Build a randomly initialised classifier by name.
 
     Args:
@@ -122,6 +125,9 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3) -> nn.M
         num_classes: Classifier outputs.
         in_chans: Input channels (1 for Fashion-MNIST); torchvision models get their first
             3-channel conv replaced, timm models take ``in_chans`` natively.
+        input_size: The square input side the model will see. Models built for one input
+            size (vision transformers: their position embeddings) are built for this one;
+            the others take any size and ignore it.
 
     Returns:
         The model, in training mode.
@@ -134,10 +140,15 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int = 3) -> nn.M
     if key.lower() in _BUILTIN_DEPTHS:
         return CifarResNet(_BUILTIN_DEPTHS[key.lower()], num_classes, in_chans)
     if key.startswith(_TV_PREFIX):
-        return _create_torchvision(key[len(_TV_PREFIX) :], num_classes, in_chans)
+        return _create_torchvision(key[len(_TV_PREFIX) :], num_classes, in_chans, input_size)
     if key.startswith(_TIMM_PREFIX):
-        return _create_timm(key[len(_TIMM_PREFIX) :], num_classes, in_chans)
+        return _create_timm(key[len(_TIMM_PREFIX) :], num_classes, in_chans, input_size)
     raise ValueError(f"unknown model {name!r}{_suggest(key, list(_BUILTIN_DEPTHS))}; {_VALID_HINT}")
+
+
+def _options(**values: Any) -> str:
+    """``num_classes=10, in_chans=1``: the builder arguments an error names."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def _suggest(name: str, candidates: list[str]) -> str:
@@ -145,7 +156,13 @@ def _suggest(name: str, candidates: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _create_torchvision(name: str, num_classes: int, in_chans: int) -> nn.Module:
+# torchvision classifiers built for one input size, and the builder argument that sets it
+_TV_SIZED = {"vit_": "image_size", "maxvit_": "input_size"}
+
+
+def _create_torchvision(
+    name: str, num_classes: int, in_chans: int, input_size: int | None
+) -> nn.Module:
     import torchvision.models
 
     # Classifiers only: detection/segmentation builders share the registry but not the API.
@@ -155,10 +172,15 @@ def _create_torchvision(name: str, num_classes: int, in_chans: int) -> nn.Module
             f"unknown torchvision classifier {name!r} in 'tv:{name}'{_suggest(name, classifiers)}; "
             "see torchvision.models.list_models(module=torchvision.models)"
         )
+    sized = {}
+    for prefix, argument in _TV_SIZED.items():
+        if input_size and name.startswith(prefix):
+            sized[argument] = input_size if argument == "image_size" else (input_size,) * 2
     try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot build 'tv:{name}' with num_classes={num_classes}: {exc}") from exc
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **sized)
+    except (TypeError, ValueError, AssertionError) as exc:
+        options = _options(num_classes=num_classes, **sized)
+        raise ValueError(f"cannot build 'tv:{name}' with {options}: {exc}") from exc
     if in_chans != 3:
         _replace_input_conv(model, in_chans, label=f"tv:{name}")
     return model
@@ -204,8 +226,9 @@ def _replace_input_conv(model: nn.Module, in_chans: int, *, label: str) -> None:
     setattr(model.get_submodule(parent_name), child_name, new)
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int) -> nn.Module:
+def _create_timm(name: str, num_classes: int, in_chans: int, input_size: int | None) -> nn.Module:
     import timm
+    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -213,9 +236,14 @@ def _create_timm(name: str, num_classes: int, in_chans: int) -> nn.Module:
         raise ValueError(
             f"unknown timm model {name!r} in 'timm:{name}'{hint}; see timm.list_models()"
         )
+    sized = {}
+    cfg = get_pretrained_cfg(name)
+    if input_size and cfg is not None and getattr(cfg, "fixed_input_size", False):
+        sized["img_size"] = input_size  # position embeddings (or windows) for this size
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"cannot build 'timm:{name}' with {num_classes=}, {in_chans=}: {exc}"
-        ) from exc
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **sized
+        )
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        options = _options(num_classes=num_classes, in_chans=in_chans, **sized)
+        raise ValueError(f"cannot build 'timm:{name}' with {options}: {exc}") from exc

@@ -61,7 +61,12 @@ class SupernetSpec:
         from .models import create_model
         from .supernet import Supernet
 
-        model = create_model(self.model, num_classes=self.num_classes, in_chans=self.in_chans)
+        model = create_model(
+            self.model,
+            num_classes=self.num_classes,
+            in_chans=self.in_chans,
+            input_size=self.input_size,
+        )
         example = torch.zeros(1, self.in_chans, self.input_size, self.input_size)
         return Supernet.from_model(
             model,

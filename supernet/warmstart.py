@@ -161,7 +161,10 @@ def trained_network(
         CheckpointError: the weights do not fit the model (:func:`load_weights`).
     """
     model = create_model(
-        meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"])
+        meta["model"],
+        num_classes=int(meta["num_classes"]),
+        in_chans=int(meta["in_chans"]),
+        input_size=int(meta["input_size"]) if meta.get("input_size") else None,
     )
     load_weights(model, state, where=where)
     model.eval()

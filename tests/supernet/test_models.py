@@ -154,3 +154,31 @@ def test_list_models() -> None:
     assert names[:3] == ["resnet20", "resnet32", "resnet56"]
     assert any(n.startswith("tv:") for n in names)
     assert any(n.startswith("timm:") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("name", "embedding"),
+    [("timm:vit_tiny_patch16_224", "pos_embed"), ("tv:vit_b_16", "encoder.pos_embedding")],
+)
+def test_vision_transformers_are_built_for_the_input_size(name: str, embedding: str) -> None:
+    """A ViT's position embeddings fix its input size: ``input_size`` builds it for that size
+    (4 patches of 16 at 32 x 32, plus the class token); CNNs take any size and ignore it."""
+    model = create_model(name, num_classes=3, in_chans=1, input_size=32).eval()
+    assert model.get_parameter(embedding).shape[1] == 4 + 1
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3)
+    cnn = create_model("timm:resnet18", num_classes=3, input_size=32)
+    assert _params(cnn) == _params(create_model("timm:resnet18", num_classes=3))
+    with pytest.raises(ValueError, match=r"cannot build 'tv:vit_b_16' with .*image_size=30"):
+        create_model("tv:vit_b_16", input_size=30)  # not a multiple of the patch size
+
+
+def test_a_failed_trace_prints_no_traceback(capfd) -> None:
+    """Shape propagation prints the traceback of a failing node itself; the supernet says
+    one line instead (here: a ViT built for 224 x 224 traced at 32 x 32)."""
+    from widthsearch.supernet import Supernet, UnsupportedModelError
+
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=3)
+    with pytest.raises(UnsupportedModelError, match="cannot trace VisionTransformer"):
+        Supernet.from_model(model, torch.zeros(1, 3, 32, 32))
+    assert capfd.readouterr().err == ""
