@@ -32,8 +32,8 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
 
 Every finished cell is a JSON file under ``--out/cells`` and a rerun skips it; training
 resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 1-5,
-``scratch``: 6) so that two cores work at once. The table goes to stdout and
-``--out/tables.md``.
+``scratch``: 6, ``control``: 7, ``random``: 8) so that two cores work at once. The table goes
+to stdout and ``--out/tables.md``.
 """
 
 from __future__ import annotations
@@ -269,8 +269,7 @@ class Warmstart(BaselineCells):
         best whose widths differ from the best's) or ``"uniform"``; from the ``warm`` or the
         ``random`` supernet."""
         search = f"search-s{seed}" if variant == "warm" else f"search-{variant}-s{seed}"
-        answers = [r for r in self.cells.get(search)["results"]]
-        answers = [r for r in answers if int(r["budget_macs"]) == budget]
+        answers = [r for r in self.cells.get(search)["results"] if int(r["budget_macs"]) == budget]
         uniform = next(r for r in answers if r["strategy"] == "uniform")
         ranked = sorted(
             (r for r in answers if r["strategy"] != "uniform"), key=lambda r: -r["score"]
