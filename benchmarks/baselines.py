@@ -113,7 +113,7 @@ def prune_to_budget(
 ) -> dict[str, Any]:
     """Torch-Pruning of ``model``, the ratio bisected to the widest net <= budget.
 
-    ``importance``: ``"l1"``, the L1 norm of each channel's weights (``MagnitudePruner``);
+    ``importance``: ``"l1"``, the L1 norm of each channel's weights (``MagnitudeImportance``);
     ``"taylor"``, |weight x gradient| summed over each dependency group
     (``GroupTaylorImportance``), the gradient of the cross-entropy over ``batches`` of
     training data (``(images, labels)``, the network in eval mode). ``global_ranking``:
