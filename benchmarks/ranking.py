@@ -8,7 +8,9 @@
 
 1. ``configs``: ``--configs`` width configs of the first supernet's space, one per
    equal-width stratum of 5-100 % of its full MACs, drawn (seeded) from random configs and
-   jittered uniform ones, so that large subnets are represented as well as small ones.
+   jittered uniform ones, so that large subnets are represented as well as small ones; with
+   ``--at-budget F`` all of them within ``--window`` (0.97) to 1 of F x full MACs instead,
+   where MACs alone cannot rank them and only the scores can (the search's question).
 2. Ground truth per config and seed, test top-1 (never used to choose anything):
    ``finetune``: extracted from the first supernet with the pipeline's inheritance choice
    and fine-tuned as the pipeline does (the recipe's epochs and lr, distilled from the
@@ -71,6 +73,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--trained", help="the trained full network (default: the first supernet's teacher)")
     add("--out", default="benchmarks/results/ranking")
     add("--configs", type=int, default=30)
+    add(
+        "--at-budget",
+        type=float,
+        metavar="FRACTION",
+        help="every config within --window of this MACs budget (a fraction of the full MACs) "
+        "instead of one per stratum of 5-100 %%: how a score ranks where MACs say nothing",
+    )
+    add("--window", type=float, default=0.97, help="with --at-budget: the lowest share used")
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--truth", nargs="+", default=["finetune"], choices=["finetune", "scratch"])
     add("--metrics", nargs="+", default=["top1", "ce", "kd"])
@@ -92,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("give at least one --supernet NAME=PATH (or --smoke)")
     if args.configs < 3:
         parser.error("need --configs >= 3")
+    if args.at_budget is not None and not (0 < args.at_budget <= 1 and 0 < args.window < 1):
+        parser.error("--at-budget must be in (0, 1] and --window in (0, 1)")
     return args
 
 
@@ -153,6 +165,35 @@ def partial_tau(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
     xy, xz, yz = tau(x, y), tau(x, z), tau(y, z)
     rest = (1 - xz**2) * (1 - yz**2)
     return float("nan") if rest <= 1e-12 else (xy - xz * yz) / float(np.sqrt(rest))
+
+
+def budget_configs(
+    sn: Supernet, count: int, *, fraction: float, window: float, seed: int, draws: int = 50_000
+) -> list[dict[str, Any]]:
+    """``count`` distinct configs whose MACs lie in ``[window, 1] x fraction x`` full MACs,
+    drawn (seeded) from random configs and jittered uniform ones around the budget."""
+    rng = np.random.default_rng(seed)
+    space, budget = sn.space, fraction * sn.macs()
+    found: dict[tuple[int, ...], dict[str, Any]] = {}
+    for i in range(draws):
+        if i % 2:
+            cfg = space.sample(rng)
+        else:  # uniform widths near the budget, each group moved up to 2 choices either way
+            cfg = space.uniform(float(np.sqrt(fraction)))
+            for g in space.searchable:
+                k = g.choices.index(cfg[g.name]) + int(rng.integers(-2, 3))
+                cfg[g.name] = g.choices[min(max(k, 0), len(g.choices) - 1)]
+        macs = sn.macs(cfg)
+        if window * budget <= macs <= budget:
+            found.setdefault(
+                tuple(cfg[g.name] for g in space.searchable), {"widths": cfg, "macs": int(macs)}
+            )
+        if len(found) == count:
+            return list(found.values())
+    raise ValueError(
+        f"only {len(found)} of {count} configs within {window:.0%}-100 % of "
+        f"{fraction:.0%} MACs in {draws} draws: widen --window or ask for fewer --configs"
+    )
 
 
 def bootstrap(
@@ -240,6 +281,11 @@ class Ranking:
         configs = cells.run("configs", self.configs_cell)
         if configs is None:
             return
+        if configs.get("at_budget") != args.at_budget:
+            raise SystemExit(
+                f"{self.out} holds configs drawn with --at-budget {configs.get('at_budget')}; "
+                "use another --out"
+            )
         for name, path in self.supernets.items():
             for metric in args.metrics:
                 for images in args.heldout_images:
@@ -283,7 +329,19 @@ class Ranking:
         return {
             "supernet": self.reference,
             "full_macs": int(sn.macs()),
-            "configs": stratified_configs(sn, self.args.configs, seed=12345),
+            "at_budget": self.args.at_budget,
+            "window": self.args.window if self.args.at_budget is not None else None,
+            "configs": (
+                stratified_configs(sn, self.args.configs, seed=12345)
+                if self.args.at_budget is None
+                else budget_configs(
+                    sn,
+                    self.args.configs,
+                    fraction=self.args.at_budget,
+                    window=self.args.window,
+                    seed=12345,
+                )
+            ),
         }
 
     def _scores(self, sn: Supernet, payload: dict[str, Any], metric: str, images: int, configs):
@@ -419,6 +477,8 @@ class Ranking:
                     }
                 )
             out[kind] = {
+                "at_budget": configs.get("at_budget"),
+                "window": configs.get("window"),
                 "configs": len(have),
                 "seeds": self.args.seeds,
                 "rows": rows,
@@ -429,9 +489,15 @@ class Ranking:
     def table(self) -> str:
         lines = []
         for kind, block in self.summary().items():
+            spread = f"over {round(100 * LOW)}-{round(100 * HIGH)} % MACs"
+            if block.get("at_budget") is not None:
+                spread = (
+                    f"within {block['window']:.0%}-100 % of the {block['at_budget']:.0%} "
+                    "MACs budget"
+                )
             lines += [
                 f"Truth: {kind} test top-1, mean over seeds {block['seeds']}, "
-                f"{block['configs']} configs over {round(100 * LOW)}-{round(100 * HIGH)} % MACs",
+                f"{block['configs']} configs {spread}",
                 "",
                 "| score (supernet-metric-held-out images) | Kendall tau [95 % CI] "
                 "| tau - MACs' [paired 95 % CI] | partial tau given MACs [95 % CI] "

@@ -133,3 +133,32 @@ def test_seed_agreement_compares_the_configs_both_seeds_have():
     assert agree["kendall_tau"] == pytest.approx(1.0)
     assert agree["max_gap"] == pytest.approx(0.02) and agree["median_gap"] == pytest.approx(0.01)
     assert ranking.seed_agreement({0: runs[0]}, macs) == {}  # one seed: nothing to compare
+
+
+def test_configs_at_one_budget_lie_in_its_window_and_are_distinct():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    sn = Supernet.from_model(model, torch.zeros(1, 1, 8, 8), bins=8)
+    full = sn.macs()
+    configs = ranking.budget_configs(sn, 12, fraction=0.25, window=0.97, seed=3)
+    assert len(configs) == 12
+    assert all(0.97 * 0.25 * full <= c["macs"] <= 0.25 * full for c in configs)
+    assert [c["macs"] for c in configs] == [sn.macs(c["widths"]) for c in configs]
+    assert len({tuple(sorted(c["widths"].items())) for c in configs}) == 12
+    assert configs == ranking.budget_configs(sn, 12, fraction=0.25, window=0.97, seed=3)
+    with pytest.raises(ValueError, match="widen --window"):
+        ranking.budget_configs(sn, 12, fraction=0.25, window=0.9999, seed=3, draws=200)
+
+
+def test_a_folder_of_stratified_configs_refuses_a_budget_run(tmp_path):
+    """Configs drawn one way are never mixed with truth cells of configs drawn another."""
+    args = ranking.parse_args(["--supernet", "warm=x.pt", "--out", str(tmp_path)])
+    bench = ranking.Ranking(args)
+    bench.cells.run("configs", lambda: {"at_budget": None, "configs": []})
+    at_budget = ranking.parse_args(
+        ["--supernet", "warm=x.pt", "--out", str(tmp_path), "--at-budget", "0.25"]
+    )
+    with pytest.raises(SystemExit, match="use another --out"):
+        ranking.Ranking(at_budget).run()
+    with pytest.raises(SystemExit):
+        ranking.parse_args(["--supernet", "warm=x.pt", "--at-budget", "1.5"])
