@@ -63,7 +63,7 @@ from warmstart_settings import (
     parse_args,
     random_supernet_recipe,
 )
-from warmstart_tables import pct
+from warmstart_tables import pareto, pct
 from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
     extract_subnet,
@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.run()
     table = table_of(bench.cells, args, bench.full_macs)
     write_text_atomic(table, out / "tables.md")
+    pareto(bench.cells, args, bench.full_macs, out / "pareto.png")
     print(table)
     return 1 if bench.cells.failed else 0
 

@@ -1,52 +1,124 @@
-"""The warm-start benchmark's tables (``benchmarks/warmstart.py``): accuracy per method and
-budget over the finished seeds, and the CPU cost of delivering several budgets."""
+"""The warm-start benchmark's tables and plot (``benchmarks/warmstart.py``): accuracy per
+method and budget over the finished seeds, the CPU cost of delivering several budgets, and
+top-1 against MACs with error bars (``pareto.png``)."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
+from pathlib import Path
+from typing import NamedTuple
 
 from cells import Cells
+from widthsearch.supernet.checkpoint import atomic_path
 
 
 def pct(fraction: float) -> str:
     return f"{round(100 * fraction)}"
 
 
+ROWS = [
+    ("trained full network", "full"),
+    ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
+    ("best searched subnet of a supernet from random weights, the same way", "ft-random"),
+    ("second-best searched subnet, the same way", "ft-second"),
+    ("uniform subnet of the warm supernet, the same way", "ft-uniform"),
+    ("same widths as the best, weights from the trained network", "ft-trained"),
+    ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
+    ("Torch-Pruning Taylor (global) of the same network, same fine-tune", "tp-taylor"),
+    ("uniform widths from scratch", "scratch"),
+    ("searched widths from scratch (control)", "scratch-searched"),
+]
+
+
+class Point(NamedTuple):
+    """One method at one budget over the seeds finished."""
+
+    top1: float  # mean test top-1
+    std: float  # its standard deviation (0 for one seed)
+    macs: float  # mean MACs as a fraction of the full network's
+    seeds: int
+
+
+def point(
+    cells: Cells, args: argparse.Namespace, full_macs: int, prefix: str, frac: float
+) -> Point | None:
+    """The method's finished cells at a budget (``None``: none finished)."""
+    names = [
+        f"{prefix}-s{s}" if prefix == "full" else f"{prefix}-{pct(frac)}-s{s}" for s in args.seeds
+    ]
+    docs = [d for d in map(cells.get, names) if d is not None and "top1" in d]
+    if not docs:
+        return None
+    top = [d["top1"] for d in docs]
+    return Point(
+        statistics.mean(top),
+        statistics.stdev(top) if len(top) > 1 else 0.0,
+        statistics.mean(d["macs"] for d in docs) / full_macs,
+        len(top),
+    )
+
+
 def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
     """The benchmark's table: test top-1 per method and budget (mean ± std over the seeds
     finished), then the cost table."""
-    rows = [
-        ("trained full network", "full"),
-        ("best searched subnet (warm supernet, fine-tuned)", "ft-best"),
-        ("best searched subnet of a supernet from random weights, the same way", "ft-random"),
-        ("second-best searched subnet, the same way", "ft-second"),
-        ("uniform subnet of the warm supernet, the same way", "ft-uniform"),
-        ("same widths as the best, weights from the trained network", "ft-trained"),
-        ("Torch-Pruning L1 of the same network, same fine-tune", "tp"),
-        ("Torch-Pruning Taylor (global) of the same network, same fine-tune", "tp-taylor"),
-        ("uniform widths from scratch", "scratch"),
-        ("searched widths from scratch (control)", "scratch-searched"),
-    ]
     head = " | ".join(f"{pct(f)} % MACs" for f in args.budgets)
     lines = [f"| method | {head} |", "|---" + "|---:" * len(args.budgets) + "|"]
-    for label, prefix in rows:
+    for label, prefix in ROWS:
         cols = []
         for frac in args.budgets:
-            docs = [
-                cells.get(f"{prefix}-s{s}" if prefix == "full" else f"{prefix}-{pct(frac)}-s{s}")
-                for s in args.seeds
-            ]
-            docs = [d for d in docs if d is not None and "top1" in d]
-            if not docs:
+            p = point(cells, args, full_macs, prefix, frac)
+            if p is None:
                 cols.append("-")
                 continue
-            top = [d["top1"] for d in docs]
-            macs = statistics.mean(d["macs"] for d in docs) / full_macs
-            spread = f" ± {statistics.stdev(top):.4f}" if len(top) > 1 else ""
-            cols.append(f"{statistics.mean(top):.4f}{spread} ({100 * macs:.1f} %, n={len(top)})")
+            spread = f" ± {p.std:.4f}" if p.seeds > 1 else ""
+            cols.append(f"{p.top1:.4f}{spread} ({100 * p.macs:.1f} %, n={p.seeds})")
         lines.append(f"| {label} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n\n" + costs(cells, args)
+
+
+def pareto(cells: Cells, args: argparse.Namespace, full_macs: int, path: Path) -> Path:
+    """Test top-1 against MACs, one line per method over the budgets, error bars one standard
+    deviation over the seeds, the trained network as a star; PNG, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, prefix in ROWS:
+        points = [point(cells, args, full_macs, prefix, f) for f in args.budgets]
+        points = [p for p in points if p is not None]
+        if not points:
+            continue
+        if prefix == "full":
+            p = points[0]
+            ax.errorbar(
+                [100 * p.macs], [p.top1], yerr=[p.std], fmt="*", ms=14, color="black", label=label
+            )
+            continue
+        points.sort(key=lambda p: p.macs)
+        ax.errorbar(
+            [100 * p.macs for p in points],
+            [p.top1 for p in points],
+            yerr=[p.std for p in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xlabel("MACs (% of the full network)")
+    ax.set_ylabel("test top-1")
+    ax.set_title(f"resnet20 / Fashion-MNIST, seeds {', '.join(map(str, args.seeds))} (mean ± std)")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize="x-small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
 
 
 def costs(cells: Cells, args: argparse.Namespace) -> str:

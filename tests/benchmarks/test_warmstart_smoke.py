@@ -63,6 +63,7 @@ def test_smoke_runs_every_cell_kind_at_its_budget_and_a_rerun_redoes_nothing(
     assert cells["tp-taylor-25-s0"]["macs"] >= 0.98 * budget  # global ranking: at the budget
     assert cells["tp-taylor-25-s0"]["importance"] == "taylor"
 
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "tables.md").read_text()
     for row in ("uniform subnet", "Torch-Pruning Taylor", "control", "from random weights"):
         line = next(line for line in table.splitlines() if row in line)
