@@ -117,8 +117,9 @@ def prune_to_budget(
     ``"taylor"``, |weight x gradient| summed over each dependency group
     (``GroupTaylorImportance``), the gradient of the cross-entropy over ``batches`` of
     training data (``(images, labels)``, the network in eval mode). ``global_ranking``:
-    channels compete across layers (``global_pruning``), so the MACs can stop within about
-    1 % of the budget; otherwise every group loses the same share and the MACs move in steps.
+    channels compete across layers (``global_pruning``), so the MACs can stop nearer the
+    budget (not always: the ratio is bisected and MACs do not fall evenly with it); otherwise
+    every group loses the same share and the MACs move in steps.
 
     Returns the pruned module, the ratio, its widths per supernet group and the check that
     those widths describe it exactly (same tensor shapes as the supernet's extraction, same

@@ -20,7 +20,7 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
 5. ``tp``: Torch-Pruning (L1 magnitude) of the same trained network to the same budget, the
    same fine-tuning and teacher (every group loses the same share, so the MACs stop in steps
    below the budget); ``tp-taylor``: Taylor importance (|weight x gradient| per dependency
-   group, gradients from 16 training batches) ranked globally, within 1 % of the budget.
+   group, gradients from 16 training batches) ranked globally, nearer the budget.
 6. ``scratch``: the uniform-width network at the budget (any channel count, not only the
    supernet's bins), trained from scratch.
 7. ``scratch-searched`` (``--part control``): the ``ft-best`` widths from random weights,

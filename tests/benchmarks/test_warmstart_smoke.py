@@ -60,7 +60,6 @@ def test_smoke_runs_every_cell_kind_at_its_budget_and_a_rerun_redoes_nothing(
             assert cell["macs"] <= cell["budget_macs"] == budget, name
             assert cell["macs"] == cell["macs_counted"], name  # cost model = counted
             assert 0.0 <= cell["top1"] <= 1.0, name
-    assert cells["tp-taylor-25-s0"]["macs"] >= 0.98 * budget  # global ranking: at the budget
     assert cells["tp-taylor-25-s0"]["importance"] == "taylor"
 
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
