@@ -5,13 +5,12 @@ top-1 against MACs with error bars (``pareto.png``)."""
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 from pathlib import Path
 from typing import NamedTuple
 
 from cells import Cells
-from widthsearch.supernet.checkpoint import atomic_path
+from widthsearch.evaluate import save_png
 
 
 def pct(fraction: float) -> str:
@@ -113,12 +112,7 @@ def pareto(cells: Cells, args: argparse.Namespace, full_macs: int, path: Path) -
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize="x-small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def costs(cells: Cells, args: argparse.Namespace) -> str:

@@ -45,7 +45,7 @@ from .inheritance import (
     topk_indices,
 )
 from .measure import counted_macs, dataset_top1, evaluate_model, measure_latency
-from .report import format_table, plot_pareto, write_report
+from .report import format_table, plot_pareto, save_png, write_report
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -78,6 +78,7 @@ __all__ = [
     "read_search",
     "read_subnet",
     "read_widths",
+    "save_png",
     "save_subnet",
     "timm_model_from_string",
     "timm_shape_string",

@@ -24,7 +24,14 @@ from typing import Any
 from widthsearch.search import format_macs
 from widthsearch.supernet.checkpoint import atomic_path, write_text_atomic
 
-__all__ = ["PARETO_NAME", "REPORT_NAME", "format_table", "plot_pareto", "write_report"]
+__all__ = [
+    "PARETO_NAME",
+    "REPORT_NAME",
+    "format_table",
+    "plot_pareto",
+    "save_png",
+    "write_report",
+]
 
 REPORT_NAME = "report.md"
 PARETO_NAME = "pareto.png"
@@ -182,6 +189,11 @@ def plot_pareto(
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize="small")
+    return save_png(fig, path)
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """A matplotlib figure as PNG at ``path``, laid out tight, written atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
