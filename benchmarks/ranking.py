@@ -131,17 +131,22 @@ def smoke_supernet(out: Path) -> Path:
     return folder / "supernet.pt"
 
 
+def jittered_uniform(space, ratio: float, rng: np.random.Generator, *, spread: int):
+    """The uniform config at ``ratio``, each group moved up to ``spread`` choices either way."""
+    cfg = space.uniform(ratio)
+    for g in space.searchable:
+        k = g.choices.index(cfg[g.name]) + int(rng.integers(-spread, spread + 1))
+        cfg[g.name] = g.choices[min(max(k, 0), len(g.choices) - 1)]
+    return cfg
+
+
 def stratified_configs(sn: Supernet, count: int, *, seed: int) -> list[dict[str, Any]]:
     """One config per equal-width MACs stratum of [LOW, HIGH] x full MACs (seeded)."""
     rng = np.random.default_rng(seed)
     space, full = sn.space, sn.macs()
     pool = [space.sample(rng) for _ in range(2000)]
     for ratio in np.linspace(0.15, 1.0, 400):  # jittered uniform configs reach the top
-        cfg = space.uniform(float(ratio))
-        for g in space.searchable:
-            k = g.choices.index(cfg[g.name]) + int(rng.integers(-1, 2))
-            cfg[g.name] = g.choices[min(max(k, 0), len(g.choices) - 1)]
-        pool.append(cfg)
+        pool.append(jittered_uniform(space, float(ratio), rng, spread=1))
     fractions = np.array([sn.macs(c) / full for c in pool])
     edges = np.linspace(LOW, HIGH, count + 1)
     configs = []
@@ -178,11 +183,8 @@ def budget_configs(
     for i in range(draws):
         if i % 2:
             cfg = space.sample(rng)
-        else:  # uniform widths near the budget, each group moved up to 2 choices either way
-            cfg = space.uniform(float(np.sqrt(fraction)))
-            for g in space.searchable:
-                k = g.choices.index(cfg[g.name]) + int(rng.integers(-2, 3))
-                cfg[g.name] = g.choices[min(max(k, 0), len(g.choices) - 1)]
+        else:  # uniform widths near the budget
+            cfg = jittered_uniform(space, float(np.sqrt(fraction)), rng, spread=2)
         macs = sn.macs(cfg)
         if window * budget <= macs <= budget:
             found.setdefault(
