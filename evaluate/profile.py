@@ -1,7 +1,8 @@
 """Measure a supernet's latency table on this machine (``widthsearch profile``).
 
-What is measured: every slimmable layer (conv, linear, BN, LayerNorm) alone, as the dense
-layer an extracted subnet would have, at every combination of the width choices of the
+What is measured: every slimmable layer (conv, linear, BN, LayerNorm, attention without its
+output projection, which is a layer of its own) alone, as the dense layer an extracted
+subnet would have, at every combination of the width choices of the
 groups it touches, on its own input shape at batch ``batch`` (its channels on the dimension
 its handler found when tracing: 1, or the last for ConvNeXt's channels-last LayerNorm and
 Linear) -- ``torch.utils.benchmark`` medians, ``threads`` intra-op threads, no autograd.
@@ -100,7 +101,7 @@ def profile_latency(
         in_full = sn.space.groups[in_g].max_channels
         axes = [choices[g] for g in groups]
         ms = np.zeros([len(a) for a in axes])
-        if not layer.handler.owns_output:  # a tensor its owner reads: nothing to time alone
+        if name not in shapes:  # a tensor its owner reads: nothing to time alone
             bar.update(ms.size)
             layers.append(LayerLatency(name, list(groups), ms))
             continue
@@ -108,7 +109,7 @@ def profile_latency(
         for cell in np.ndindex(*ms.shape):
             widths = [axes[k][i] for k, i in enumerate(cell)]
             w_in, w_out = (widths[0], widths[0]) if follows else (widths[0], widths[1])
-            module = copy.deepcopy(modules[name])
+            module = _alone(modules[name], layer)
             slice_layer(module, layer, torch.arange(w_in), torch.arange(w_out))
             for shape in shapes[name]:  # at batch 32 drawing an input costs more than timing
                 if (shape, w_in) not in inputs:
@@ -216,20 +217,23 @@ def _layer_shapes(
     per_channel: dict[str, int] = {}
     handles = []
 
-    def hook(name: str, dim: int) -> Callable[..., None]:
+    def hook(name: str, dim: int | None) -> Callable[..., None]:
         def record(_module: nn.Module, args: Any, output: torch.Tensor) -> None:
             shapes.setdefault(name, []).append(tuple(args[0].shape))
-            per_channel[name] = per_channel.get(name, 0) + output.numel() // output.shape[dim]
+            if dim is not None:
+                per_channel[name] = per_channel.get(name, 0) + output.numel() // output.shape[dim]
 
         return record
 
     was_training = sn.training
     try:
         for entry in sn.layers:
-            layer = entry.layer
-            if layer.handler.owns_output:  # the channel dimension as tracing found it
-                hook_fn = hook(layer.name, layer.out_dim)
-                handles.append(layer.module.register_forward_hook(hook_fn))
+            layer, handler = entry.layer, entry.layer.handler
+            # the channel dimension as tracing found it; a layer whose channels stay inside
+            # its module (attention's heads) is timed on its input, its output is its child's
+            if handler.owns_output or handler.output_layer(layer) is not None:
+                dim = layer.out_dim if handler.owns_output else None
+                handles.append(layer.module.register_forward_hook(hook(layer.name, dim)))
         with sn.active(None):
             sn.eval()(example)
     finally:
@@ -237,6 +241,17 @@ def _layer_shapes(
             handle.remove()
         sn.train(was_training)
     return shapes, per_channel
+
+
+def _alone(module: nn.Module, layer: Any) -> nn.Module:
+    """A copy of the layer's module to time alone: without the child that reads its inner
+    channels (attention's output projection, a layer of the table itself)."""
+    module = copy.deepcopy(module)
+    inner = layer.handler.output_layer(layer)
+    if inner is not None:
+        parent, _, child = inner[0].rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, nn.Identity())
+    return module
 
 
 def _input(shape: tuple[int, ...], width: int, full: int, *, dim: int) -> torch.Tensor:

@@ -4,7 +4,8 @@ Each searchable group ``g`` has logits over its width choices ``c_1 < ... < c_K`
 ``p_g = softmax(logits_g)``. Channel ``i`` of the group is kept with probability
 ``P(w_g > i) = sum_{k: c_k > i} p_gk`` -- a soft mask that forward hooks multiply onto the
 outputs of the group's normalisers (BN, LayerNorm; the producing conv/linear layers for a
-group with none), on the *full-width* supernet, along each output's channel dimension as the
+group with none; the inputs of its consumers for attention's heads, which no layer outputs),
+on the *full-width* supernet, along each output's channel dimension as the
 layer's handler established it when tracing (1 for NCHW, the last for ConvNeXt's
 channels-last LayerNorm and Linear). A 0/1 mask after a LayerNorm stands for a narrower
 LayerNorm only approximately: its statistics still see the masked channels. Residual adds
@@ -97,6 +98,22 @@ class SoftMasks:
             for layer, _in_gs, out_gs in sn.layers
             if layer.handler.owns_output and id(layer.module) in slots_of
         ]
+        # a group no layer outputs (attention's heads, inside their module) is masked where
+        # its consumers read it, each channel's features together (``in_factor``)
+        hidden = {j for j in range(len(space)) if j not in normalisers and j not in producers}
+        self._inputs = [
+            (
+                layer.module,
+                layer.in_dim,
+                layer.in_factor,
+                [
+                    (slot.get(g) if slot.get(g) in hidden else None, rows.stop - rows.start)
+                    for g, rows in sn.segments(in_gs)
+                ],
+            )
+            for layer, in_gs, _out_gs in sn.layers
+            if layer.handler.owns_output and any(slot.get(g) in hidden for g in in_gs)
+        ]
         self._block_outputs = [
             (j, _block_outputs(sn, space.names[j]))
             for j in range(len(space))
@@ -107,6 +124,11 @@ class SoftMasks:
     def __enter__(self) -> SoftMasks:
         for module, dim, parts in self._targets:
             self._handles.append(module.register_forward_hook(self._mask_hook(dim, parts)))
+        for module, dim, factor, parts in self._inputs:
+            hook = self._mask_hook(dim, parts, factor)
+            self._handles.append(
+                module.register_forward_pre_hook(lambda m, args, hook=hook: (hook(m, (), args[0]),))
+            )
         for j, modules in self._block_outputs:
             for module in modules:
                 self._handles.append(module.register_forward_hook(self._alive_hook(j)))
@@ -117,7 +139,7 @@ class SoftMasks:
             handle.remove()
         self._handles.clear()
 
-    def _mask_hook(self, dim: int, parts: list[tuple[int | None, int]]):
+    def _mask_hook(self, dim: int, parts: list[tuple[int | None, int]], factor: int = 1):
         def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
             masks = [None if j is None else self.masks[j] for j, _ in parts]
             if all(m is None for m in masks):
@@ -128,7 +150,7 @@ class SoftMasks:
                     output.new_ones(size) if m is None else m
                     for m, (_, size) in zip(masks, parts, strict=True)
                 ]
-            )
+            ).repeat_interleave(factor)
             shape = [1] * output.dim()
             shape[dim] = -1
             return output * mask.view(shape)

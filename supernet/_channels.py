@@ -23,6 +23,7 @@ from .errors import UnsupportedModelError
 from .handlers import Layout
 
 __all__ = [
+    "CONCAT",
     "FROZEN",
     "JOINING",
     "SPLITTING",
@@ -149,7 +150,7 @@ _CHANNELWISE = (
 # when those are spatial (global pooling written as ``x.mean((2, 3))``).
 _REDUCING = {"mean", "amax", "amin", "sum", "nansum", "nanmean", "std", "var", "logsumexp"}
 # Concatenations: along the channels they concatenate layouts, elsewhere they join them.
-_CONCAT = {"cat", "concat", "concatenate"}
+CONCAT = {"cat", "concat", "concatenate"}
 # Ops that flatten (N, C, H, W) -> (N, C*H*W).
 _FLATTENING = {"flatten", "view", "reshape"}
 # Ops that only add or drop dimensions of size 1 when the channels are elsewhere.
@@ -168,7 +169,7 @@ class Channels(NamedTuple):
 
 
 # The channels of a tensor no group follows any more: the output of an op the supernet cannot
-# slim across (a channel shuffle, attention, a concat with a class token). Its inputs' groups
+# slim across (a channel shuffle, torchvision's attention). Its inputs' groups
 # keep full width, so the op always sees the full tensor and stays exact; a layer reading such
 # a tensor reads fixed channels.
 FROZEN = Channels((), 1, -1)
@@ -184,14 +185,16 @@ class Spaces:
         self.fixed: list[bool] = []
         self.multiple: list[int] = []
         self.reason: list[str] = []  # why a space was frozen ("" if it was not)
+        self.units: list[bool] = []  # each channel is a whole unit (a head): never rounded
 
-    def new(self, size: int, name: str, *, fixed: bool = False) -> int:
+    def new(self, size: int, name: str, *, fixed: bool = False, units: bool = False) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.name.append(name)
         self.fixed.append(fixed)
         self.multiple.append(1)
         self.reason.append("")
+        self.units.append(units)
         return len(self.parent) - 1
 
     def freeze(self, layout: Layout, reason: str) -> None:
@@ -219,6 +222,7 @@ class Spaces:
         self.parent[drop] = keep
         self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
         self.reason[keep] = self.reason[keep] or self.reason[drop]
+        self.units[keep] = self.units[keep] or self.units[drop]
         self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
         return keep
 
@@ -292,8 +296,12 @@ def channel_operands(
 def reshapes_per_channel(node: torch.fx.Node, name: str) -> bool:
     """Whether ``node`` reshapes a tensor with one value per channel (one dimension larger
     than 1) into another such tensor whose size there follows the tensor's own length:
-    ``gamma.reshape(1, -1, 1, 1)`` does, ``gamma.view(1, 96, 1, 1)`` fixes the width."""
+    ``gamma.reshape(1, -1, 1, 1)`` does, ``gamma.view(1, 96, 1, 1)`` fixes the width; an
+    ``expand`` over the batch (a ViT's class token) keeps it too."""
     source, out = shape_of(node.args[0]) if node.args else None, shape_of(node)
+    if name == "expand" and source is not None and out is not None and len(out) == len(source):
+        big = [i for i, s in enumerate(source) if s != 1]  # broadcast: its values stay put
+        return len(big) == 1 and out[big[0]] == source[big[0]]
     if name not in _RESHAPING or source is None or out is None:
         return False
     big_in, big_out = [s for s in source if s != 1], [i for i, s in enumerate(out) if s != 1]
@@ -320,7 +328,7 @@ def propagate(
     first = tracked[0]
     in_shape = shape_of(first)
     channels = info[first]
-    if name in _CONCAT:
+    if name in CONCAT:
         return _concat(node, tracked, info, spaces, out_shape)
     if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
         return _reduce(node, in_shape, out_shape, channels)
@@ -330,6 +338,8 @@ def propagate(
         return _join(node, [(info[t], shape_of(t)) for t in tracked], spaces)
     if name in _MOVING:
         return _move(node, name, channels, in_shape)
+    if name == "getitem":
+        return _select(node, channels, in_shape, out_shape)
     if channels.dim != 1:
         return _off_dim_one(node, name, module, channels, in_shape, out_shape)
     layout, factor = channels.layout, channels.factor
@@ -394,6 +404,29 @@ def _move(
     return Channels(channels.layout, channels.factor, order.index(channels.dim))
 
 
+def _select(
+    node: torch.fx.Node,
+    channels: Channels,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+) -> Channels:
+    """Indexing with integers and slices (``x[:, 0]``, a ViT's class token; ``x[:, 1:]``):
+    the channels pass through when the batch and the channel dimension are taken whole; an
+    integer index removes its dimension."""
+    index = node.args[1] if len(node.args) > 1 else None
+    index = index if isinstance(index, tuple) else (index,)
+    whole = slice(None)
+    items_ok = all(isinstance(i, (int, slice)) for i in index) and len(index) <= len(in_shape)
+    if not items_ok or channels.factor != 1 or index[0] != whole:
+        raise _refuse(node)
+    if channels.dim < len(index) and index[channels.dim] != whole:
+        raise _refuse(node)
+    dim = channels.dim - sum(isinstance(i, int) for i in index[: channels.dim])
+    if len(out_shape) < 2 or out_shape[dim] != in_shape[channels.dim]:
+        raise cannot_follow(node)
+    return Channels(channels.layout, 1, dim)
+
+
 def _off_dim_one(
     node: torch.fx.Node,
     name: str,
@@ -433,11 +466,11 @@ def _concat(
         raise cannot_follow(node)
     joined, factor, channel_dim = info[tracked[0]]
     if dim % len(out_shape) != channel_dim:
-        if any(shape_of(part) is not None and part not in info for part in parts):
-            raise UnsupportedModelError(
-                f"{where(node)} joins the channels of a tensor no traced op produced (a class "
-                "token?) to traced ones; the supernet cannot slice it"
-            )
+        for part in parts:  # a class token: one value per channel, sliced with them
+            shape = shape_of(part)
+            untracked = shape is not None and part not in info
+            if untracked and shape[channel_dim] != out_shape[channel_dim]:
+                raise cannot_follow(node)
         for other in tracked[1:]:
             if info[other].factor != factor or info[other].dim != channel_dim:
                 raise UnsupportedModelError(f"{where(node)}: joins tensors of different layouts")

@@ -7,14 +7,17 @@ and SqueezeNet's Fire modules) and the dimension that holds the channels (a perm
 channels-last moves it, as in ConvNeXt). Convolutions and linear layers create new spaces;
 BN, layer norm, activations, pools, spatial reductions and depthwise convs pass their
 input's layout through; residual adds and gating multiplies unite spaces position by
-position, and a parameter they read directly (``layer_scale * x``) is sliced with the
-channels it scales. What is left after the walk are the groups, and each layer's input and
+position, and a parameter they read directly (``layer_scale * x``, a ViT's class token
+joined to the patch embeddings, its position embedding) is sliced with the channels it
+scales. A layer whose channels stay inside its module (timm's attention: its heads) names the
+child layer that reads them (the output projection), recorded as a layer of its own. What is
+left after the walk are the groups, and each layer's input and
 output layout says which group each channel belongs to. Nothing here knows any
 architecture, nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says
 which spaces its calls read and write, and :mod:`._channels` how other ops move channels.
 
-An op the walk cannot follow (a channel shuffle, a split, attention, a concatenation with a
-class token, a module with parameters and no handler) does not stop it: the channels it reads
+An op the walk cannot follow (a channel shuffle, a split, torchvision's attention, a module
+with parameters and no handler) does not stop it: the channels it reads
 are frozen at full width, with the reason, and its output carries no group
 (:data:`~._channels.FROZEN`), so the op always sees the tensors it was written for. Its
 multiply-accumulates are then the same for every width config: ``FlopCounterMode`` counts
@@ -36,6 +39,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ._channels import (
+    CONCAT,
     FROZEN,
     JOINING,
     SPLITTING,
@@ -80,6 +84,7 @@ class TraceResult:
     frozen: dict[int, str] = field(default_factory=dict)  # root space id -> why it is frozen
     constant_macs: int = 0  # MACs of the frozen ops, the same at every width
     constant_macs_of: dict[str, int] = field(default_factory=dict)  # per module, nested ones
+    units: set[int] = field(default_factory=set)  # root space ids counted in whole units
 
 
 class _Tracer(torch.fx.Tracer):
@@ -113,9 +118,10 @@ def _flat_nodes(args: Any) -> list[torch.fx.Node]:
 def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> TraceResult:
     """Trace ``model`` and return its channel spaces and slimmable layers.
 
-    Channels coupled in a way the supernet cannot slim (split, channel shuffle, attention,
-    reductions over the channels, per-channel parameters outside the slimmable layers, ...)
-    are frozen, each with a one-line reason naming the module or op (``TraceResult.frozen``).
+    Channels coupled in a way the supernet cannot slim (split, channel shuffle, torchvision's
+    attention, reductions over the channels, per-channel parameters outside the slimmable
+    layers, ...) are frozen, each with a one-line reason naming the module or op
+    (``TraceResult.frozen``).
 
     Raises:
         UnsupportedModelError: the model cannot be traced; names the model and fx's reason.
@@ -197,7 +203,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
             if out_shape is None:
                 raise cannot_follow(node)
             info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
-            if name in JOINING:
+            if name in JOINING or name in CONCAT:
                 for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
                     found.attribute(
                         node, operand, attribute_of.get(operand), axis, info[node], modules
@@ -235,6 +241,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
         frozen=frozen,
         constant_macs=constant_macs_of.get("", 0),
         constant_macs_of=constant_macs_of,
+        units={r for r in roots if spaces.units[r]},
     )
 
 
@@ -278,13 +285,14 @@ def _constant_macs(
     for key, per_op in counter.get_flop_counts().items():
         if key == root or key.startswith(root + "."):
             flops[key[len(root) + 1 :]] = sum(per_op.values())
-    in_layers = {
-        layer.module_name: flops.get(layer.module_name, 0)
-        for layer in layers
-        if not layer.attribute
-    }
+    owners = {layer.module_name for layer in layers if not layer.attribute}
+    # a layer inside another layer's module (attention's output projection) is in its count
+    tops = {m for m in owners if not any(m.startswith(o + ".") for o in owners)}
+    in_layers = {m: flops.get(m, 0) for m in tops}
     out: dict[str, int] = {}
     for name, total in flops.items():
+        if any(name.startswith(m + ".") for m in tops):
+            continue
         inside = sum(n for m, n in in_layers.items() if not name or m.startswith(name + "."))
         inside += in_layers.get(name, 0)
         rest = total - inside
@@ -330,7 +338,24 @@ class _Layers:
         source = source if source in self.layers else None
         name, in_shape = str(node.target), shape_of(producer)
         layer = self._record(handler, module, node, name, channels, in_shape, channels.dim, source)
-        return Channels(layer.out_spaces, 1, layer.out_dim)
+        inner = handler.output_layer(layer)
+        if inner is None:
+            return Channels(layer.out_spaces, 1, layer.out_dim)
+        # the layer's channels stay inside the module: its child reading them is a layer too
+        child_name, factor = inner
+        child = module.get_submodule(child_name)
+        child_handler = handler_for(child)
+        if child_handler is None:
+            raise UnsupportedModelError(f"{where(node)}: {child_name!r} is no slimmable layer")
+        out_shape = shape_of(node) or ()
+        features = sum(self.spaces.size[self.spaces.find(s)] for s in layer.out_spaces) * factor
+        child_in = (*out_shape[: layer.out_dim], features, *out_shape[layer.out_dim + 1 :])
+        inside = Channels(layer.out_spaces, factor, layer.out_dim)
+        child_name = f"{name}.{child_name}"
+        child_layer = self._record(
+            child_handler, child, node, child_name, inside, child_in, layer.out_dim, None
+        )
+        return Channels(child_layer.out_spaces, 1, child_layer.out_dim)
 
     def attribute(
         self,

@@ -57,7 +57,7 @@ class Supernet(nn.Module):
         meta: How the supernet was built (model name, arguments, width-space settings), so a
             checkpoint can rebuild it.
         frozen: Group name -> why it keeps full width, for the groups an op the supernet
-            cannot slim across reads (a channel shuffle, attention, a class-token concat).
+            cannot slim across reads (a channel shuffle, torchvision's attention).
     """
 
     def __init__(
@@ -82,7 +82,8 @@ class Supernet(nn.Module):
                     fixed=s in trace.fixed,
                     bins=bins,
                     min_bins=min_bins,
-                    round_to=int(np.lcm(round_to, trace.multiple[s])),
+                    # attention heads are whole units: ``round_to`` is for channels
+                    round_to=int(np.lcm(1 if s in trace.units else round_to, trace.multiple[s])),
                 )
                 for s in trace.order
             ]

@@ -2,7 +2,7 @@
 
 Each kind is one :class:`LayerHandler` subclass in its own module here, registered for its
 module types with ``@register_layer(...)``; the imports below load (and so register) them.
-A new kind (attention) is one more module and one more import; tracing, the slicing hooks,
+A new kind is one more module and one more import; tracing, the slicing hooks,
 extraction, the cost model, search, the warm start and weight inheritance reach every layer
 only through its handler. Layers with a weight and a bias (conv, linear) share
 :class:`~.weighted.WeightedHandler`, normalisers (BN, LayerNorm)
@@ -10,7 +10,8 @@ only through its handler. Layers with a weight and a bias (conv, linear) share
 (ConvNeXt's ``layer_scale``) is no module: tracing asks :data:`~.attribute.ATTRIBUTE` for it.
 """
 
-from . import attribute, base, batchnorm, conv, layernorm, linear, normaliser  # noqa: F401
+from . import attention, attribute, base, batchnorm, conv, layernorm, linear, normaliser  # noqa: F401
+from .attention import AttentionHandler
 from .attribute import ATTRIBUTE, AttributeHandler
 from .base import *  # noqa: F403 (the handler interface is re-exported here)
 from .batchnorm import BatchNormHandler
@@ -22,6 +23,7 @@ from .linear import LinearHandler
 __all__ = [
     *base.__all__,
     "ATTRIBUTE",
+    "AttentionHandler",
     "AttributeHandler",
     "BatchNormHandler",
     "ConvHandler",

@@ -115,7 +115,10 @@ class SlimLayer:
 class ChannelSpaces(Protocol):
     """The union-find over channel spaces that tracing keeps (see ``_graph``)."""
 
-    def new(self, size: int, name: str) -> int: ...
+    def new(self, size: int, name: str, *, units: bool = False) -> int:
+        """A new space of ``size`` channels; ``units``: each one is a whole unit (an attention
+        head) that the width space does not round to ``round_to``."""
+        ...
 
     def union(self, a: int, b: int, where: str) -> int: ...
 
@@ -224,6 +227,13 @@ class LayerHandler:
     def out_dim(self, step: TraceStep) -> int:
         """The output's channel dimension (the input's, unless the layer moves it)."""
         return step.in_dim
+
+    def output_layer(self, layer: SlimLayer) -> tuple[str, int] | None:
+        """A layer whose output channels stay inside its module (attention's heads): the
+        child module (its name in the module) that reads them, with this many features per
+        channel, and writes the module's output, as a layer of its own. ``None`` (most
+        kinds): the module's output is the layer's."""
+        return None
 
     # -- the sliced view in the forward hooks --------------------------------------------
     def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:

@@ -3,8 +3,9 @@ concatenation of several).
 
 On ``(N, features)``, after a flatten of ``(N, C, H, W)`` maps, each input channel is
 ``in_factor = H * W`` consecutive features, so slicing keeps whole runs of ``in_factor``
-columns. On a channels-last tensor ``(N, ..., C)`` (ConvNeXt's blocks) it is a pointwise
-conv: one call per position, its output's channels on the last dimension too.
+columns; attention's output projection reads ``head_dim`` features per head the same way.
+On a channels-last tensor ``(N, ..., C)`` (ConvNeXt's blocks, a ViT's tokens) it is a
+pointwise conv: one call per position, its output's channels on the last dimension too.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class LinearHandler(WeightedHandler):
     def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
         # the channel dimension must be the last one, features = channels * in_factor
         dims = len(step.in_shape or ())
-        if dims < 2 or step.in_dim != dims - 1 or (dims > 2 and step.in_factor != 1):
+        if dims < 2 or step.in_dim != dims - 1:
             raise UnsupportedModelError(
                 f"{step.where}: linear layer on a {dims}-d tensor whose last dimension is not "
                 "its channels (expected (N, features) or channels-last (N, ..., C))"

@@ -90,3 +90,26 @@ def test_profile_times_channels_last_layers_on_their_channel_dimension():
     entries = {t.name: np.asarray(t.ms) for t in table.layers}
     assert not entries.pop("layer_scale").any()
     assert all((ms > 0).all() for ms in entries.values()), entries
+
+
+def test_profile_times_attention_per_heads_without_its_output_projection():
+    """timm's attention is timed alone at every (embedding width, heads) cell, its output
+    projection (a layer of its own) left out; the class token and position embedding, no
+    modules of their own, get zeros."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3
+    )
+    sn = Supernet.from_model(model.eval(), torch.zeros(1, 3, 16, 16), bins=2)
+    sn.meta.update(input_size=16, in_chans=3)
+    shapes, per_channel = _layer_shapes(sn.eval(), torch.zeros(1, 3, 16, 16))
+    assert shapes["blocks.0.attn"] == [(1, 5, 16)] and "blocks.0.attn" not in per_channel
+    assert shapes["blocks.0.attn.proj"] == [(1, 5, 16)]
+    table = profile_latency(sn, seconds=1e-4, calibration=0, progress=False)
+    entries = {t.name: np.asarray(t.ms) for t in table.layers}
+    attention = entries.pop("blocks.0.attn")
+    assert attention.shape == (2, 2) and (attention > 0).all()  # embedding x heads choices
+    assert not entries.pop("cls_token").any() and not entries.pop("pos_embed").any()
+    assert all((ms > 0).all() for ms in entries.values()), entries

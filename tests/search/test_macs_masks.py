@@ -161,3 +161,25 @@ def test_soft_masks_on_channels_last_layers(convnext_supernet):
     expected, got = _left_and_one_hot_masked(sn, space, cfg, x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_soft_masks_on_attention_heads():
+    """Attention's heads are no layer's output: their masks act on the output projection's
+    input, ``head_dim`` features per head. A 0/1 mask on the heads of two blocks is exactly
+    the supernet's left subnet with those heads (heads are computed independently)."""
+    from timm.models.vision_transformer import VisionTransformer
+    from widthsearch.supernet import Supernet
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5
+    ).eval()
+    sn = Supernet.from_model(model, torch.randn(1, 3, 16, 16)).eval()
+    space = IndexSpace(sn)
+    cfg = sn.space.max()
+    cfg["blocks.0.attn:heads"], cfg["blocks.1.attn:heads"] = 1, 2
+    x = torch.randn(4, 3, 16, 16)
+    expected, got = _left_and_one_hot_masked(sn, space, cfg, x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(sn(x), expected, rtol=1e-3, atol=1e-4)

@@ -1,6 +1,7 @@
-"""Models whose channels mix somewhere (channel shuffle, split, attention, a class token): the
-groups there keep full width and say why, the rest slims, and such a supernet trains and
-answers every search strategy. Exactness of their subnets is in ``test_supernet.py``."""
+"""Models whose channels mix somewhere (channel shuffle, split, torchvision's attention): the
+groups there keep full width and say why, the rest slims; timm's ViT slims everywhere (heads,
+embedding, MLPs). Such supernets train and answer every search strategy. Exactness of their
+subnets is in ``test_supernet.py``."""
 
 from __future__ import annotations
 
@@ -34,13 +35,27 @@ def test_groups_where_channels_mix_keep_full_width_and_say_why():
         timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32),
         torch.randn(1, 3, 32, 32),
     )
-    # each block's MLP hidden width slims; the embedding and attention keep full width
-    assert [g.name for g in vit.space.searchable] == [f"blocks.{i}.mlp.fc1" for i in range(12)]
-    assert "class token" in vit.frozen["patch_embed.proj"]
-    assert "'reshape'" in vit.frozen["blocks.0.attn.qkv"]
-    # attention's two matmuls (5 tokens, 192 channels, 12 blocks) cost the same at every
-    # width: the cost model's constant, which FlopCounterMode's fused kernels would hide
-    assert vit.cost.quadratic_form().main.const == 2 * 5 * 5 * 192 * 12
+    # timm's ViT slims everywhere: the embedding width (its class token and position
+    # embedding sliced with it), each block's heads (whole heads) and MLP hidden width
+    names = [g.name for g in vit.space.searchable]
+    assert names[0] == "patch_embed.proj" and vit.frozen == {}
+    assert names[1::2] == [f"blocks.{i}.attn:heads" for i in range(12)]
+    assert names[2::2] == [f"blocks.{i}.mlp.fc1" for i in range(12)]
+    assert vit.space["blocks.0.attn:heads"].choices == (1, 2, 3)
+    # attention's two matmuls (5 tokens, head_dim 64) cost per head, which FlopCounterMode's
+    # fused kernels would hide; qkv and proj cost 5 x (3 + 1) x 64 per head and channel
+    form = vit.cost.quadratic_form().main
+    heads, embedding = vit.space.index["blocks.0.attn:heads"], vit.space.index[names[0]]
+    assert form.const == 0 and form.linear[heads] == 2 * 5 * 5 * 64
+    assert form.quad[min(heads, embedding), max(heads, embedding)] == 5 * 4 * 64
+
+    # torchvision's nn.MultiheadAttention needs its embedding width to be its query's: the
+    # embedding and the heads keep full width there, the MLPs slim
+    tv_vit = Supernet.from_model(
+        torchvision.models.vit_b_16(num_classes=10, image_size=32), torch.randn(1, 3, 32, 32)
+    )
+    assert "MultiheadAttention" in tv_vit.frozen["conv_proj"]
+    assert tv_vit.space.searchable[0].name == "encoder.layers.encoder_layer_0.mlp.0"
 
     resnet = Supernet.from_model(create_model("resnet20", in_chans=1), torch.randn(1, 1, 28, 28))
     assert resnet.frozen == {}
@@ -50,7 +65,7 @@ def _tiny_vit() -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
-        img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5
+        img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5
     )
 
 
@@ -62,7 +77,7 @@ def _tiny_shufflenet() -> nn.Module:
 def test_a_supernet_with_frozen_groups_trains_and_every_strategy_answers(factory):
     torch.manual_seed(0)
     sn = Supernet.from_model(factory(), torch.randn(1, 3, 16, 16), bins=4)
-    assert sn.frozen and sn.space.searchable
+    assert sn.space.searchable and bool(sn.frozen) == (factory is _tiny_shufflenet)
     g = torch.Generator().manual_seed(0)
     images, labels = (
         torch.randn(32, 3, 16, 16, generator=g),
@@ -92,3 +107,12 @@ def test_a_supernet_with_frozen_groups_trains_and_every_strategy_answers(factory
         sub = sn.extract(result.widths).eval()
         with torch.no_grad(), sn.active(result.widths):
             assert (sub(images) - sn(images)).abs().max().item() <= 1e-5, name
+
+
+def test_attention_heads_are_whole_units_that_round_to_leaves_alone():
+    """``round_to = 8`` rounds channel widths, never a number of heads."""
+    sn = Supernet.from_model(_tiny_vit(), torch.randn(1, 3, 16, 16), bins=4, round_to=8)
+    assert sn.space["blocks.0.attn:heads"].choices == (1, 2, 3, 4)
+    assert all(w % 8 == 0 for w in sn.space["patch_embed.proj"].choices)
+    sub = sn.extract({**sn.space.max(), "blocks.1.attn:heads": 1})
+    assert (sub.blocks[1].attn.num_heads, sub.blocks[1].attn.qkv.out_features) == (1, 3 * 4)

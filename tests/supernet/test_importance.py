@@ -77,3 +77,28 @@ def test_the_warm_start_records_the_importance_it_used(train_tiny, tmp_path):
     recipe.train.importance = "hessian"
     with pytest.raises(ValueError, match="importance must be 'gamma' or 'taylor'"):
         validate(recipe)
+
+
+def test_reordering_a_vit_moves_whole_heads_and_keeps_the_function():
+    """Heads (ranked by the L1 norm of their q, k and v rows), the embedding (its class
+    token and position embedding with it) and the MLPs are permuted together: the network
+    computes the same, and each group is then sorted by its importance."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=4, num_classes=5
+    ).eval()
+    with torch.no_grad():
+        model.cls_token.normal_()
+        model.pos_embed.normal_()
+    sn = Supernet.from_model(model, torch.zeros(1, 3, 16, 16)).eval()
+    reference = copy.deepcopy(sn.model)
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,)))]
+    perms = reorder_channels(sn, "front", batches=batches)
+    assert sorted(perms["blocks.0.attn:heads"]) == [0, 1, 2, 3]
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(sn(x), reference(x), atol=1e-5, rtol=1e-5)
+    for name, values in channel_importance(sn, batches=batches).items():
+        assert np.all(np.diff(values) <= 1e-9 * max(values.max(), 1e-30)), name
