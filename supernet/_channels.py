@@ -31,6 +31,7 @@ __all__ = [
     "Spaces",
     "cannot_follow",
     "channel_operands",
+    "check_sizes",
     "op_name",
     "propagate",
     "reshapes_per_channel",
@@ -314,6 +315,26 @@ def reshapes_per_channel(node: torch.fx.Node, name: str) -> bool:
     return isinstance(sizes, (tuple, list)) and len(sizes) == len(out) and sizes[big_out[0]] == -1
 
 
+def check_sizes(node: torch.fx.Node, name: str, channels: Channels) -> None:
+    """Refuse a ``view``/``reshape`` that asks for the channels by number (``x.reshape(n,
+    768, -1)``): at any other width it would fail or mix channels."""
+    sizes = _requested_sizes(node, name)
+    size = sizes[channels.dim] if sizes is not None and channels.dim < len(sizes) else -1
+    if isinstance(size, int) and size != -1:
+        raise UnsupportedModelError(
+            f"{where(node)} asks for {size} channels by number; the supernet cannot change a "
+            "constant (a size taken from the tensor, or -1, can be slimmed)"
+        )
+
+
+def _requested_sizes(node: torch.fx.Node, name: str) -> tuple[Any, ...] | None:
+    """The sizes a ``view``/``reshape`` asks for, as written (ints, -1 or graph nodes)."""
+    if name not in ("view", "reshape") or op_name(node) == "flatten":
+        return None
+    sizes = node.kwargs.get("shape", node.args[1] if len(node.args) == 2 else node.args[1:])
+    return tuple(sizes) if isinstance(sizes, (tuple, list)) else None
+
+
 def propagate(
     node: torch.fx.Node,
     name: str,
@@ -324,7 +345,7 @@ def propagate(
     module: nn.Module | None = None,
 ) -> Channels:
     """Channels of a non-slimmable op's output (``name``: the op, or ``"__module__"`` for a
-    module without parameters), or raise if it mixes channels."""
+    module without parameters), or raise if it mixes channels (see also :func:`check_sizes`)."""
     first = tracked[0]
     in_shape = shape_of(first)
     channels = info[first]
@@ -332,14 +353,14 @@ def propagate(
         return _concat(node, tracked, info, spaces, out_shape)
     if name in _REDUCING and in_shape is not None and len(in_shape) >= 2:
         return _reduce(node, in_shape, out_shape, channels)
+    if name == "getitem":
+        return _select(node, channels, in_shape, out_shape)
     if in_shape is None or len(out_shape) < 2 or len(in_shape) < 2:
         raise cannot_follow(node)
     if name in JOINING and len(tracked) > 1:
         return _join(node, [(info[t], shape_of(t)) for t in tracked], spaces)
     if name in _MOVING:
         return _move(node, name, channels, in_shape)
-    if name == "getitem":
-        return _select(node, channels, in_shape, out_shape)
     if channels.dim != 1:
         return _off_dim_one(node, name, module, channels, in_shape, out_shape)
     layout, factor = channels.layout, channels.factor
@@ -407,13 +428,18 @@ def _move(
 def _select(
     node: torch.fx.Node,
     channels: Channels,
-    in_shape: tuple[int, ...],
+    in_shape: tuple[int, ...] | None,
     out_shape: tuple[int, ...],
 ) -> Channels:
     """Indexing with integers and slices (``x[:, 0]``, a ViT's class token; ``x[:, 1:]``):
     the channels pass through when the batch and the channel dimension are taken whole; an
-    integer index removes its dimension."""
+    integer index removes its dimension. A layer that returns a tuple (``nn.MultiheadAttention``:
+    output and weights) has its channels in the first element."""
     index = node.args[1] if len(node.args) > 1 else None
+    if in_shape is None:
+        if index != 0 or node.args[0].op != "call_module":
+            raise cannot_follow(node)
+        return channels
     index = index if isinstance(index, tuple) else (index,)
     whole = slice(None)
     items_ok = all(isinstance(i, (int, slice)) for i in index) and len(index) <= len(in_shape)

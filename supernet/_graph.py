@@ -47,6 +47,7 @@ from ._channels import (
     Spaces,
     cannot_follow,
     channel_operands,
+    check_sizes,
     op_name,
     propagate,
     reshapes_per_channel,
@@ -167,7 +168,8 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
                     spaces.fixed[spaces.find(space)] = True
             continue
 
-        tracked = [a for a in _flat_nodes((node.args, node.kwargs)) if a in info]
+        # each tracked operand once (self-attention reads the same tensor as q, k and v)
+        tracked = list(dict.fromkeys(a for a in _flat_nodes((node.args, node.kwargs)) if a in info))
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = op_name(node)
         try:
@@ -203,6 +205,7 @@ def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
             if out_shape is None:
                 raise cannot_follow(node)
             info[node] = propagate(node, name, tracked, info, spaces, out_shape, module)
+            check_sizes(node, name, info[node])
             if name in JOINING or name in CONCAT:
                 for operand, axis in channel_operands(node, info[node], out_shape, set(tracked)):
                     found.attribute(

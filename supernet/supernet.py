@@ -14,7 +14,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -91,6 +90,7 @@ class Supernet(nn.Module):
         if trace.frozen and not self.space.searchable:
             first = next(iter(trace.frozen.values()))
             raise UnsupportedModelError(f"no channel group can be slimmed: {first}")
+        self._blocks = {trace.space_name[s]: trace.multiple[s] for s in trace.order}
         self.frozen: dict[str, str] = {
             trace.space_name[s]: reason for s, reason in trace.frozen.items()
         }
@@ -198,14 +198,10 @@ class Supernet(nn.Module):
 
     def channel_blocks(self) -> dict[str, int]:
         """Per group, the run of channels that must stay together when choosing or
-        reordering channels: the lcm of the conv-group widths of its grouped convs (1 for
-        dense and depthwise convs and everything else)."""
-        blocks = {g.name: 1 for g in self.space.groups}
-        for layer, _, out_gs in self._layers:
-            for out_g in out_gs if layer.group_width > 1 else ():
-                name = self.space.groups[out_g].name
-                blocks[name] = math.lcm(blocks[name], layer.group_width)
-        return blocks
+        reordering channels: the multiple its widths must be, which tracing required (the
+        lcm of the conv-group widths of its grouped convs; the head size where the channels
+        are ``nn.MultiheadAttention``'s heads; 1 for everything else)."""
+        return dict(self._blocks)
 
     # -- running subnets -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -11,7 +11,7 @@ only through its handler. Layers with a weight and a bias (conv, linear) share
 """
 
 from . import attention, attribute, base, batchnorm, conv, layernorm, linear, normaliser  # noqa: F401
-from .attention import AttentionHandler
+from .attention import AttentionHandler, MultiheadAttentionHandler
 from .attribute import ATTRIBUTE, AttributeHandler
 from .base import *  # noqa: F403 (the handler interface is re-exported here)
 from .batchnorm import BatchNormHandler
@@ -29,4 +29,5 @@ __all__ = [
     "ConvHandler",
     "LayerNormHandler",
     "LinearHandler",
+    "MultiheadAttentionHandler",
 ]

@@ -1,6 +1,8 @@
-"""timm's multi-head self-attention (``timm.models.vision_transformer.Attention``, used by
-ViT, DeiT and their relatives): its heads are a channel space of their own.
+"""Multi-head self-attention: timm's ``Attention`` (ViT, DeiT and their relatives), whose
+heads are a channel space of their own, and torch's ``nn.MultiheadAttention`` (torchvision's
+ViT), whose heads follow its embedding width.
 
+**timm's Attention.**
 One head is ``head_dim`` consecutive features of each of q, k and v (the rows of ``qkv``,
 laid out as ``3 x num_heads x head_dim``) and the same ``head_dim`` input columns of
 ``proj``. A width of ``h`` heads keeps whole heads: ``qkv`` keeps their rows in each of its
@@ -16,10 +18,20 @@ costs the ``qkv`` projection and attention's two matmuls (``q k^T`` and ``attn v
 
 Variants this cannot slice exactly (a gate, a norm over the attention output, a subclass with
 its own ``forward``) are refused when tracing: their channels then keep full width.
+
+**nn.MultiheadAttention** computes with as many features as its query has channels
+(``embed_dim``), so its heads cannot be removed alone: ``embed_dim`` features of each of q, k
+and v are the input's channels, and a width of ``w`` input channels keeps ``w / head_dim``
+whole heads (the width is a multiple of ``head_dim``, and reordering moves whole heads).
+The extracted module has ``embed_dim = w`` and ``w / head_dim`` heads; ``out_proj`` is sliced
+inside it (torch calls its weights, not the module). Only self-attention on a single input
+(``mha(x, x, x)``) with packed projections, without ``bias_k``/``bias_v`` or a zero attention
+is sliced. Its output is the first element of the tuple it returns.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,7 +54,7 @@ from .base import (
     swap,
 )
 
-__all__ = ["AttentionHandler"]
+__all__ = ["AttentionHandler", "MultiheadAttentionHandler"]
 
 try:
     from timm.models.vision_transformer import Attention as _TimmAttention
@@ -142,3 +154,92 @@ class AttentionHandler(LayerHandler):
 
 if _TimmAttention is not None:
     register_layer(_TimmAttention)(AttentionHandler)
+
+
+@register_layer(nn.MultiheadAttention)
+class MultiheadAttentionHandler(LayerHandler):
+    kind = "mha"
+    label = "MultiheadAttention"
+
+    def trace(self, module: nn.Module, step: TraceStep) -> SlimLayer:
+        shape = step.in_shape or ()
+        problem = (
+            "separate q, k and v projections"
+            if not module._qkv_same_embed_dim
+            else "bias_k, bias_v or add_zero_attn"
+            if module.bias_k is not None or module.add_zero_attn
+            else "an input of several channel groups or not (N, tokens, channels)"
+            if len(shape) != 3
+            or step.in_dim != 2
+            or step.in_factor != 1
+            or len(step.in_spaces) != 1
+            else ""
+        )
+        if problem:
+            raise UnsupportedModelError(f"{step.where}: multi-head attention with {problem}")
+        layer = step.existing or SlimLayer(
+            step.name, module, self, step.in_spaces, (step.spaces.new(module.embed_dim, step.name),)
+        )
+        # whole heads: the query's channels are the heads' features
+        (root,) = step.spaces.unite(layer.in_spaces, step.in_spaces, step.where)
+        step.spaces.require_multiple(root, module.head_dim)
+        return layer
+
+    def call(self, step: TraceStep) -> LayerCall:
+        return LayerCall(positions=math.prod((step.in_shape or (0, 0))[:-1]) // step.batch)
+
+    def out_dim(self, step: TraceStep) -> int:
+        return 2
+
+    def run_widths(self, layer: SlimLayer, w_in: int, w_out: int) -> tuple[int, int]:
+        return w_in or layer.module.head_dim, w_out or 1
+
+    def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
+        width, in_span, out_span = at.w_in, at.in_span(), at.out_span()
+        rows = torch.as_tensor(positions(((at.in_full, width),) * 3, at.side))
+        saved: dict[Any, Any] = {
+            name: getattr(module, name) for name in ("embed_dim", "num_heads", "kdim", "vdim")
+        }
+        params, out_proj = module._parameters, module.out_proj._parameters
+        rows = rows.to(params["in_proj_weight"].device)
+        swap(params, saved, "in_proj_weight", params["in_proj_weight"][rows][:, in_span])
+        if params.get("in_proj_bias") is not None:
+            swap(params, saved, "in_proj_bias", params["in_proj_bias"][rows])
+        swap(out_proj, saved, "weight", out_proj["weight"][out_span][:, in_span])
+        swap(out_proj, saved, "bias", out_span)
+        module.embed_dim = module.kdim = module.vdim = width
+        module.num_heads = width // module.head_dim
+        return saved
+
+    def slice(
+        self, layer: SlimLayer, module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor
+    ) -> None:
+        full = module.embed_dim
+        rows = torch.cat([section * full + in_idx for section in range(3)])
+        weight = module.in_proj_weight.index_select(0, rows).index_select(1, in_idx)
+        replace_param(module, "in_proj_weight", weight)
+        if module.in_proj_bias is not None:
+            replace_param(module, "in_proj_bias", module.in_proj_bias.index_select(0, rows))
+        out_proj = module.out_proj
+        replace_param(out_proj, "weight", out_proj.weight.index_select(0, out_idx)[:, in_idx])
+        if out_proj.bias is not None:
+            replace_param(out_proj, "bias", out_proj.bias.index_select(0, out_idx))
+        out_proj.in_features, out_proj.out_features = len(in_idx), len(out_idx)
+        module.embed_dim = module.kdim = module.vdim = len(in_idx)
+        module.num_heads = len(in_idx) // module.head_dim
+
+    def cost_terms(
+        self, layer: SlimLayer, in_g: Layout, out_g: Layout, macs: CostTerms, params: CostTerms
+    ) -> None:
+        module = layer.module
+        for call in layer.calls:
+            macs.add(3 * call.positions, in_g, in_g)  # q, k and v of every token
+            macs.add(2 * call.positions**2, in_g)  # q k^T and attn v: tokens^2 per feature
+            macs.add(call.positions, out_g, in_g)  # out_proj
+        params.add(3, in_g, in_g)
+        params.add(3 * int(module.in_proj_bias is not None), in_g)
+        params.add(1, out_g, in_g)
+        params.add(int(module.out_proj.bias is not None), out_g)
+
+    def importance(self, layer: SlimLayer) -> ChannelEvidence:
+        return ChannelEvidence(L1, layer.module.out_proj.weight.detach().abs())

@@ -1,4 +1,4 @@
-"""Models whose channels mix somewhere (channel shuffle, split, torchvision's attention): the
+"""Models whose channels mix somewhere (channel shuffle, split, a constant reshape): the
 groups there keep full width and say why, the rest slims; timm's ViT slims everywhere (heads,
 embedding, MLPs). Such supernets train and answer every search strategy. Exactness of their
 subnets is in ``test_supernet.py``."""
@@ -49,12 +49,15 @@ def test_groups_where_channels_mix_keep_full_width_and_say_why():
     assert form.const == 0 and form.linear[heads] == 2 * 5 * 5 * 64
     assert form.quad[min(heads, embedding), max(heads, embedding)] == 5 * 4 * 64
 
-    # torchvision's nn.MultiheadAttention needs its embedding width to be its query's: the
-    # embedding and the heads keep full width there, the MLPs slim
+    # torchvision's ViT reshapes its patch embeddings to a constant number of channels
+    # (``self.hidden_dim``): its embedding, and the heads whose features it is, keep full
+    # width there, the MLPs slim
     tv_vit = Supernet.from_model(
         torchvision.models.vit_b_16(num_classes=10, image_size=32), torch.randn(1, 3, 32, 32)
     )
-    assert "MultiheadAttention" in tv_vit.frozen["conv_proj"]
+    assert (
+        "'reshape'" in tv_vit.frozen["conv_proj"] and "768 channels" in tv_vit.frozen["conv_proj"]
+    )
     assert tv_vit.space.searchable[0].name == "encoder.layers.encoder_layer_0.mlp.0"
 
     resnet = Supernet.from_model(create_model("resnet20", in_chans=1), torch.randn(1, 1, 28, 28))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import timm
@@ -73,6 +75,37 @@ class _ConcatJoinsConv(nn.Module):
         return torch.cat([self.a(x), self.b(x)], dim=1) + self.c(x)
 
 
+class _MhaBlock(nn.Module):
+    """A pre-norm transformer block written with ``nn.MultiheadAttention``, as users do."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class _MhaTransformer(nn.Module):
+    """Patch embedding, a class token, two ``_MhaBlock`` (4 heads of 4 features), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.blocks = nn.Sequential(_MhaBlock(16, 4), _MhaBlock(16, 4))
+        self.norm, self.head = nn.LayerNorm(16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
 # (id, factory, input shape); small inputs keep the whole file to seconds
 MODELS = [
     ("resnet20", lambda: _builtin("resnet20"), (2, 1, 28, 28)),
@@ -103,6 +136,7 @@ MODELS = [
         lambda: _timm("vit_tiny_patch16_224", img_size=32),
         (2, 3, 32, 32),
     ),
+    ("nn.MultiheadAttention", _MhaTransformer, (2, 3, 16, 16)),
 ]
 NO_RESIDUALS = {
     "tv:vgg11_bn",
@@ -113,6 +147,7 @@ NO_RESIDUALS = {
     "timm:ghostnet_100",  # its residual blocks' groups are fixed (the ghost modules slice)
     "tv:vit_b_16",
     "timm:vit_tiny_patch16_224",
+    "nn.MultiheadAttention",
 }
 
 
@@ -477,3 +512,44 @@ def test_only_identity_skip_blocks_are_removable():
     assert all(0 not in g.choices for g in sn.space.groups)  # samplers never draw 0
     with pytest.raises(ValueError, match=r"layer2\.0\.conv1"):
         sn.macs({**sn.space.max(), "layer2.0.conv1": 0})
+
+
+def test_reordering_multihead_attention_moves_whole_heads():
+    """With ``nn.MultiheadAttention`` the embedding's channels are the heads' features: its
+    widths are multiples of the head size and reordering moves whole heads, so the network
+    computes the same."""
+    from widthsearch.supernet.warmstart import reorder_channels
+
+    torch.manual_seed(0)
+    sn = Supernet.from_model(_MhaTransformer().eval(), torch.zeros(1, 3, 16, 16)).eval()
+    embedding = sn.space["embed"]
+    assert embedding.choices == (4, 8, 12, 16) and sn.channel_blocks()["embed"] == 4
+    reference = copy.deepcopy(sn.model)
+    perms = reorder_channels(sn, "ends", batches=[(torch.randn(8, 3, 16, 16), torch.arange(8) % 5)])
+    heads = perms["embed"].reshape(4, 4)
+    assert (np.diff(heads, axis=1) == 1).all() and (heads[:, 0] % 4 == 0).all()  # whole heads
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(sn(x), reference(x), atol=1e-5, rtol=1e-5)
+    sub = sn.extract({**sn.space.max(), "embed": 8})
+    assert (sub.blocks[0].attn.embed_dim, sub.blocks[0].attn.num_heads) == (8, 2)
+
+
+def test_a_reshape_to_a_constant_channel_count_keeps_them_full():
+    """``x.reshape(n, 8, -1)`` would fail at any other width: the channels keep full width,
+    and the message names the op and the number; ``x.reshape(n, x.shape[1], -1)`` slims."""
+
+    class _Reshaped(nn.Module):
+        def __init__(self, constant: bool) -> None:
+            super().__init__()
+            self.conv, self.fc, self.constant = nn.Conv2d(3, 8, 3), nn.Linear(8, 4), constant
+
+        def forward(self, x):
+            x = self.conv(x)
+            x = x.reshape(x.shape[0], 8 if self.constant else x.shape[1], -1).mean(2)
+            return self.fc(x)
+
+    with pytest.raises(UnsupportedModelError, match=r"'reshape'.* asks for 8 channels by number"):
+        Supernet.from_model(_Reshaped(True), torch.randn(1, 3, 8, 8))
+    sn = Supernet.from_model(_Reshaped(False), torch.randn(1, 3, 8, 8))
+    assert [g.name for g in sn.space.searchable] == ["conv"]
