@@ -425,6 +425,15 @@ def _move(
     return Channels(channels.layout, channels.factor, order.index(channels.dim))
 
 
+def _whole(item: Any, size: int) -> bool:
+    """Whether an index item keeps a whole dimension of ``size``, at that size and any
+    smaller one: ``:``, or ``:n`` with ``n >= size`` (GhostNet's ``out[:, :self.out_chs]``
+    where its two halves make exactly ``out_chs``)."""
+    if not isinstance(item, slice) or item.start not in (None, 0) or item.step not in (None, 1):
+        return False
+    return item.stop is None or (isinstance(item.stop, int) and item.stop >= size)
+
+
 def _select(
     node: torch.fx.Node,
     channels: Channels,
@@ -432,20 +441,19 @@ def _select(
     out_shape: tuple[int, ...],
 ) -> Channels:
     """Indexing with integers and slices (``x[:, 0]``, a ViT's class token; ``x[:, 1:]``):
-    the channels pass through when the batch and the channel dimension are taken whole; an
-    integer index removes its dimension. A layer that returns a tuple (``nn.MultiheadAttention``:
-    output and weights) has its channels in the first element."""
+    the channels pass through when the batch and the channel dimension are taken whole (see
+    :func:`_whole`); an integer index removes its dimension. A layer that returns a tuple
+    (``nn.MultiheadAttention``: output and weights) has its channels in the first element."""
     index = node.args[1] if len(node.args) > 1 else None
     if in_shape is None:
         if index != 0 or node.args[0].op != "call_module":
             raise cannot_follow(node)
         return channels
     index = index if isinstance(index, tuple) else (index,)
-    whole = slice(None)
     items_ok = all(isinstance(i, (int, slice)) for i in index) and len(index) <= len(in_shape)
-    if not items_ok or channels.factor != 1 or index[0] != whole:
+    if not items_ok or channels.factor != 1 or not _whole(index[0], in_shape[0]):
         raise _refuse(node)
-    if channels.dim < len(index) and index[channels.dim] != whole:
+    if channels.dim < len(index) and not _whole(index[channels.dim], in_shape[channels.dim]):
         raise _refuse(node)
     dim = channels.dim - sum(isinstance(i, int) for i in index[: channels.dim])
     if len(out_shape) < 2 or out_shape[dim] != in_shape[channels.dim]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 from widthsearch.search import SubnetEvaluator, get_strategy, resolve_budgets
-from widthsearch.supernet import Supernet
+from widthsearch.supernet import Supernet, UnsupportedModelError
 from widthsearch.supernet.steps import bcnet_step
 
 
@@ -101,3 +101,40 @@ def test_latency_tables_refuse_a_layer_that_reads_a_concatenation(fire):
 
     with pytest.raises(UnsupportedModelError, match="reads or writes a concatenation of several"):
         layer_groups(fire)
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: a conv, a depthwise conv of its output, both concatenated, then
+    ``out[:, :out_chs]``; a whole slice when the halves make exactly ``out_chs``."""
+
+    def __init__(self, out_chs: int) -> None:
+        super().__init__()
+        init = -(-out_chs // 2)
+        self.primary = nn.Conv2d(3, init, 1)
+        self.cheap = nn.Conv2d(init, init, 3, padding=1, groups=init)
+        self.out_chs, self.fc = out_chs, nn.Linear(out_chs, 4)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        out = torch.cat([x1, self.cheap(x1)], dim=1)[:, : self.out_chs]
+        return self.fc(out.mean((2, 3)))
+
+
+def test_a_slice_that_keeps_every_channel_passes_them_through():
+    """``[:, :8]`` of 4 + 4 channels keeps all of them at every width: the primary conv's
+    group slims, laid out twice along the concat, and subnets extract exactly; ``[:, :7]``
+    of 4 + 4 drops one: the group keeps full width, and with nothing else to slim the
+    model is refused, naming the op."""
+    torch.manual_seed(0)
+    sn = Supernet.from_model(_Ghost(8).eval(), torch.randn(1, 3, 6, 6), bins=4).eval()
+    assert [g.name for g in sn.space.searchable] == ["primary"] and not sn.frozen
+    x = torch.randn(2, 3, 6, 6)
+    for side in ("left", "right"):
+        cfg = {"primary": 2}
+        with torch.no_grad(), sn.active(cfg, side):
+            expected = sn(x)
+        sub = sn.extract(cfg, side).eval()
+        assert (sub.primary.out_channels, sub.fc.in_features) == (2, 4)
+        torch.testing.assert_close(sub(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UnsupportedModelError, match=r"'getitem'.*mixes or reorders channels"):
+        Supernet.from_model(_Ghost(7).eval(), torch.randn(1, 3, 6, 6), bins=4)
