@@ -1,6 +1,6 @@
 """Multi-head self-attention: timm's ``Attention`` (ViT, DeiT and their relatives), whose
-heads are a channel space of their own, and torch's ``nn.MultiheadAttention`` (torchvision's
-ViT), whose heads follow its embedding width.
+heads are a channel space of their own, and torch's ``nn.MultiheadAttention`` (transformers
+built from torch's modules), whose heads follow its embedding width.
 
 **timm's Attention.**
 One head is ``head_dim`` consecutive features of each of q, k and v (the rows of ``qkv``,
