@@ -127,7 +127,9 @@ class SoftMasks:
         for module, dim, factor, parts in self._inputs:
             hook = self._mask_hook(dim, parts, factor)
             self._handles.append(
-                module.register_forward_pre_hook(lambda m, args, hook=hook: (hook(m, (), args[0]),))
+                module.register_forward_pre_hook(
+                    lambda m, args, hook=hook: (hook(m, (), args[0]), *args[1:])
+                )
             )
         for j, modules in self._block_outputs:
             for module in modules:

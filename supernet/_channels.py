@@ -170,7 +170,7 @@ class Channels(NamedTuple):
 
 
 # The channels of a tensor no group follows any more: the output of an op the supernet cannot
-# slim across (a channel shuffle, torchvision's attention). Its inputs' groups
+# slim across (a channel shuffle, a reshape to a constant channel count). Its inputs' groups
 # keep full width, so the op always sees the full tensor and stays exact; a layer reading such
 # a tensor reads fixed channels.
 FROZEN = Channels((), 1, -1)

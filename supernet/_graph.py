@@ -11,13 +11,13 @@ position, and a parameter they read directly (``layer_scale * x``, a ViT's class
 joined to the patch embeddings, its position embedding) is sliced with the channels it
 scales. A layer whose channels stay inside its module (timm's attention: its heads) names the
 child layer that reads them (the output projection), recorded as a layer of its own. What is
-left after the walk are the groups, and each layer's input and
-output layout says which group each channel belongs to. Nothing here knows any
+left after the walk are the groups, and each layer's input and output layout says which
+group each channel belongs to. Nothing here knows any
 architecture, nor any kind of slimmable layer: each one's handler (:mod:`.handlers`) says
 which spaces its calls read and write, and :mod:`._channels` how other ops move channels.
 
-An op the walk cannot follow (a channel shuffle, a split, torchvision's attention, a module
-with parameters and no handler) does not stop it: the channels it reads
+An op the walk cannot follow (a channel shuffle, a split, a reshape to a constant number of
+channels, a module with parameters and no handler) does not stop it: the channels it reads
 are frozen at full width, with the reason, and its output carries no group
 (:data:`~._channels.FROZEN`), so the op always sees the tensors it was written for. Its
 multiply-accumulates are then the same for every width config: ``FlopCounterMode`` counts
@@ -119,9 +119,9 @@ def _flat_nodes(args: Any) -> list[torch.fx.Node]:
 def trace_channels(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> TraceResult:
     """Trace ``model`` and return its channel spaces and slimmable layers.
 
-    Channels coupled in a way the supernet cannot slim (split, channel shuffle, torchvision's
-    attention, reductions over the channels, per-channel parameters outside the slimmable
-    layers, ...) are frozen, each with a one-line reason naming the module or op
+    Channels coupled in a way the supernet cannot slim (split, channel shuffle, a reshape to a
+    constant channel count, reductions over the channels, per-channel parameters outside the
+    slimmable layers, ...) are frozen, each with a one-line reason naming the module or op
     (``TraceResult.frozen``).
 
     Raises:

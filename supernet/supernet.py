@@ -56,7 +56,8 @@ class Supernet(nn.Module):
         meta: How the supernet was built (model name, arguments, width-space settings), so a
             checkpoint can rebuild it.
         frozen: Group name -> why it keeps full width, for the groups an op the supernet
-            cannot slim across reads (a channel shuffle, torchvision's attention).
+            cannot slim across reads (a channel shuffle, a reshape to a constant channel
+            count).
     """
 
     def __init__(
