@@ -48,9 +48,9 @@ from .base import (
     Layout,
     SlimLayer,
     TraceStep,
-    positions,
     register_layer,
     replace_param,
+    span,
     swap,
 )
 
@@ -62,11 +62,18 @@ except ImportError:  # pragma: no cover - timm is a dependency; stay importable 
     _TimmAttention = None
 
 
-def _qkv_rows(heads: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """The rows of ``qkv`` (``3 x num_heads x head_dim``) that hold ``heads``, in order."""
-    sections = torch.arange(3, device=heads.device)[:, None] * num_heads + heads[None, :]
-    features = torch.arange(head_dim, device=heads.device)
-    return (sections.reshape(-1, 1) * head_dim + features).reshape(-1)
+def _qkv_rows(kept: torch.Tensor, full: int, features: int = 1) -> torch.Tensor:
+    """The rows of a packed q/k/v projection (``3 x full x features``) that hold the units
+    ``kept`` (heads, or channels with ``features = 1``) in each of q, k and v, in order."""
+    sections = torch.arange(3, device=kept.device)[:, None] * full + kept[None, :]
+    runs = torch.arange(features, device=kept.device)
+    return (sections.reshape(-1, 1) * features + runs).reshape(-1)
+
+
+def _kept(full: int, width: int, side: str, device: torch.device) -> torch.Tensor:
+    """BCNet's units of a width on ``side``, as an index tensor."""
+    kept = span(full, width, side)
+    return torch.arange(kept.start, kept.stop, device=device)
 
 
 def _extra_params(module: nn.Module) -> int:
@@ -112,9 +119,8 @@ class AttentionHandler(LayerHandler):
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         heads, head_dim = at.w_out, module.head_dim
-        # the kept heads' rows in each of q, k and v: an index tensor
-        rows = positions(((at.out_full, heads),) * 3, at.side, head_dim)
-        rows = torch.as_tensor(rows).to(module.qkv.weight.device)
+        kept = _kept(at.out_full, heads, at.side, module.qkv.weight.device)
+        rows = _qkv_rows(kept, at.out_full, head_dim)
         saved: dict[Any, Any] = {"num_heads": module.num_heads, "attn_dim": module.attn_dim}
         qkv = module.qkv._parameters
         swap(qkv, saved, "weight", qkv["weight"][rows][:, at.in_span()])
@@ -196,12 +202,12 @@ class MultiheadAttentionHandler(LayerHandler):
 
     def view(self, layer: SlimLayer, module: nn.Module, at: CallWidths) -> dict[Any, Any]:
         width, in_span, out_span = at.w_in, at.in_span(), at.out_span()
-        rows = torch.as_tensor(positions(((at.in_full, width),) * 3, at.side))
+        device = module._parameters["in_proj_weight"].device
+        rows = _qkv_rows(_kept(at.in_full, width, at.side, device), at.in_full)
         saved: dict[Any, Any] = {
             name: getattr(module, name) for name in ("embed_dim", "num_heads", "kdim", "vdim")
         }
         params, out_proj = module._parameters, module.out_proj._parameters
-        rows = rows.to(params["in_proj_weight"].device)
         swap(params, saved, "in_proj_weight", params["in_proj_weight"][rows][:, in_span])
         if params.get("in_proj_bias") is not None:
             swap(params, saved, "in_proj_bias", params["in_proj_bias"][rows])
@@ -214,8 +220,7 @@ class MultiheadAttentionHandler(LayerHandler):
     def slice(
         self, layer: SlimLayer, module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor
     ) -> None:
-        full = module.embed_dim
-        rows = torch.cat([section * full + in_idx for section in range(3)])
+        rows = _qkv_rows(in_idx, module.embed_dim)
         weight = module.in_proj_weight.index_select(0, rows).index_select(1, in_idx)
         replace_param(module, "in_proj_weight", weight)
         if module.in_proj_bias is not None:
