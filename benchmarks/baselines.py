@@ -159,7 +159,7 @@ def prune_to_budget(
             ),
             pruning_ratio=ratio,
             global_pruning=global_ranking,
-            ignored_layers=[pruned.fc],
+            ignored_layers=_classifiers(pruned, int(meta["num_classes"])),
         )
         pruner.step()
         pruned.zero_grad(set_to_none=True)
@@ -177,9 +177,7 @@ def prune_to_budget(
         else:
             lo = mid
     pruned = prune(hi)
-    # every width valid: bins = the widest group, so each group may take any channel count
-    wide = {**dict(meta), "bins": 64, "min_bins": 1, "round_to": 1}
-    sn = build_supernet(wide)
+    sn = build_supernet(any_width(meta))
     widths = {g.name: int(pruned.get_submodule(g.name).out_channels) for g in sn.space.searchable}
     cfg = sn.space.validate(widths)
     shapes = {k: tuple(v.shape) for k, v in sn.extract(cfg).state_dict().items()}
@@ -198,3 +196,23 @@ def prune_to_budget(
         "full_macs": int(sn.macs()),
         "full_params": int(sn.params()),
     }
+
+
+def any_width(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with every channel count valid: as many bins as the widest group has
+    channels."""
+    widest = max(g.max_channels for g in build_supernet(meta).space.searchable)
+    return {**dict(meta), "bins": widest, "min_bins": 1, "round_to": 1}
+
+
+def _classifiers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """The layers that output the classes (any model's head): their outputs stay."""
+    heads = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+        and (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == num_classes
+    ]
+    if not heads:
+        raise ValueError(f"no layer of the model outputs its {num_classes} classes")
+    return heads

@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/warmstart.py --part scratch       #   both write the same --out
     .venv/bin/python benchmarks/warmstart.py --smoke --out /tmp/warm-smoke   # ~2 min check
 
-Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test), resnet20:
+Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test), resnet20
+(``--model`` another network at 28x28):
 
 1. ``full``: the recipe's model trained plainly (``widthsearch pretrain``), the start of
    the supernet, Torch-Pruning's input and everyone's distillation teacher.
@@ -57,9 +58,9 @@ from headline import (
 )
 from warmstart_baselines import BaselineCells
 from warmstart_settings import (
-    META,
     UNRECORDED_DEFAULTS,
     build_recipe,
+    model_meta,
     parse_args,
     random_supernet_recipe,
 )
@@ -95,7 +96,7 @@ class Warmstart(BaselineCells):
         self.args = args
         self.out = Path(args.out)
         self.cells = Cells(self.out)
-        probe = build_supernet({**META, "bins": 8, "min_bins": 1, "round_to": 1})
+        probe = build_supernet(model_meta(self.args))
         self.full_macs = int(probe.macs())
         self.budgets = resolve_budgets(probe, list(args.budgets))
 
@@ -195,7 +196,7 @@ class Warmstart(BaselineCells):
             log=lambda line: log(f"  pretrain s{seed}: {line}"),
         )
         # the trained network as a subnet file (full widths), so `measure` can score it
-        meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
+        meta = model_meta(self.args)
         doc = random_init_subnet(
             meta, build_supernet(meta).space.max(), recipe, seed=seed, label="full"
         )

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from baselines import any_width
 from headline import measure, prune_to_budget, random_init_subnet, train_from_scratch
-from warmstart_settings import META, TAYLOR_BATCHES, build_recipe
+from warmstart_settings import TAYLOR_BATCHES, build_recipe, model_meta
 from warmstart_tables import pct
 from widthsearch.evaluate import save_subnet
 from widthsearch.recipes.recipe import Recipe
@@ -28,8 +29,8 @@ class BaselineCells:
         name = "tp" if importance == "l1" else f"tp-{importance}"
         pruned_path, tuned = work / f"{name}-{pct(frac)}.pt", work / f"{name}-{pct(frac)}-ft.pt"
         if not pruned_path.is_file():
-            meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
-            trained = create_model(META["model"], num_classes=10, in_chans=1)
+            meta = model_meta(self.args)
+            trained = create_model(self.args.model, num_classes=10, in_chans=1)
             load_weights(trained, read_state_dict(work / "full.pt"), where=str(work / "full.pt"))
             pruned = prune_to_budget(
                 trained,
@@ -72,9 +73,9 @@ class BaselineCells:
         return list(itertools.islice(loader, TAYLOR_BATCHES))
 
     def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
-        """The uniform-width resnet20 closest below the budget, any channel count."""
+        """The uniform-width network closest below the budget, any channel count."""
         recipe = build_recipe(self.args, seed)
-        meta = {**META, "bins": 64, "min_bins": 1, "round_to": 1}
+        meta = any_width(model_meta(self.args))
         sn = build_supernet(meta)
         lo, hi = 0.01, 1.0
         for _ in range(40):
@@ -100,7 +101,7 @@ class BaselineCells:
         best = self.cells.get(f"ft-best-{pct(frac)}-s{source}")
         if best is None:
             raise RuntimeError(f"ft-best-{pct(frac)}-s{source} has not finished")
-        meta = {**META, "bins": 8, "min_bins": 1, "round_to": 1}
+        meta = model_meta(self.args)
         recipe = build_recipe(self.args, seed)
         tuned = self.from_scratch(
             f"scratch-searched-{pct(frac)}", meta, best["widths"], recipe, seed=seed, label="ctl"

@@ -108,7 +108,8 @@ def pareto(cells: Cells, args: argparse.Namespace, full_macs: int, path: Path) -
         )
     ax.set_xlabel("MACs (% of the full network)")
     ax.set_ylabel("test top-1")
-    ax.set_title(f"resnet20 / Fashion-MNIST, seeds {', '.join(map(str, args.seeds))} (mean ± std)")
+    seeds = ", ".join(map(str, args.seeds))
+    ax.set_title(f"{args.model} / Fashion-MNIST, seeds {seeds} (mean ± std)")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize="x-small")
