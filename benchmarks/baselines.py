@@ -201,7 +201,8 @@ def prune_to_budget(
 def any_width(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with every channel count valid: as many bins as the widest group has
     channels."""
-    widest = max(g.max_channels for g in build_supernet(meta).space.searchable)
+    probe = build_supernet({**dict(meta), "bins": 1, "min_bins": 1, "round_to": 1})
+    widest = max(g.max_channels for g in probe.space.searchable)
     return {**dict(meta), "bins": widest, "min_bins": 1, "round_to": 1}
 
 

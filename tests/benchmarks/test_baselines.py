@@ -47,3 +47,17 @@ def test_taylor_pruning_needs_data_and_unknown_importance_is_refused(trained):
         baselines.prune_to_budget(trained, META, 10**6, importance="taylor")
     with pytest.raises(ValueError, match="importance must be one of"):
         baselines.prune_to_budget(trained, META, 10**6, importance="fpgm")
+
+
+def test_pruning_any_model_keeps_its_classifier_and_any_channel_count():
+    """A torchvision MobileNetV2 (its classifier is ``classifier.1``, its widest group 1,280
+    channels, wider than resnet20's 64) prunes under the budget and its widths describe the
+    pruned network exactly."""
+    meta = {**META, "model": "tv:mobilenet_v2"}
+    torch.manual_seed(0)
+    model = create_model("tv:mobilenet_v2", num_classes=10, in_chans=1).eval()
+    full = baselines.prune_to_budget(model, meta, 10**12)["full_macs"]
+    pruned = baselines.prune_to_budget(model, meta, full // 2)
+    assert pruned["verified"] and pruned["macs"] <= full // 2
+    assert pruned["module"].classifier[1].out_features == 10
+    assert baselines.any_width(meta)["bins"] == 1280
