@@ -7,28 +7,27 @@ dimension holds the channels (1 for ``(N, C, H, W)``; the last one after a permu
 channels-last, as in ConvNeXt's blocks). :func:`propagate` follows them through one op, or
 refuses it with a one-line reason naming the op and its graph node: an op that mixes,
 reorders or splits channels cannot be slimmed across, and the tracer then freezes the
-channels it touches (:data:`FROZEN`, :meth:`Spaces.freeze`). The op types are named here, once.
+channels it touches (:data:`~._spaces.FROZEN`, :meth:`~._spaces.Spaces.freeze`). The op
+types are named here, once.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
+from ._spaces import Channels, Spaces
 from .errors import UnsupportedModelError
 from .handlers import Layout
 
 __all__ = [
     "CONCAT",
-    "FROZEN",
     "JOINING",
     "SPLITTING",
-    "Channels",
-    "Spaces",
     "cannot_follow",
     "channel_operands",
     "check_sizes",
@@ -159,92 +158,6 @@ _RESHAPING = _FLATTENING | {"squeeze", "unsqueeze"}
 # Ops that reorder dimensions: they move the channel dimension, keeping every channel.
 _MOVING = {"permute", "transpose", "swapaxes", "swapdims"}
 SPLITTING = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
-
-
-class Channels(NamedTuple):
-    """Where a tracked tensor's channels are."""
-
-    layout: Layout  # the spaces its channel dimension concatenates, in order
-    factor: int = 1  # features per channel (> 1 after a flatten of H x W maps)
-    dim: int = 1  # the dimension that holds the channels
-
-
-# The channels of a tensor no group follows any more: the output of an op the supernet cannot
-# slim across (a channel shuffle, a reshape to a constant channel count). Its inputs' groups
-# keep full width, so the op always sees the full tensor and stays exact; a layer reading such
-# a tensor reads fixed channels.
-FROZEN = Channels((), 1, -1)
-
-
-class Spaces:
-    """Union-find over channel spaces."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.name: list[str] = []
-        self.fixed: list[bool] = []
-        self.multiple: list[int] = []
-        self.reason: list[str] = []  # why a space was frozen ("" if it was not)
-        self.units: list[bool] = []  # each channel is a whole unit (a head): never rounded
-
-    def new(self, size: int, name: str, *, fixed: bool = False, units: bool = False) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.name.append(name)
-        self.fixed.append(fixed)
-        self.multiple.append(1)
-        self.reason.append("")
-        self.units.append(units)
-        return len(self.parent) - 1
-
-    def freeze(self, layout: Layout, reason: str) -> None:
-        """Keep every space of ``layout`` at full width, for ``reason`` (the first one stays)."""
-        for space in layout:
-            root = self.find(space)
-            self.fixed[root] = True
-            self.reason[root] = self.reason[root] or reason
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int, where: str) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.size[ra] != self.size[rb]:
-            raise UnsupportedModelError(
-                f"{where}: joins {self.size[ra]} and {self.size[rb]} channels"
-            )
-        keep, drop = min(ra, rb), max(ra, rb)  # the earlier space names the group
-        self.parent[drop] = keep
-        self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
-        self.reason[keep] = self.reason[keep] or self.reason[drop]
-        self.units[keep] = self.units[keep] or self.units[drop]
-        self.multiple[keep] = math.lcm(self.multiple[keep], self.multiple[drop])
-        return keep
-
-    def unite(self, a: Layout, b: Layout, where: str) -> Layout:
-        """Unite two layouts position by position (the same channels, one width each)."""
-        sizes_a = [self.size[self.find(s)] for s in a]
-        sizes_b = [self.size[self.find(s)] for s in b]
-        if sizes_a != sizes_b:
-            raise UnsupportedModelError(
-                f"{where}: joins channels laid out as {_sizes(sizes_a)} and {_sizes(sizes_b)} "
-                "(a concatenation joins only one of the same parts)"
-            )
-        return tuple(self.union(x, y, where) for x, y in zip(a, b, strict=True))
-
-    def require_multiple(self, space: int, multiple: int) -> None:
-        """Widths of ``space`` (a root) must be multiples of ``multiple`` (grouped convs)."""
-        self.multiple[space] = math.lcm(self.multiple[space], multiple)
-
-
-def _sizes(sizes: list[int]) -> str:
-    return " + ".join(map(str, sizes)) if len(sizes) > 1 else f"{sizes[0]} channels"
 
 
 def op_name(node: torch.fx.Node) -> str:

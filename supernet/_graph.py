@@ -1,6 +1,6 @@
 """Find channel groups and the per-layer table by tracing the model with torch.fx.
 
-Every tensor in the traced graph gets its :class:`~._channels.Channels`: a *layout* (the
+Every tensor in the traced graph gets its :class:`~._spaces.Channels`: a *layout* (the
 channel spaces, union-find ids, whose channels its channel dimension concatenates, in order;
 one space for most tensors, several after ``torch.cat`` along the channels, as in DenseNet
 and SqueezeNet's Fire modules) and the dimension that holds the channels (a permute to
@@ -19,7 +19,7 @@ which spaces its calls read and write, and :mod:`._channels` how other ops move 
 An op the walk cannot follow (a channel shuffle, a split, a reshape to a constant number of
 channels, a module with parameters and no handler) does not stop it: the channels it reads
 are frozen at full width, with the reason, and its output carries no group
-(:data:`~._channels.FROZEN`), so the op always sees the tensors it was written for. Its
+(:data:`~._spaces.FROZEN`), so the op always sees the tensors it was written for. Its
 multiply-accumulates are then the same for every width config: ``FlopCounterMode`` counts
 them once, at tracing, as a constant of the cost model. Only a model that cannot be traced,
 or whose every group ends up frozen, is refused.
@@ -40,11 +40,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ._channels import (
     CONCAT,
-    FROZEN,
     JOINING,
     SPLITTING,
-    Channels,
-    Spaces,
     cannot_follow,
     channel_operands,
     check_sizes,
@@ -55,6 +52,7 @@ from ._channels import (
     where,
 )
 from ._counting import counted_flops
+from ._spaces import FROZEN, Channels, Spaces
 from .errors import UnsupportedModelError
 from .handlers import (
     ATTRIBUTE,
