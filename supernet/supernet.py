@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._blocks import RemovableBlocks
 from ._graph import TraceResult, trace_channels
 from .cost import CostModel
 from .errors import UnsupportedModelError
@@ -44,7 +44,7 @@ class LayerEntry(NamedTuple):
     out_groups: tuple[int, ...]
 
 
-class Supernet(nn.Module):
+class Supernet(RemovableBlocks, nn.Module):
     """A model whose conv/BN/linear widths can be set per channel group.
 
     Build it with :meth:`from_model`; run subnets with :meth:`active`; count their cost
@@ -320,113 +320,6 @@ class Supernet(nn.Module):
             widths = fulls if self._widths is None else [self._widths[g] for g in out_gs]
             spans[id(layer.module)] = positions(tuple(zip(fulls, widths, strict=True)), self._side)
         return spans
-
-    # -- depth pruning -------------------------------------------------------------------
-    @torch.no_grad()
-    def _find_removable_blocks(self, example_inputs: tuple[torch.Tensor, ...]) -> dict[int, str]:
-        """Groups whose width 0 turns a whole residual block into the identity.
-
-        A candidate block is any module enclosing every layer of the group. Whether width 0
-        really removes it is not assumed from the architecture but checked: with the group
-        at 0, the block's output must equal its input exactly on the example input (e.g.
-        ``relu(0 + x) == x`` for post-ReLU inputs). Then extraction may drop the block.
-        """
-        modules = dict(self.model.named_modules())
-        was_training = self.model.training
-        self.model.eval()
-        generator = torch.Generator().manual_seed(0)
-        inputs = tuple(  # the example's dtype and device (a float64 model gets float64)
-            torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            for x in example_inputs
-        )
-        full = [g.max_channels for g in self.space.groups]
-        found: dict[int, str] = {}
-        try:
-            shaped = self._same_shape_modules(inputs)
-            for gi, group in enumerate(self.space.groups):
-                if group.fixed:
-                    continue
-                names = [lay.name.split(".")[:-1] for lay, i, o in self._layers if gi in (*i, *o)]
-                prefix = names[0]
-                for parts in names[1:]:
-                    common = 0
-                    while common < min(len(prefix), len(parts)) and prefix[common] == parts[common]:
-                        common += 1
-                    prefix = prefix[:common]
-                candidates = [".".join(prefix[:k]) for k in range(len(prefix), 0, -1)]
-                # only a module whose output has its input's shape can become the identity
-                candidates = [c for c in candidates if c not in found.values() and c in shaped]
-                if not candidates:
-                    continue
-                seen: dict[str, tuple[Any, Any]] = {}
-
-                def capture(module: nn.Module, args: Any, out: Any, name: str, seen=seen) -> None:
-                    # clone: a later in-place op (``result += x``) must not change what we saw
-                    first = args[0] if args else None
-                    tensors = isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor)
-                    if name not in seen and tensors:
-                        seen[name] = (first.clone(), out.clone())
-
-                handles = [
-                    modules[c].register_forward_hook(functools.partial(capture, name=c))
-                    for c in candidates
-                ]
-                self._widths = [0 if i == gi else w for i, w in enumerate(full)]
-                try:
-                    self.model(*inputs)
-                except Exception:  # any op that cannot take zero channels: not removable
-                    continue
-                finally:
-                    self._widths = None
-                    for h in handles:
-                        h.remove()
-                for c in candidates:
-                    block_in, block_out = seen.get(c, (None, None))
-                    if (
-                        isinstance(block_in, torch.Tensor)
-                        and isinstance(block_out, torch.Tensor)
-                        and block_in.shape == block_out.shape
-                        and torch.equal(block_in, block_out)
-                    ):
-                        found[gi] = c
-                        break
-        finally:
-            self._widths = None
-            self.model.train(was_training)
-        return found
-
-    def _same_shape_modules(self, inputs: tuple[torch.Tensor, ...]) -> set[str]:
-        """Names of the modules whose tensor output has the shape of their first input, in
-        one full-width forward: the only candidates for a removable block (this spares a
-        probe per group in nets without residual blocks, such as DenseNet)."""
-        found: set[str] = set()
-
-        def record(module: nn.Module, args: Any, out: Any, name: str) -> None:
-            first = args[0] if args else None
-            tensors = isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor)
-            if tensors and first.shape == out.shape:
-                found.add(name)
-
-        handles = [
-            module.register_forward_hook(functools.partial(record, name=name))
-            for name, module in self.model.named_modules()
-            if name
-        ]
-        try:
-            self.model(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        return found
-
-    def _cost_gates(self, blocks: dict[int, str]) -> dict[str, int]:
-        """Layer or parameter-owner name -> group whose width 0 removes it (its block)."""
-        gates: dict[str, int] = {}
-        for gi, block in blocks.items():
-            for name, _ in self.model.named_modules():
-                if name == block or name.startswith(block + "."):  # the block's own params too
-                    gates[name] = gi
-        return gates
 
     # -- cost ----------------------------------------------------------------------------
     def widths_vector(self, cfg: Mapping[str, int]) -> np.ndarray:
