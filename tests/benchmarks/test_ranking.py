@@ -17,18 +17,19 @@ from widthsearch.supernet.train import pretrain_network, train_supernet
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import ranking
+import ranking_stats
 
 
 def test_bootstrap_gives_the_rank_correlations_and_intervals_around_them():
     truth = np.linspace(0.80, 0.93, 20)
-    same = ranking.bootstrap(truth * 2 + 1, truth, rounds=200)
+    same = ranking_stats.bootstrap(truth * 2 + 1, truth, rounds=200)
     assert same["kendall_tau"] == pytest.approx(1.0) and same["spearman_rho"] == pytest.approx(1)
     assert same["kendall_ci"] == pytest.approx([1.0, 1.0])
-    reverse = ranking.bootstrap(-truth, truth, rounds=200)
+    reverse = ranking_stats.bootstrap(-truth, truth, rounds=200)
     assert reverse["kendall_tau"] == pytest.approx(-1.0)
     rng = np.random.default_rng(1)
     noisy = truth + rng.normal(0, 0.03, truth.size)
-    result = ranking.bootstrap(noisy, truth, rounds=500)
+    result = ranking_stats.bootstrap(noisy, truth, rounds=500)
     assert result["kendall_tau"] == pytest.approx(stats.kendalltau(noisy, truth).statistic)
     low, high = result["kendall_ci"]
     assert low < result["kendall_tau"] < high and high - low > 0.1  # 20 configs: wide
@@ -40,12 +41,12 @@ def test_the_paired_gain_over_a_baseline_uses_the_same_resamples():
     against itself gains exactly nothing."""
     truth = np.linspace(0.80, 0.93, 20)
     noisy = truth + np.random.default_rng(1).normal(0, 0.03, truth.size)
-    itself = ranking.bootstrap(noisy, truth, rounds=300, baseline=noisy)
+    itself = ranking_stats.bootstrap(noisy, truth, rounds=300, baseline=noisy)
     assert itself["tau_gain"] == 0 and itself["tau_gain_ci"] == [0.0, 0.0]
-    better = ranking.bootstrap(truth, truth, rounds=300, baseline=noisy)
+    better = ranking_stats.bootstrap(truth, truth, rounds=300, baseline=noisy)
     assert better["tau_gain"] == pytest.approx(1 - stats.kendalltau(noisy, truth).statistic)
     assert better["tau_gain_ci"][0] > 0
-    assert "tau_gain" not in ranking.bootstrap(truth, truth, rounds=10)
+    assert "tau_gain" not in ranking_stats.bootstrap(truth, truth, rounds=10)
 
 
 def test_configs_cover_the_macs_range_one_per_stratum():
@@ -115,24 +116,24 @@ def test_partial_tau_keeps_only_what_a_score_knows_beyond_macs():
         for name, x in (("macs", knows_macs), ("shape", knows_shape))
     }
     assert plain["macs"] > plain["shape"]  # plain tau prefers the one that knows MACs
-    low, high = ranking.bootstrap(knows_macs, truth, rounds=300, baseline=macs)["partial_ci"]
+    low, high = ranking_stats.bootstrap(knows_macs, truth, rounds=300, baseline=macs)["partial_ci"]
     assert low < 0 < high
-    assert ranking.partial_tau(knows_shape, truth, macs) > 0.3
-    assert np.isnan(ranking.partial_tau(macs**2, truth, macs))  # MACs in another unit
-    row = ranking.bootstrap(knows_shape, truth, rounds=300, baseline=macs)
-    assert row["partial_tau"] == pytest.approx(ranking.partial_tau(knows_shape, truth, macs))
+    assert ranking_stats.partial_tau(knows_shape, truth, macs) > 0.3
+    assert np.isnan(ranking_stats.partial_tau(macs**2, truth, macs))  # MACs in another unit
+    row = ranking_stats.bootstrap(knows_shape, truth, rounds=300, baseline=macs)
+    assert row["partial_tau"] == pytest.approx(ranking_stats.partial_tau(knows_shape, truth, macs))
     assert row["partial_ci"][0] > 0  # outside zero: it knows something MACs do not
-    assert "partial_tau" not in ranking.bootstrap(macs, truth, rounds=50, baseline=macs)
+    assert "partial_tau" not in ranking_stats.bootstrap(macs, truth, rounds=50, baseline=macs)
 
 
 def test_seed_agreement_compares_the_configs_both_seeds_have():
     macs = [1.0, 2.0, 3.0, 4.0, 5.0]
     runs = {0: {0: 0.80, 1: 0.85, 2: 0.84, 3: 0.90, 4: 0.91}, 1: {0: 0.81, 1: 0.84, 3: 0.92}}
-    agree = ranking.seed_agreement(runs, macs)
+    agree = ranking_stats.seed_agreement(runs, macs)
     assert agree["seeds"] == [0, 1] and agree["configs"] == 3  # configs 0, 1, 3
     assert agree["kendall_tau"] == pytest.approx(1.0)
     assert agree["max_gap"] == pytest.approx(0.02) and agree["median_gap"] == pytest.approx(0.01)
-    assert ranking.seed_agreement({0: runs[0]}, macs) == {}  # one seed: nothing to compare
+    assert ranking_stats.seed_agreement({0: runs[0]}, macs) == {}  # one seed: nothing to compare
 
 
 def test_configs_at_one_budget_lie_in_its_window_and_are_distinct():
