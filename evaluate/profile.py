@@ -171,14 +171,16 @@ def fit_latency(
     layer_sums: list[float], mega_elements: list[float], measured: list[float]
 ) -> tuple[float, float, float]:
     """``(overhead, scale, activation)`` >= 0 with ``measured ~ overhead + scale * layer_sum +
-    activation * mega_elements`` (non-negative least squares; ``scale`` 1 and the rest 0 when
-    there is too little to fit)."""
+    activation * mega_elements`` (non-negative least squares on the *relative* error, so a
+    narrow subnet's milliseconds count as much as the full network's: budgets are relative;
+    ``scale`` 1 and the rest 0 when there is too little to fit)."""
     s = np.asarray(layer_sums, dtype=np.float64)
     e = np.asarray(mega_elements, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
     if len(m) < 3 or np.ptp(s) <= 1e-12:
         return float(max(0.0, np.mean(m - s))), 1.0, 0.0
-    coef, _ = optimize.nnls(np.stack([np.ones_like(s), s, e], axis=1), m)
+    weight = 1.0 / np.maximum(m, 1e-9)
+    coef, _ = optimize.nnls(np.stack([np.ones_like(s), s, e], axis=1) * weight[:, None], m * weight)
     if coef[1] <= 0:  # the layers must count: fall back to layers and constant alone
         coef = np.array([max(0.0, float(np.mean(m - s))), 1.0, 0.0])
     return float(coef[0]), float(coef[1]), float(coef[2])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from scipy import optimize
 from torch import nn
 from widthsearch.evaluate.profile import (
     _layer_shapes,
@@ -24,6 +25,25 @@ def test_fit_recovers_overhead_scale_and_activation_cost():
     measured = 0.7 + 1.3 * sums + 0.4 * mega
     overhead, scale, activation = fit_latency(list(sums), list(mega), list(measured))
     assert (overhead, scale, activation) == pytest.approx((0.7, 1.3, 0.4), abs=1e-9)
+
+
+def test_fit_minimises_the_relative_error_so_narrow_subnets_count():
+    """Where no coefficients fit every subnet, the fit trades milliseconds of the wide ones
+    for a small relative error on the narrow ones (what a relative budget needs)."""
+    sums = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    mega = np.array([0.5, 0.2, 1.0, 0.3, 2.0])
+    measured = np.array([0.5, 2.4, 5.1, 9.5, 21.0])  # not linear in the two terms
+
+    def relative_sse(coef) -> float:
+        predicted = coef[0] + coef[1] * sums + coef[2] * mega
+        return float(np.sum(((predicted - measured) / measured) ** 2))
+
+    fitted = fit_latency(list(sums), list(mega), list(measured))
+    design = np.stack([np.ones_like(sums), sums, mega], axis=1)
+    absolute, _ = optimize.nnls(design, measured)  # what a fit in milliseconds would give
+    assert relative_sse(fitted) < relative_sse(absolute)
+    first = fitted[0] + fitted[1] * sums[0] + fitted[2] * mega[0]
+    assert abs(first - 0.5) / 0.5 < abs(design[0] @ absolute - 0.5) / 0.5
 
 
 def test_fit_keeps_every_term_non_negative():
