@@ -59,7 +59,7 @@ headline: $(VENV)/.installed data
 		$(BIN)/python benchmarks/warmstart.py --part scratch; rc=$$?; wait $$pid && [ $$rc = 0 ]
 	$(BIN)/python benchmarks/warmstart.py --part control & pid=$$!; \
 		$(BIN)/python benchmarks/warmstart.py --part random; rc=$$?; wait $$pid && [ $$rc = 0 ]
-	$(BIN)/python benchmarks/warmstart.py --report
+	$(BIN)/python benchmarks/warmstart.py --part latency
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

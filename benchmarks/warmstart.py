@@ -33,8 +33,9 @@ Per seed, on all of Fashion-MNIST (55,000 train / 5,000 held-out / 10,000 test),
 
 Every finished cell is a JSON file under ``--out/cells`` and a rerun skips it; training
 resumes per epoch. ``--part`` splits the cells between processes (``pipeline``: 1-5,
-``scratch``: 6, ``control``: 7, ``random``: 8) so that two cores work at once. The table goes
-to stdout and ``--out/tables.md``.
+``scratch``: 6, ``control``: 7, ``random``: 8) so that two cores work at once; ``latency``
+times every finished row's network against the full one (params and latency ratio, batch 32,
+one thread: give it the machine). The tables go to stdout and ``--out/tables.md``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from headline import (
     random_init_subnet,
 )
 from warmstart_baselines import BaselineCells
+from warmstart_latency import LatencyCells
 from warmstart_settings import (
     UNRECORDED_DEFAULTS,
     build_recipe,
@@ -64,7 +66,7 @@ from warmstart_settings import (
     parse_args,
     random_supernet_recipe,
 )
-from warmstart_tables import pareto, pct
+from warmstart_tables import ROWS, pareto, pct
 from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
     extract_subnet,
@@ -91,7 +93,7 @@ from widthsearch.supernet.runtime import local_runtime
 from widthsearch.supernet.train import pretrain_network, train_supernet
 
 
-class Warmstart(BaselineCells):
+class Warmstart(BaselineCells, LatencyCells):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Path(args.out)
@@ -121,6 +123,19 @@ class Warmstart(BaselineCells):
                     )
             if self.args.part in ("all", "random"):
                 self.random_path(seed)
+            if self.args.part in ("all", "latency"):
+                self.latency_part(seed)
+
+    def latency_part(self, seed: int) -> None:
+        """Every finished row's network timed against the full network (size and speed)."""
+        for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+            for _, prefix in ROWS[1:]:
+                row = self.cells.get(f"{prefix}-{pct(frac)}-s{seed}")
+                if row is not None and "top1" in row:  # not a skipped cell
+                    self.cells.run(
+                        f"latency-{prefix}-{pct(frac)}-s{seed}",
+                        lambda p=prefix, f=frac, b=budget: self.latency_cell(p, f, b, seed),
+                    )
 
     def supernet_dir(self, seed: int, variant: str) -> Path:
         """Where the ``warm`` or ``random`` supernet of a seed, its extractions and fine-tunes

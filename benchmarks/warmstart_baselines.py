@@ -14,7 +14,7 @@ from baselines import any_width
 from headline import measure, prune_to_budget, random_init_subnet, train_from_scratch
 from warmstart_settings import TAYLOR_BATCHES, build_recipe, model_meta
 from warmstart_tables import pct
-from widthsearch.evaluate import save_subnet
+from widthsearch.evaluate import read_subnet, save_subnet
 from widthsearch.recipes.recipe import Recipe
 from widthsearch.supernet import create_model, load_weights, read_state_dict
 from widthsearch.supernet.checkpoint import build_supernet
@@ -25,9 +25,27 @@ class BaselineCells:
     def pruning_cell(
         self, recipe: Recipe, seed: int, budget: int, frac: float, *, importance: str = "l1"
     ) -> dict[str, Any]:
+        pruned_path = self.pruned_file(recipe, seed, budget, frac, importance=importance)
+        tuned = pruned_path.with_name(pruned_path.stem + "-ft.pt")
+        self.finetune(pruned_path, tuned, recipe, teacher=self.work(seed) / "full.pt", seed=seed)
+        return {
+            "kind": "torch-pruning",
+            "importance": importance,
+            "seed": seed,
+            "fraction": frac,
+            "budget_macs": budget,
+            "widths": read_subnet(pruned_path)["widths"],
+            **measure(tuned, latency=False),
+        }
+
+    def pruned_file(
+        self, recipe: Recipe, seed: int, budget: int, frac: float, *, importance: str
+    ) -> Path:
+        """The seed's trained network pruned by Torch-Pruning to the budget (before
+        fine-tuning), made once: ``work/tp[-IMPORTANCE]-PCT.pt``."""
         work = self.work(seed)
         name = "tp" if importance == "l1" else f"tp-{importance}"
-        pruned_path, tuned = work / f"{name}-{pct(frac)}.pt", work / f"{name}-{pct(frac)}-ft.pt"
+        pruned_path = work / f"{name}-{pct(frac)}.pt"
         if not pruned_path.is_file():
             meta = model_meta(self.args)
             trained = create_model(self.args.model, num_classes=10, in_chans=1)
@@ -48,15 +66,7 @@ class BaselineCells:
             doc["module"] = pruned["module"]
             doc["inheritance"] = {"chosen": f"torch-pruning-{importance}", "ratio": pruned["ratio"]}
             save_subnet(doc, pruned_path)
-        self.finetune(pruned_path, tuned, recipe, teacher=work / "full.pt", seed=seed)
-        return {
-            "kind": "torch-pruning",
-            "importance": importance,
-            "seed": seed,
-            "fraction": frac,
-            "budget_macs": budget,
-            **measure(tuned, latency=False),
-        }
+        return pruned_path
 
     def training_batches(self, recipe: Recipe, seed: int) -> list[tuple[torch.Tensor, ...]]:
         """``TAYLOR_BATCHES`` seeded batches of the training split (Taylor importance)."""

@@ -61,7 +61,8 @@ def parse_args(argv: Sequence[str] | None, *, description: str = "") -> argparse
     add = parser.add_argument
     add("--smoke", action="store_true", help="every cell kind on synthetic data, minutes")
     add("--out", default="benchmarks/results/warmstart", help="cells, tables, checkpoints")
-    add("--part", choices=["all", "pipeline", "scratch", "control", "random"], default="all")
+    parts = ["all", "pipeline", "scratch", "control", "random", "latency"]
+    add("--part", choices=parts, default="all")
     add("--report", action="store_true", help="only print the table of the finished cells")
     add("--seeds", type=int, nargs="+", default=[0, 1])
     add("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])

@@ -74,7 +74,38 @@ def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
             spread = f" ± {p.std:.4f}" if p.seeds > 1 else ""
             cols.append(f"{p.top1:.4f}{spread} ({100 * p.macs:.1f} %, n={p.seeds})")
         lines.append(f"| {label} | " + " | ".join(cols) + " |")
-    return "\n".join(lines) + "\n\n" + costs(cells, args)
+    return "\n".join(lines) + "\n\n" + sizes(cells, args) + costs(cells, args)
+
+
+def sizes(cells: Cells, args: argparse.Namespace) -> str:
+    """Params and measured latency per method and budget (``--part latency`` cells): mean
+    params over the seeds, median latency as a fraction of the full network's; empty until
+    some have finished."""
+    lines = []
+    for label, prefix in ROWS[1:]:
+        cols = []
+        for frac in args.budgets:
+            names = (f"latency-{prefix}-{pct(frac)}-s{s}" for s in args.seeds)
+            docs = [d for d in map(cells.get, names) if d is not None]
+            if not docs:
+                cols.append("-")
+                continue
+            params = statistics.mean(d["params"] for d in docs)
+            ratio = statistics.median(d["latency_ratio"] for d in docs)
+            cols.append(f"{params / 1e3:.1f}k, {ratio:.2f}x")
+        if any(c != "-" for c in cols):
+            lines.append(f"| {label} | " + " | ".join(cols) + " |")
+    if not lines:
+        return ""
+    head = " | ".join(f"{pct(f)} % MACs" for f in args.budgets)
+    return (
+        "Params and latency (batch 32, one thread, fraction of the full network's time):\n\n"
+        f"| method | {head} |\n|---"
+        + "|---:" * len(args.budgets)
+        + "|\n"
+        + "\n".join(lines)
+        + "\n\n"
+    )
 
 
 def pareto(cells: Cells, args: argparse.Namespace, full_macs: int, path: Path) -> Path:

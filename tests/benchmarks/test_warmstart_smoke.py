@@ -61,12 +61,23 @@ def test_smoke_runs_every_cell_kind_at_its_budget_and_a_rerun_redoes_nothing(
             assert cell["macs"] == cell["macs_counted"], name  # cost model = counted
             assert 0.0 <= cell["top1"] <= 1.0, name
     assert cells["tp-taylor-25-s0"]["importance"] == "taylor"
+    # size and speed: each row's network rebuilt from its widths is the one it delivered
+    for name, cell in cells.items():
+        if "budget_macs" in cell and "top1" in cell:
+            timed = json.loads((out / "cells" / f"latency-{name}.json").read_text())
+            assert (timed["macs"], timed["params"]) == (cell["macs"], cell["params"]), name
+            assert timed["latency_ratio"] == round(
+                timed["latency_ms"] / timed["full_latency_ms"], 4
+            )
 
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "tables.md").read_text()
     for row in ("uniform subnet", "Torch-Pruning Taylor", "control", "from random weights"):
         line = next(line for line in table.splitlines() if row in line)
         assert "n=1" in line, line
+    sizes = table.split("Params and latency")[1]
+    line = next(line for line in sizes.splitlines() if "uniform widths from scratch" in line)
+    assert f"| {cells['scratch-25-s0']['params'] / 1e3:.1f}k, " in line
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     capsys.readouterr()
