@@ -62,8 +62,7 @@ def point(
 def table(cells: Cells, args: argparse.Namespace, full_macs: int) -> str:
     """The benchmark's table: test top-1 per method and budget (mean ± std over the seeds
     finished), then the cost table."""
-    head = " | ".join(f"{pct(f)} % MACs" for f in args.budgets)
-    lines = [f"| method | {head} |", "|---" + "|---:" * len(args.budgets) + "|"]
+    lines = header(args)
     for label, prefix in ROWS:
         cols = []
         for frac in args.budgets:
@@ -97,15 +96,14 @@ def sizes(cells: Cells, args: argparse.Namespace) -> str:
             lines.append(f"| {label} | " + " | ".join(cols) + " |")
     if not lines:
         return ""
+    title = "Params and latency (batch 32, one thread, fraction of the full network's time):"
+    return title + "\n\n" + "\n".join(header(args) + lines) + "\n\n"
+
+
+def header(args: argparse.Namespace) -> list[str]:
+    """A table's first two lines: the method, then one column per budget."""
     head = " | ".join(f"{pct(f)} % MACs" for f in args.budgets)
-    return (
-        "Params and latency (batch 32, one thread, fraction of the full network's time):\n\n"
-        f"| method | {head} |\n|---"
-        + "|---:" * len(args.budgets)
-        + "|\n"
-        + "\n".join(lines)
-        + "\n\n"
-    )
+    return [f"| method | {head} |", "|---" + "|---:" * len(args.budgets) + "|"]
 
 
 def pareto(cells: Cells, args: argparse.Namespace, full_macs: int, path: Path) -> Path:
