@@ -25,7 +25,7 @@ class RemovableBlocks:
     # what the supernet provides
     model: nn.Module
     space: WidthSpace
-    _layers: list[LayerEntry]
+    layers: list[LayerEntry]  # a property of the supernet
     _widths: list[int] | None  # active widths per group (None: full); the probe sets them
 
     @torch.no_grad()
@@ -52,7 +52,7 @@ class RemovableBlocks:
             for gi, group in enumerate(self.space.groups):
                 if group.fixed:
                     continue
-                names = [lay.name.split(".")[:-1] for lay, i, o in self._layers if gi in (*i, *o)]
+                names = [lay.name.split(".")[:-1] for lay, i, o in self.layers if gi in (*i, *o)]
                 prefix = names[0]
                 for parts in names[1:]:
                     common = 0
