@@ -205,7 +205,8 @@ class Matcher:
         by_latency = self.search(int(budget_ms * NS_PER_MS), "latency")
         target = self.measured(by_latency.widths)
         # the MACs budget whose answer measures as fast: bisection on the MACs fraction
-        low, high, best = 0.01, 1.0, None
+        # from the narrowest subnet's MACs: a smaller budget has no answer
+        low, high, best = self.sn.macs(self.sn.space.min()) / self.sn.macs(), 1.0, None
         for _ in range(self.args.match_steps):
             mid = (low + high) / 2
             answer = self.search(int(mid * self.sn.macs()), "macs")
