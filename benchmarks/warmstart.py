@@ -66,7 +66,7 @@ from warmstart_settings import (
     parse_args,
     random_supernet_recipe,
 )
-from warmstart_tables import ROWS, pareto, pct
+from warmstart_tables import pareto, pct
 from warmstart_tables import table as table_of
 from widthsearch.evaluate import (
     extract_subnet,
@@ -98,9 +98,10 @@ class Warmstart(BaselineCells, LatencyCells):
         self.args = args
         self.out = Path(args.out)
         self.cells = Cells(self.out)
-        probe = build_supernet(model_meta(self.args))
-        self.full_macs = int(probe.macs())
-        self.budgets = resolve_budgets(probe, list(args.budgets))
+        # the network as a supernet of random weights: costs, and networks rebuilt from widths
+        self.probe = build_supernet(model_meta(self.args))
+        self.full_macs = int(self.probe.macs())
+        self.budgets = resolve_budgets(self.probe, list(args.budgets))
 
     def work(self, seed: int) -> Path:
         return self.out / "work" / f"s{seed}"
@@ -125,17 +126,6 @@ class Warmstart(BaselineCells, LatencyCells):
                 self.random_path(seed)
             if self.args.part in ("all", "latency"):
                 self.latency_part(seed)
-
-    def latency_part(self, seed: int) -> None:
-        """Every finished row's network timed against the full network (size and speed)."""
-        for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
-            for _, prefix in ROWS[1:]:
-                row = self.cells.get(f"{prefix}-{pct(frac)}-s{seed}")
-                if row is not None and "top1" in row:  # not a skipped cell
-                    self.cells.run(
-                        f"latency-{prefix}-{pct(frac)}-s{seed}",
-                        lambda p=prefix, f=frac, b=budget: self.latency_cell(p, f, b, seed),
-                    )
 
     def supernet_dir(self, seed: int, variant: str) -> Path:
         """Where the ``warm`` or ``random`` supernet of a seed, its extractions and fine-tunes

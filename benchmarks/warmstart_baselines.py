@@ -5,6 +5,7 @@ searched widths as a control). A mixin of :class:`warmstart.Warmstart`, which pr
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,18 @@ from warmstart_settings import TAYLOR_BATCHES, build_recipe, model_meta
 from warmstart_tables import pct
 from widthsearch.evaluate import read_subnet, save_subnet
 from widthsearch.recipes.recipe import Recipe
-from widthsearch.supernet import create_model, load_weights, read_state_dict
+from widthsearch.supernet import Supernet, create_model, load_weights, read_state_dict
 from widthsearch.supernet.checkpoint import build_supernet
 from widthsearch.supernet.data import get_data
 
 
 class BaselineCells:
+    @functools.cached_property
+    def any_width_probe(self) -> Supernet:
+        """The network as a supernet of random weights where every channel count is a valid
+        width (uniform widths from scratch, Torch-Pruning's widths)."""
+        return build_supernet(any_width(model_meta(self.args)))
+
     def pruning_cell(
         self, recipe: Recipe, seed: int, budget: int, frac: float, *, importance: str = "l1"
     ) -> dict[str, Any]:
@@ -85,15 +92,13 @@ class BaselineCells:
     def scratch_cell(self, budget: int, frac: float, seed: int) -> dict[str, Any]:
         """The uniform-width network closest below the budget, any channel count."""
         recipe = build_recipe(self.args, seed)
-        meta = any_width(model_meta(self.args))
-        sn = build_supernet(meta)
+        sn = self.any_width_probe
         lo, hi = 0.01, 1.0
         for _ in range(40):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if sn.macs(sn.space.uniform(mid)) <= budget else (lo, mid)
-        tuned = self.from_scratch(
-            f"scratch-{pct(frac)}", meta, sn.space.uniform(lo), recipe, seed=seed, label="scratch"
-        )
+        widths, name = sn.space.uniform(lo), f"scratch-{pct(frac)}"
+        tuned = self.from_scratch(name, sn.meta, widths, recipe, seed=seed, label="scratch")
         return {
             "kind": "scratch",
             "seed": seed,

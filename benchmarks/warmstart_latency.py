@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from baselines import any_width
-from warmstart_settings import build_recipe, model_meta
-from warmstart_tables import pct
+from warmstart_settings import build_recipe
+from warmstart_tables import ROWS, pct
 from widthsearch.evaluate import read_subnet
 from widthsearch.evaluate.measure import measure_latency
-from widthsearch.supernet.checkpoint import build_supernet
+from widthsearch.supernet import Supernet
 
 BATCH = 32
 ROUNDS = 3
@@ -22,12 +21,23 @@ PRUNING = {"tp": "l1", "tp-taylor": "taylor"}
 
 
 class LatencyCells:
+    def latency_part(self, seed: int) -> None:
+        """Every finished row's network timed against the full network (size and speed)."""
+        for frac, budget in zip(self.args.budgets, self.budgets, strict=True):
+            for _, prefix in ROWS[1:]:
+                row = self.cells.get(f"{prefix}-{pct(frac)}-s{seed}")
+                if row is not None and "top1" in row:  # not a skipped cell
+                    self.cells.run(
+                        f"latency-{prefix}-{pct(frac)}-s{seed}",
+                        lambda p=prefix, f=frac, b=budget: self.latency_cell(p, f, b, seed),
+                    )
+
     def latency_cell(self, prefix: str, frac: float, budget: int, seed: int) -> dict[str, Any]:
-        meta, widths = self.row_widths(prefix, frac, budget, seed)
-        sn = build_supernet(meta)
+        sn, widths = self.row_widths(prefix, frac, budget, seed)
         cfg = sn.space.validate(widths)
         pair = (sn.extract(sn.space.max()).eval(), sn.extract(cfg).eval())
-        example = torch.randn(BATCH, int(meta["in_chans"]), meta["input_size"], meta["input_size"])
+        side = int(sn.meta["input_size"])
+        example = torch.randn(BATCH, int(sn.meta["in_chans"]), side, side)
         seconds = 0.01 if self.args.smoke else 0.2  # per network and round
         rounds = [
             [measure_latency(m, example, min_run_time=seconds, threads=1) for m in pair]
@@ -50,19 +60,18 @@ class LatencyCells:
 
     def row_widths(
         self, prefix: str, frac: float, budget: int, seed: int
-    ) -> tuple[dict[str, Any], dict[str, int]]:
-        """The supernet ``meta`` and widths that rebuild a finished row's network."""
+    ) -> tuple[Supernet, dict[str, int]]:
+        """The supernet (random weights) and widths that rebuild a finished row's network."""
         cell = self.cells.get(f"{prefix}-{pct(frac)}-s{seed}")
         if prefix == "scratch":  # any channel count, uniform at the cell's ratio
-            meta = any_width(model_meta(self.args))
-            return meta, dict(build_supernet(meta).space.uniform(cell["ratio"]))
+            sn = self.any_width_probe
+            return sn, dict(sn.space.uniform(cell["ratio"]))
         if prefix in PRUNING:
             if "widths" in cell:
-                return any_width(model_meta(self.args)), cell["widths"]
+                return self.any_width_probe, cell["widths"]
             # cells made before they kept their widths: the pruned file (remade if missing:
             # pruning is deterministic given the trained network and the seed's batches)
             recipe = build_recipe(self.args, seed)
             path = self.pruned_file(recipe, seed, budget, frac, importance=PRUNING[prefix])
-            payload = read_subnet(path)
-            return dict(payload["meta"]), dict(payload["widths"])
-        return model_meta(self.args), cell["widths"]
+            return self.any_width_probe, dict(read_subnet(path)["widths"])
+        return self.probe, cell["widths"]
