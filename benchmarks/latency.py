@@ -59,12 +59,19 @@ def error_cell(model: str, *, batch: int, threads: int, args: argparse.Namespace
     sn = SupernetSpec(model=model, num_classes=classes, in_chans=chans, input_size=size).build()
     torch.set_num_threads(threads)
     table = profile_latency(
-        sn, threads=threads, batch=batch, seconds=args.table_seconds, progress=False
+        sn,
+        threads=threads,
+        batch=batch,
+        seconds=args.table_seconds,
+        sample_widths=args.sample_widths,
+        progress=False,
     )
     tables = args.out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(table.to_dict(), tables / f"{cell_name(model, batch, threads)}.json")
+    name = cell_name(model, batch, threads, args.sample_widths)
+    write_json_atomic(table.to_dict(), tables / f"{name}.json")
     predictor = table.bind(sn)
+    timed = {g: min(len(c), args.sample_widths or len(c)) for g, c in table.choices.items()}
     example = torch.randn(batch, chans, size, size)
     rng = np.random.default_rng(args.seed + 1)  # not the table's own calibration subnets
     configs = [sn.space.sample(rng) for _ in range(args.subnets)]
@@ -93,6 +100,8 @@ def error_cell(model: str, *, batch: int, threads: int, args: argparse.Namespace
         "threads": threads,
         "table_seconds": round(table.seconds, 1),
         "table_entries": sum(int(np.size(t.ms)) for t in table.layers),
+        "sample_widths": table.sample_widths,
+        "timed_entries": sum(int(np.prod([timed[g] for g in t.groups])) for t in table.layers),
         "full_predicted_ms": round(float(predictor.predict(sn.widths_vector(sn.space.max()))), 4),
         **error_figures(rows),
         "subnets": rows,
@@ -112,15 +121,16 @@ def error_figures(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def cell_name(model: str, batch: int, threads: int) -> str:
-    return f"{model.replace(':', '_')}-b{batch}-t{threads}"
+def cell_name(model: str, batch: int, threads: int, sample_widths: int | None = None) -> str:
+    sampled = f"-s{sample_widths}" if sample_widths else ""
+    return f"{model.replace(':', '_')}-b{batch}-t{threads}{sampled}"
 
 
 def part_error(args: argparse.Namespace, cells: Cells) -> None:
     for threads in args.threads:
         for model in args.models:
             for batch in args.batches:
-                name = "error-" + cell_name(model, batch, threads)
+                name = "error-" + cell_name(model, batch, threads, args.sample_widths)
                 cells.run(
                     name,
                     lambda m=model, b=batch, t=threads: error_cell(
@@ -238,18 +248,25 @@ def part_accuracy(args: argparse.Namespace, cells: Cells) -> None:
 def report(args: argparse.Namespace, cells: Cells) -> None:
     docs = sorted(
         (cells.get(p.stem) for p in cells.folder.glob("error-*.json")),
-        key=lambda d: (d["threads"], list(MODELS).index(d["model"]), d["batch"]),
+        key=lambda d: (
+            d["threads"],
+            list(MODELS).index(d["model"]),
+            d["batch"],
+            d.get("sample_widths", 0),
+        ),
     )
     if docs:
         print(
-            "| model | batch | threads | table build (s) | entries | median rel. error | "
+            "| model | batch | threads | table build (s) | entries (timed) | median rel. error | "
             "p90 rel. error | Spearman rho | rho of MACs |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for d in docs:
+            timed = d.get("timed_entries", d["table_entries"])
             print(
                 f"| {d['model']} | {d['batch']} | {d['threads']} | {d['table_seconds']:.0f} | "
-                f"{d['table_entries']} | {d['median_rel_error']:.1%} | {d['p90_rel_error']:.1%} | "
+                f"{d['table_entries']} ({timed}) | {d['median_rel_error']:.1%} | "
+                f"{d['p90_rel_error']:.1%} | "
                 f"{d['spearman_rho']:.3f} | {d['macs_spearman_rho']:.3f} |"
             )
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("accuracy-*.json"))]
@@ -295,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         help="minimum timing per measured subnet and round",
     )
     parser.add_argument("--rounds", type=int, default=3, help="measurements per subnet")
+    parser.add_argument(
+        "--sample-widths",
+        type=int,
+        help="time this many width choices per group and interpolate the rest "
+        "(profile --sample-widths; default: every choice)",
+    )
     parser.add_argument("--supernet", default=DEFAULT_SUPERNET)
     parser.add_argument("--strategy", default="bisection")
     parser.add_argument("--latency-fractions", nargs="+", type=float, default=[0.3, 0.5, 0.7])

@@ -9,6 +9,10 @@ Linear) -- ``torch.utils.benchmark`` medians, ``threads`` intra-op threads, no a
 What is not: activations, residual adds, pooling, a per-channel tensor that its owner's
 forward uses directly (ConvNeXt's layer scale: no module of its own, its entries are 0),
 memory traffic between layers and the framework's per-call overhead.
+With ``sample_widths=K`` only K evenly spaced choices per group (both ends) are timed and the
+rest of each layer's table is interpolated linearly in the widths (bilinear on a dense
+layer's two axes: exact for ``a + b*w_in + c*w_out + d*w_in*w_out``), for models whose full
+table would take too long (224x224 at batch 32).
 Those are folded in afterwards by timing whole extracted subnets (narrowest, uniform, full
 and a few random ones) and fitting ``measured = overhead + scale * sum of layer entries +
 activation * sum of layer output elements`` (non-negative least squares); the table stores
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +44,13 @@ from widthsearch.supernet.supernet import slice_layer
 from ._common import model_input, read_subnet
 from .measure import measure_latency
 
-__all__ = ["CALIBRATION_RATIOS", "fit_latency", "latency_check", "profile_latency"]
+__all__ = [
+    "CALIBRATION_RATIOS",
+    "fit_latency",
+    "interpolate_grid",
+    "latency_check",
+    "profile_latency",
+]
 
 # uniform width ratios of the whole subnets that fit the overhead and scale (besides the
 # narrowest and the full network)
@@ -54,6 +65,7 @@ def profile_latency(
     batch: int = 1,
     seconds: float = 0.05,
     calibration: int = 8,
+    sample_widths: int | None = None,
     runtime: Runtime | None = None,
     progress: bool | None = None,
 ) -> LatencyTable:
@@ -66,6 +78,8 @@ def profile_latency(
         seconds: Minimum measuring time per table entry and per whole subnet.
         calibration: Random whole subnets timed for the fit, besides the narrowest, the
             uniform ones and the full network.
+        sample_widths: Time only this many evenly spaced choices per group (>= 2, both
+            ends included) and interpolate the rest (``None``: time every choice).
         runtime: Device and precision to time on.
         progress: tqdm bar (``None``: only on a terminal).
     """
@@ -73,6 +87,8 @@ def profile_latency(
         raise ValueError(
             "profile: threads and batch must be >= 1, seconds > 0 and calibration >= 0"
         )
+    if sample_widths is not None and sample_widths < 2:
+        raise ValueError(f"profile: sample_widths must be >= 2 (both ends), got {sample_widths}")
     runtime = runtime or Runtime()
     start = time.perf_counter()
     meta = sn.meta
@@ -81,9 +97,10 @@ def profile_latency(
     full = sn.extract(sn.space.max()).eval()  # plain modules: no supernet hooks
     modules = dict(full.named_modules())
     choices = {g.name: list(g.choices) for g in sn.space.groups}
+    timed_at = {g: _sampled(len(c), sample_widths) for g, c in choices.items()}
     entries = {entry.layer.name: entry for entry in sn.layers}
     plan = layer_groups(sn)
-    cells = sum(int(np.prod([len(choices[g]) for g in groups])) for _, groups, _ in plan)
+    cells = sum(int(np.prod([len(timed_at[g]) for g in groups])) for _, groups, _ in plan)
     bar = tqdm(total=cells, desc="profile", unit="entry", disable=_quiet(progress))
 
     def timed(module: nn.Module, x: torch.Tensor) -> float:
@@ -100,13 +117,14 @@ def profile_latency(
         layer, (in_g,), _ = entries[name]  # one group each: layer_groups checked it
         in_full = sn.space.groups[in_g].max_channels
         axes = [choices[g] for g in groups]
+        grid = [timed_at[g] for g in groups]
         ms = np.zeros([len(a) for a in axes])
         if name not in shapes:  # a tensor its owner reads: nothing to time alone
-            bar.update(ms.size)
+            bar.update(int(np.prod([len(i) for i in grid])))
             layers.append(LayerLatency(name, list(groups), ms))
             continue
         inputs: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}  # this layer's, reused
-        for cell in np.ndindex(*ms.shape):
+        for cell in itertools.product(*grid):
             widths = [axes[k][i] for k, i in enumerate(cell)]
             w_in, w_out = (widths[0], widths[0]) if follows else (widths[0], widths[1])
             module = _alone(modules[name], layer)
@@ -116,7 +134,7 @@ def profile_latency(
                     inputs[shape, w_in] = _input(shape, w_in, in_full, dim=layer.in_dim)
             ms[cell] = sum(timed(module, inputs[shape, w_in]) for shape in shapes[name])
             bar.update(1)
-        layers.append(LayerLatency(name, list(groups), ms))
+        layers.append(LayerLatency(name, list(groups), interpolate_grid(ms, axes, grid)))
     bar.close()
 
     table = LatencyTable(
@@ -129,6 +147,7 @@ def profile_latency(
         in_chans=int(meta.get("in_chans", example.shape[1])),
         choices=choices,
         layers=layers,
+        sample_widths=0 if sample_widths is None else int(sample_widths),
     )
     # what the layer entries miss grows with each layer's output: a second table of output
     # elements (millions), fitted together with the constant on whole subnets
@@ -184,6 +203,26 @@ def fit_latency(
     if coef[1] <= 0:  # the layers must count: fall back to layers and constant alone
         coef = np.array([max(0.0, float(np.mean(m - s))), 1.0, 0.0])
     return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def _sampled(count: int, sample: int | None) -> list[int]:
+    """Indices of ``sample`` evenly spaced choices out of ``count``, both ends included
+    (every index when ``sample`` is ``None`` or not smaller)."""
+    if sample is None or sample >= count:
+        return list(range(count))
+    return sorted({round(float(i)) for i in np.linspace(0, count - 1, sample)})
+
+
+def interpolate_grid(ms: np.ndarray, axes: list[list[int]], grid: list[list[int]]) -> np.ndarray:
+    """``ms`` filled off the timed grid: along each axis in turn, linear in that axis's widths
+    between the timed indices ``grid`` (separable, so bilinear on two axes)."""
+    out = np.asarray(ms, dtype=np.float64)
+    for axis, (widths, timed) in enumerate(zip(axes, grid, strict=True)):
+        if len(timed) == len(widths):
+            continue
+        x = np.asarray(widths, dtype=np.float64)
+        out = np.apply_along_axis(lambda v, t=timed, x=x: np.interp(x, x[t], v[t]), axis, out)
+    return out
 
 
 def _calibration_configs(sn: Supernet, *, random: int) -> list[tuple[str, dict[str, int]]]:

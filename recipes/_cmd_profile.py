@@ -32,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.05,
         help="minimum measuring time per table entry and per whole subnet (default 0.05)",
     )
+    p.add_argument(
+        "--sample-widths",
+        type=int,
+        metavar="K",
+        help="time K evenly spaced width choices per group (both ends) and interpolate the "
+        "rest: for models whose full table takes too long (default: every choice)",
+    )
     p.add_argument("--out", required=True, help="output latency table (JSON)")
     p.set_defaults(func=run)
 
@@ -41,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--threads and --batch must be >= 1")
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    if args.sample_widths is not None and args.sample_widths < 2:
+        raise ValueError(f"--sample-widths must be >= 2 (both ends), got {args.sample_widths}")
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise ValueError(f"--out {out} is a directory")
@@ -48,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
     runtime = local_runtime(**runtime_options(args, recipe.get("run")))
     table = profile_latency(
-        sn, threads=args.threads, batch=args.batch, seconds=args.seconds, runtime=runtime
+        sn,
+        threads=args.threads,
+        batch=args.batch,
+        seconds=args.seconds,
+        sample_widths=args.sample_widths,
+        runtime=runtime,
     )
     write_json_atomic(table.to_dict(), out)
     for row in table.calibration:

@@ -93,6 +93,8 @@ class LatencyTable:
             entries for what layer-by-layer timing misses (activations, residual adds, memory
             traffic: they grow with the output, not the MACs); informative, already applied.
         seconds: Wall time of the measurement.
+        sample_widths: Choices per group that were timed, the rest interpolated (0: every
+            choice was timed).
         format: Layout version.
     """
 
@@ -109,6 +111,7 @@ class LatencyTable:
     scale: float = 1.0
     activation_ms: float = 0.0
     seconds: float = 0.0
+    sample_widths: int = 0
     format: int = LATENCY_FORMAT
     calibration: list[dict[str, float]] = field(default_factory=list)
 
@@ -119,6 +122,7 @@ class LatencyTable:
             **{key: getattr(self, key) for key, _ in _SETTINGS},
             **{key: getattr(self, key) for key in _NUMBERS},
             "seconds": round(float(self.seconds), 3),
+            "sample_widths": int(self.sample_widths),
             "calibration": list(self.calibration),
             "choices": {k: list(v) for k, v in self.choices.items()},
             "layers": [layer.to_dict() for layer in self.layers],
@@ -173,12 +177,16 @@ class LatencyTable:
         for key, value in numbers.items():
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(f"{key!r} must be a finite number >= 0")
+        sample = doc.get("sample_widths", 0)
+        if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+            raise bad("'sample_widths' must be an integer >= 0")
         return cls(
             **{key: doc[key] for key, _ in _SETTINGS},
             choices={k: list(v) for k, v in choices.items()},
             layers=layers,
             **{key: float(value) for key, value in numbers.items()},
             seconds=float(doc.get("seconds", 0.0)),
+            sample_widths=sample,
             calibration=list(doc.get("calibration") or []),
         )
 

@@ -8,10 +8,13 @@ import torch
 import torchvision
 from scipy import optimize
 from torch import nn
+from widthsearch.evaluate import profile as profile_module
 from widthsearch.evaluate.profile import (
     _layer_shapes,
     _output_elements,
+    _sampled,
     fit_latency,
+    interpolate_grid,
     profile_latency,
 )
 from widthsearch.search.latency import LayerLatency, layer_groups
@@ -133,3 +136,59 @@ def test_profile_times_attention_per_heads_without_its_output_projection():
     assert attention.shape == (2, 2) and (attention > 0).all()  # embedding x heads choices
     assert not entries.pop("cls_token").any() and not entries.pop("pos_embed").any()
     assert all((ms > 0).all() for ms in entries.values()), entries
+
+
+def test_sampled_widths_keep_both_ends_and_space_evenly():
+    assert _sampled(8, None) == _sampled(8, 8) == _sampled(8, 12) == list(range(8))
+    assert _sampled(8, 2) == [0, 7]
+    assert _sampled(8, 4) == [0, 2, 5, 7]
+    assert _sampled(1, 3) == [0]
+
+
+def test_interpolation_keeps_timed_entries_and_is_exact_for_bilinear_costs():
+    """A dense layer's time grows like a + b*w_in + c*w_out + d*w_in*w_out: the separable
+    linear fill between timed widths reproduces it exactly, on uneven widths too."""
+    w_in, w_out = [4, 8, 12, 16, 24, 32], [2, 5, 6, 9, 11]
+    x, y = np.meshgrid(w_in, w_out, indexing="ij")
+    truth = 0.3 + 0.02 * x + 0.05 * y + 0.004 * x * y
+    grid = [_sampled(6, 3), _sampled(5, 3)]
+    timed = np.zeros_like(truth)
+    timed[np.ix_(*grid)] = truth[np.ix_(*grid)]  # the rest is what was never timed
+    filled = interpolate_grid(timed, [w_in, w_out], grid)
+    assert np.allclose(filled, truth, atol=1e-12)
+    one_axis = interpolate_grid(np.array([1.0, 0, 0, 4.0]), [[1, 2, 3, 4]], [[0, 3]])
+    assert np.allclose(one_axis, [1, 2, 3, 4])
+
+
+def test_profile_times_only_the_sampled_grid(monkeypatch):
+    """With ``sample_widths=2`` each layer is timed at its groups' narrowest and widest choices
+    only (2 or 4 entries, not bins or bins squared); the table keeps every choice."""
+    from widthsearch.supernet.models import create_model
+
+    calls = []
+
+    def fake_timing(module, example, **_):
+        calls.append(module)
+        return 1.0 + example.numel() / 1e3
+
+    monkeypatch.setattr(profile_module, "measure_latency", fake_timing)
+    meta = {"model": "resnet20", "num_classes": 10, "in_chans": 1, "input_size": 8}
+    sn = Supernet.from_model(
+        create_model("resnet20", num_classes=10, in_chans=1),
+        torch.zeros(1, 1, 8, 8),
+        bins=4,
+        meta=meta,
+    )
+    plan = layer_groups(sn)
+    counts = {g.name: len(g.choices) for g in sn.space.groups}
+    full = profile_latency(sn, seconds=1e-4, calibration=0, progress=False)
+    every = len(calls)
+    calls.clear()
+    sampled = profile_latency(sn, seconds=1e-4, calibration=0, sample_widths=2, progress=False)
+    whole_subnets = len(full.calibration)
+    assert every - whole_subnets == sum(np.prod([counts[g] for g in gs]) for _, gs, _ in plan)
+    assert len(calls) - whole_subnets == sum(
+        np.prod([min(2, counts[g]) for g in gs]) for _, gs, _ in plan
+    )
+    assert (sampled.sample_widths, full.sample_widths) == (2, 0)
+    assert [np.shape(t.ms) for t in sampled.layers] == [np.shape(t.ms) for t in full.layers]

@@ -215,6 +215,12 @@ def test_profile_writes_a_table_that_search_reads(tmp_path, capsys):
         capsys, [*argv, "--threads", "0", "--out", str(tmp_path / "x.json")], tmp_path / "x.json"
     )
     assert "--threads" in msg
+    msg = _one_line_error(
+        capsys,
+        [*argv, "--sample-widths", "1", "--out", str(tmp_path / "x.json")],
+        tmp_path / "x.json",
+    )
+    assert "--sample-widths" in msg and "both ends" in msg
 
 
 def test_latency_budget_and_limits_from_the_command_line(

@@ -35,6 +35,7 @@ def test_table_round_trips_through_json(latency_table, latency_table_path):
         (lambda d: d["layers"][1].update(groups=["nope"]), "not in 'choices'"),
         (lambda d: d.update(overhead_ms=-1), "overhead_ms"),
         (lambda d: d.update(layers=[]), "no layers"),
+        (lambda d: d.update(sample_widths=-1), "sample_widths"),
     ],
 )
 def test_a_bad_table_is_refused_naming_the_field(latency_table, change, message):
