@@ -101,6 +101,7 @@ def error_cell(model: str, *, batch: int, threads: int, args: argparse.Namespace
         "table_seconds": round(table.seconds, 1),
         "table_entries": sum(int(np.size(t.ms)) for t in table.layers),
         "sample_widths": table.sample_widths,
+        "rounds": args.rounds,
         "timed_entries": sum(int(np.prod([timed[g] for g in t.groups])) for t in table.layers),
         "full_predicted_ms": round(float(predictor.predict(sn.widths_vector(sn.space.max()))), 4),
         **error_figures(rows),

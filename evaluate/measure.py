@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = ["LATENCY_BATCHES", "counted_macs", "dataset_top1", "evaluate_model", 
 LATENCY_BATCHES = (1, 64)
 _BLOCKS = 10  # blocks a measurement aims for
 _MIN_BLOCKS = 3  # and never fewer (a slow forward runs once per block)
+_SLOW = 0.05  # seconds per call from which blocks are single calls timed back to back
 _META_KEYS = ("model", "num_classes", "in_chans", "input_size", "bins", "min_bins", "round_to")
 
 
@@ -72,11 +74,18 @@ def measure_latency(
         with torch.inference_mode(), runtime.autocast():
             module(example)
 
+    start = time.perf_counter()
     call()  # warm-up outside the measurement
+    warm_up = time.perf_counter() - start
     timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+    if warm_up >= _SLOW:
+        # a slow forward (a 224x224 network at batch 32): blocked_autorange times single calls
+        # back to back, where each timeit() below would add two warm-up calls of its own
+        target = 0.9 * max(min_run_time, _MIN_BLOCKS * warm_up)
+        return timer.blocked_autorange(min_run_time=target).median * 1e3
     # blocks of about min_run_time / _BLOCKS each, sized from one timed call: the median of
-    # their means, as blocked_autorange, without its fixed 0.1 s estimation floors (which
-    # cost a latency table of thousands of microsecond-sized entries minutes)
+    # their means, as blocked_autorange, without its block-size estimation (which costs a
+    # latency table of thousands of microsecond-sized entries minutes)
     once = timer.timeit(1).mean
     number = max(1, int(min_run_time / _BLOCKS / max(once, 1e-7)))
     means: list[float] = []

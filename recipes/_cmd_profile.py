@@ -70,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
             f"{row['config']:<13} measured {format_ms(row['measured_ms'])}  "
             f"predicted {format_ms(row['predicted_ms'])}"
         )
+    sampled = (
+        f", {table.sample_widths} choices per group timed (the rest interpolated)"
+        if table.sample_widths
+        else ""
+    )
     print(
         f"{table.describe()}: {len(table.layers)} layers, overhead {format_ms(table.overhead_ms)}, "
-        f"scale {table.scale:.3f}, {table.seconds:.1f} s"
+        f"scale {table.scale:.3f}{sampled}, {table.seconds:.1f} s"
     )
     print(f"wrote {out}")
     return 0

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,21 @@ def test_the_full_row_of_a_warm_started_supernet_is_the_trained_network(
     assert full["macs"] == full["macs_counted"] == sn.macs()
     plain = evaluate_model(subnet_path, supernet=supernet_path, latency=False, test_limit=64)
     assert plain["full"]["network"] == "supernet" and plain["full"]["bn_recalibrated"] is True
+
+
+def test_a_slow_forward_is_timed_in_single_calls_without_extra_warm_ups():
+    """A forward slower than 50 ms (224x224 at batch 32) is timed in about three single
+    calls after one warm-up and one block-size probe, not three per block."""
+    from widthsearch.evaluate.measure import _MIN_BLOCKS, measure_latency
+
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            time.sleep(0.06)
+            return x
+
+    ms = measure_latency(Slow(), torch.zeros(1), min_run_time=0.01)
+    assert 60 <= ms < 120
+    assert _MIN_BLOCKS + 2 <= len(calls) <= _MIN_BLOCKS + 3  # warm-up, probe, blocks

@@ -221,6 +221,11 @@ def test_profile_writes_a_table_that_search_reads(tmp_path, capsys):
         tmp_path / "x.json",
     )
     assert "--sample-widths" in msg and "both ends" in msg
+    sampled = tmp_path / "lat-sampled.json"
+    assert main([*argv, "--sample-widths", "2", "--out", str(sampled)]) == 0
+    assert "2 choices per group timed" in capsys.readouterr().out
+    again = LatencyTable.from_dict(json.loads(sampled.read_text()))
+    assert again.sample_widths == 2 and again.choices == table.choices
 
 
 def test_latency_budget_and_limits_from_the_command_line(
