@@ -119,6 +119,23 @@ def error_figures(rows: list[dict]) -> dict[str, float]:
         "p90_rel_error": round(float(np.percentile(relative, 90)), 4),
         "spearman_rho": round(float(stats.spearmanr(predicted, measured).statistic), 4),
         "macs_spearman_rho": round(float(stats.spearmanr(macs, measured).statistic), 4),
+        **repeatability(rows),
+    }
+
+
+def repeatability(rows: list[dict]) -> dict[str, float]:
+    """How well the measurement agrees with itself: the median over subnets of the spread of
+    their rounds (slowest / fastest - 1), and the median Spearman rho of one round against
+    another (the fastest of several rounds, which the table is compared with, agrees better)."""
+    rounds = np.array([r["rounds_ms"] for r in rows])
+    pairs = [
+        stats.spearmanr(rounds[:, i], rounds[:, j]).statistic
+        for i in range(rounds.shape[1])
+        for j in range(i + 1, rounds.shape[1])
+    ]
+    return {
+        "round_spread": round(float(np.median(rounds.max(1) / rounds.min(1) - 1)), 4),
+        "rounds_rho": round(float(np.median(pairs)), 4) if pairs else float("nan"),
     }
 
 
@@ -259,16 +276,20 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
     if docs:
         print(
             "| model | batch | threads | table build (s) | entries (timed) | median rel. error | "
-            "p90 rel. error | Spearman rho | rho of MACs |"
+            "p90 rel. error | Spearman rho | rho of MACs | rounds | round spread | "
+            "rho between rounds |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for d in docs:
+            d = {**d, **error_figures(d["subnets"])}  # cells older than the last two columns
             timed = d.get("timed_entries", d["table_entries"])
             print(
                 f"| {d['model']} | {d['batch']} | {d['threads']} | {d['table_seconds']:.0f} | "
                 f"{d['table_entries']} ({timed}) | {d['median_rel_error']:.1%} | "
                 f"{d['p90_rel_error']:.1%} | "
-                f"{d['spearman_rho']:.3f} | {d['macs_spearman_rho']:.3f} |"
+                f"{d['spearman_rho']:.3f} | {d['macs_spearman_rho']:.3f} | "
+                f"{len(d['subnets'][0]['rounds_ms'])} | {d['round_spread']:.1%} | "
+                f"{d['rounds_rho']:.3f} |"
             )
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("accuracy-*.json"))]
     if docs:
