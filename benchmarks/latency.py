@@ -24,6 +24,7 @@ with ``--finetune-epochs N``, test top-1 after fine-tuning each subnet as the pi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -38,10 +39,10 @@ import torch
 from cells import Cells, log
 from scipy import stats
 from widthsearch.evaluate.measure import measure_latency
-from widthsearch.evaluate.profile import profile_latency
+from widthsearch.evaluate.profile import interpolate_grid, profile_latency, sample_indices
 from widthsearch.search import build_evaluator, get_strategy, search_options
 from widthsearch.search.constraints import NS_PER_MS, Constraints
-from widthsearch.search.latency import LatencyTable
+from widthsearch.search.latency import LatencyTable, LayerLatency
 from widthsearch.supernet.checkpoint import load_supernet, write_json_atomic
 from widthsearch.supernet.spec import SupernetSpec
 
@@ -155,6 +156,69 @@ def part_error(args: argparse.Namespace, cells: Cells) -> None:
                         m, batch=b, threads=t, args=args
                     ),
                 )
+
+
+def sampling_cell(error: dict, *, args: argparse.Namespace) -> dict:
+    """The interpolation's own error with the timings held fixed: an error cell's full table
+    cut to ``--sample-widths`` choices per group and filled back by ``profile``'s
+    interpolation, its predictions of the cell's subnets against the full table's."""
+    model, batch, threads = error["model"], error["batch"], error["threads"]
+    size, chans, classes = MODELS[model]
+    path = args.out / "tables" / f"{cell_name(model, batch, threads)}.json"
+    table = LatencyTable.from_dict(json.loads(path.read_text()))
+    keep = {g: sample_indices(len(c), args.sample_widths) for g, c in table.choices.items()}
+    cut = dataclasses.replace(
+        table,
+        layers=[
+            LayerLatency(
+                t.name,
+                t.groups,
+                interpolate_grid(
+                    np.asarray(t.ms),
+                    [table.choices[g] for g in t.groups],
+                    [keep[g] for g in t.groups],
+                ).tolist(),
+            )
+            for t in table.layers
+        ],
+    )
+    sn = SupernetSpec(model=model, num_classes=classes, in_chans=chans, input_size=size).build()
+    rng = np.random.default_rng(args.seed + 1)  # the error cell's subnets
+    configs = [sn.space.sample(rng) for _ in range(len(error["subnets"]))]
+    if [sn.macs(c) for c in configs] != [r["macs"] for r in error["subnets"]]:
+        raise RuntimeError(f"{path}: the error cell's subnets were drawn with another seed")
+    vectors = np.stack([sn.widths_vector(c) for c in configs])
+    full, sampled = table.bind(sn).predict(vectors), cut.bind(sn).predict(vectors)
+    change = np.abs(sampled - full) / full
+    rows = [
+        {**r, "predicted_ms": round(float(p), 6)}
+        for r, p in zip(error["subnets"], sampled, strict=True)
+    ]
+    return {
+        "model": model,
+        "batch": batch,
+        "threads": threads,
+        "sample_widths": args.sample_widths,
+        "median_change": round(float(np.median(change)), 4),
+        "max_change": round(float(np.max(change)), 4),
+        "rho_full_vs_sampled": round(float(stats.spearmanr(full, sampled).statistic), 4),
+        "full_table": {k: error[k] for k in ("median_rel_error", "spearman_rho")},
+        "sampled_table": {
+            k: v
+            for k, v in error_figures(rows).items()
+            if k in ("median_rel_error", "spearman_rho")
+        },
+    }
+
+
+def part_sampling(args: argparse.Namespace, cells: Cells) -> None:
+    args.sample_widths = args.sample_widths or 4
+    for path in sorted(cells.folder.glob("error-*.json")):
+        error = cells.get(path.stem)
+        if error.get("sample_widths") or error.get("rounds", 3) != 3:
+            continue  # full tables of the main rows only
+        name = f"sampling-{cell_name(error['model'], error['batch'], error['threads'])}"
+        cells.run(f"{name}-s{args.sample_widths}", lambda e=error: sampling_cell(e, args=args))
 
 
 class Matcher:
@@ -271,6 +335,7 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
             list(MODELS).index(d["model"]),
             d["batch"],
             d.get("sample_widths", 0),
+            d.get("rounds", 3),
         ),
     )
     if docs:
@@ -290,6 +355,22 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
                 f"{d['spearman_rho']:.3f} | {d['macs_spearman_rho']:.3f} | "
                 f"{len(d['subnets'][0]['rounds_ms'])} | {d['round_spread']:.1%} | "
                 f"{d['rounds_rho']:.3f} |"
+            )
+    docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("sampling-*.json"))]
+    if docs:
+        print(
+            "\n| model | batch | threads | timed per group | prediction change: median | max | "
+            "rho full vs sampled | error full -> sampled | rho full -> sampled |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for d in docs:
+            full, cut = d["full_table"], d["sampled_table"]
+            print(
+                f"| {d['model']} | {d['batch']} | {d['threads']} | {d['sample_widths']} | "
+                f"{d['median_change']:.1%} | {d['max_change']:.1%} | "
+                f"{d['rho_full_vs_sampled']:.3f} | {full['median_rel_error']:.1%} -> "
+                f"{cut['median_rel_error']:.1%} | {full['spearman_rho']:.3f} -> "
+                f"{cut['spearman_rho']:.3f} |"
             )
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("accuracy-*.json"))]
     if docs:
@@ -314,7 +395,7 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("error", "accuracy"), action="append")
+    parser.add_argument("--part", choices=("error", "sampling", "accuracy"), action="append")
     parser.add_argument("--report", action="store_true", help="only reprint finished cells")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -356,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         start = time.perf_counter()
         for part in args.part or ["error", "accuracy"]:
-            {"error": part_error, "accuracy": part_accuracy}[part](args, cells)
+            parts = {"error": part_error, "sampling": part_sampling, "accuracy": part_accuracy}
+            parts[part](args, cells)
         log(f"done in {time.perf_counter() - start:.0f} s")
     report(args, cells)
     return 1 if cells.failed else 0

@@ -50,6 +50,7 @@ __all__ = [
     "interpolate_grid",
     "latency_check",
     "profile_latency",
+    "sample_indices",
 ]
 
 # uniform width ratios of the whole subnets that fit the overhead and scale (besides the
@@ -97,7 +98,7 @@ def profile_latency(
     full = sn.extract(sn.space.max()).eval()  # plain modules: no supernet hooks
     modules = dict(full.named_modules())
     choices = {g.name: list(g.choices) for g in sn.space.groups}
-    timed_at = {g: _sampled(len(c), sample_widths) for g, c in choices.items()}
+    timed_at = {g: sample_indices(len(c), sample_widths) for g, c in choices.items()}
     entries = {entry.layer.name: entry for entry in sn.layers}
     plan = layer_groups(sn)
     cells = sum(int(np.prod([len(timed_at[g]) for g in groups])) for _, groups, _ in plan)
@@ -205,7 +206,7 @@ def fit_latency(
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
-def _sampled(count: int, sample: int | None) -> list[int]:
+def sample_indices(count: int, sample: int | None) -> list[int]:
     """Indices of ``sample`` evenly spaced choices out of ``count``, both ends included
     (every index when ``sample`` is ``None`` or not smaller)."""
     if sample is None or sample >= count:

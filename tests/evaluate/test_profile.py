@@ -12,10 +12,10 @@ from widthsearch.evaluate import profile as profile_module
 from widthsearch.evaluate.profile import (
     _layer_shapes,
     _output_elements,
-    _sampled,
     fit_latency,
     interpolate_grid,
     profile_latency,
+    sample_indices,
 )
 from widthsearch.search.latency import LayerLatency, layer_groups
 from widthsearch.supernet import Supernet
@@ -139,10 +139,12 @@ def test_profile_times_attention_per_heads_without_its_output_projection():
 
 
 def test_sampled_widths_keep_both_ends_and_space_evenly():
-    assert _sampled(8, None) == _sampled(8, 8) == _sampled(8, 12) == list(range(8))
-    assert _sampled(8, 2) == [0, 7]
-    assert _sampled(8, 4) == [0, 2, 5, 7]
-    assert _sampled(1, 3) == [0]
+    assert (
+        sample_indices(8, None) == sample_indices(8, 8) == sample_indices(8, 12) == list(range(8))
+    )
+    assert sample_indices(8, 2) == [0, 7]
+    assert sample_indices(8, 4) == [0, 2, 5, 7]
+    assert sample_indices(1, 3) == [0]
 
 
 def test_interpolation_keeps_timed_entries_and_is_exact_for_bilinear_costs():
@@ -151,7 +153,7 @@ def test_interpolation_keeps_timed_entries_and_is_exact_for_bilinear_costs():
     w_in, w_out = [4, 8, 12, 16, 24, 32], [2, 5, 6, 9, 11]
     x, y = np.meshgrid(w_in, w_out, indexing="ij")
     truth = 0.3 + 0.02 * x + 0.05 * y + 0.004 * x * y
-    grid = [_sampled(6, 3), _sampled(5, 3)]
+    grid = [sample_indices(6, 3), sample_indices(5, 3)]
     timed = np.zeros_like(truth)
     timed[np.ix_(*grid)] = truth[np.ix_(*grid)]  # the rest is what was never timed
     filled = interpolate_grid(timed, [w_in, w_out], grid)
