@@ -148,7 +148,10 @@ def profile_latency(
         in_chans=int(meta.get("in_chans", example.shape[1])),
         choices=choices,
         layers=layers,
-        sample_widths=0 if sample_widths is None else int(sample_widths),
+        # 0 when every choice was timed (no group has more than sample_widths choices)
+        sample_widths=0
+        if all(len(timed_at[g]) == len(c) for g, c in choices.items())
+        else int(sample_widths),
     )
     # what the layer entries miss grows with each layer's output: a second table of output
     # elements (millions), fitted together with the constant on whole subnets

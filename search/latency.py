@@ -93,8 +93,8 @@ class LatencyTable:
             entries for what layer-by-layer timing misses (activations, residual adds, memory
             traffic: they grow with the output, not the MACs); informative, already applied.
         seconds: Wall time of the measurement.
-        sample_widths: At most this many choices per group were timed, the rest
-            interpolated (0: every choice was timed).
+        sample_widths: This many choices per group were timed (all of a group with
+            fewer), the rest interpolated; 0: every choice was timed.
         format: Layout version.
     """
 

@@ -193,4 +193,6 @@ def test_profile_times_only_the_sampled_grid(monkeypatch):
         np.prod([min(2, counts[g]) for g in gs]) for _, gs, _ in plan
     )
     assert (sampled.sample_widths, full.sample_widths) == (2, 0)
+    every_choice = profile_latency(sn, seconds=1e-4, calibration=0, sample_widths=9, progress=False)
+    assert every_choice.sample_widths == 0  # no group has more than 9 choices: nothing sampled
     assert [np.shape(t.ms) for t in sampled.layers] == [np.shape(t.ms) for t in full.layers]
