@@ -215,10 +215,12 @@ def part_sampling(args: argparse.Namespace, cells: Cells) -> None:
     args.sample_widths = args.sample_widths or 4
     for path in sorted(cells.folder.glob("error-*.json")):
         error = cells.get(path.stem)
-        if error.get("sample_widths") or error.get("rounds", 3) != 3:
-            continue  # full tables of the main rows only
-        name = f"sampling-{cell_name(error['model'], error['batch'], error['threads'])}"
-        cells.run(f"{name}-s{args.sample_widths}", lambda e=error: sampling_cell(e, args=args))
+        name = cell_name(error["model"], error["batch"], error["threads"])
+        if path.stem != f"error-{name}":
+            continue  # a sampled table or a rerun kept beside its cell: full tables only
+        cells.run(
+            f"sampling-{name}-s{args.sample_widths}", lambda e=error: sampling_cell(e, args=args)
+        )
 
 
 class Matcher:
