@@ -221,11 +221,19 @@ def test_profile_writes_a_table_that_search_reads(tmp_path, capsys):
         tmp_path / "x.json",
     )
     assert "--sample-widths" in msg and "both ends" in msg
+    # 4 bins, 2 of them timed per group; the 2-bin supernet above has nothing to leave out
+    wider = tmp_path / "wider.pt"
+    save_supernet(wider, Supernet.from_model(model, torch.zeros(1, 1, 8, 8), bins=4, meta=meta))
     sampled = tmp_path / "lat-sampled.json"
-    assert main([*argv, "--sample-widths", "2", "--out", str(sampled)]) == 0
+    assert (
+        main([*argv[:1], str(wider), *argv[2:], "--sample-widths", "2", "--out", str(sampled)]) == 0
+    )
     assert "2 choices per group timed" in capsys.readouterr().out
     again = LatencyTable.from_dict(json.loads(sampled.read_text()))
-    assert again.sample_widths == 2 and again.choices == table.choices
+    assert again.sample_widths == 2 and max(len(c) for c in again.choices.values()) > 2
+    assert main([*argv, "--sample-widths", "2", "--out", str(sampled)]) == 0
+    assert "interpolated" not in capsys.readouterr().out
+    assert LatencyTable.from_dict(json.loads(sampled.read_text())).sample_widths == 0
 
 
 def test_latency_budget_and_limits_from_the_command_line(
