@@ -72,7 +72,7 @@ def error_cell(model: str, *, batch: int, threads: int, args: argparse.Namespace
     name = cell_name(model, batch, threads, args.sample_widths)
     write_json_atomic(table.to_dict(), tables / f"{name}.json")
     predictor = table.bind(sn)
-    timed = {g: min(len(c), args.sample_widths or len(c)) for g, c in table.choices.items()}
+    timed = {g: len(sample_indices(len(c), args.sample_widths)) for g, c in table.choices.items()}
     example = torch.randn(batch, chans, size, size)
     rng = np.random.default_rng(args.seed + 1)  # not the table's own calibration subnets
     configs = [sn.space.sample(rng) for _ in range(args.subnets)]
