@@ -329,6 +329,12 @@ def part_accuracy(args: argparse.Namespace, cells: Cells) -> None:
         cells.run(name, lambda f=fraction, m=matcher: m.cell(f))
 
 
+def print_header(*columns: str, left: int = 1) -> None:
+    """A markdown table's first two lines: the first ``left`` columns aligned left."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * left + "---:|" * (len(columns) - left))
+
+
 def report(args: argparse.Namespace, cells: Cells) -> None:
     docs = sorted(
         (cells.get(p.stem) for p in cells.folder.glob("error-*.json")),
@@ -341,12 +347,11 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
         ),
     )
     if docs:
-        print(
-            "| model | batch | threads | table build (s) | entries (timed) | median rel. error | "
-            "p90 rel. error | Spearman rho | rho of MACs | rounds | round spread | "
-            "rho between rounds |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print_header(
+            "model", "batch", "threads", "table build (s)", "entries (timed)",
+            "median rel. error", "p90 rel. error", "Spearman rho", "rho of MACs", "rounds",
+            "round spread", "rho between rounds",
+        )  # fmt: skip
         for d in docs:
             d = {**d, **error_figures(d["subnets"])}  # cells older than the last two columns
             timed = d.get("timed_entries", d["table_entries"])
@@ -360,11 +365,11 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
             )
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("sampling-*.json"))]
     if docs:
-        print(
-            "\n| model | batch | threads | timed per group | prediction change: median | max | "
-            "rho full vs sampled | error full -> sampled | rho full -> sampled |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print()
+        print_header(
+            "model", "batch", "threads", "timed per group", "prediction change: median", "max",
+            "rho full vs sampled", "error full -> sampled", "rho full -> sampled",
+        )  # fmt: skip
         for d in docs:
             full, cut = d["full_table"], d["sampled_table"]
             print(
@@ -376,11 +381,11 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
             )
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("accuracy-*.json"))]
     if docs:
-        print(
-            "\n| latency budget | searched under | MACs | predicted ms | measured ms | "
-            "held-out score |"
-        )
-        print("|---|---|---:|---:|---:|---:|")
+        print()
+        print_header(
+            "latency budget", "searched under", "MACs", "predicted ms", "measured ms",
+            "held-out score", left=2,
+        )  # fmt: skip
         for d in docs:
             for key, label in (("latency_searched", "latency"), ("macs_searched", "MACs")):
                 r = d[key]
