@@ -329,9 +329,13 @@ def part_accuracy(args: argparse.Namespace, cells: Cells) -> None:
         cells.run(name, lambda f=fraction, m=matcher: m.cell(f))
 
 
+def print_row(*cells: object) -> None:
+    print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def print_header(*columns: str, left: int = 1) -> None:
     """A markdown table's first two lines: the first ``left`` columns aligned left."""
-    print("| " + " | ".join(columns) + " |")
+    print_row(*columns)
     print("|" + "---|" * left + "---:|" * (len(columns) - left))
 
 
@@ -355,14 +359,13 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
         for d in docs:
             d = {**d, **error_figures(d["subnets"])}  # cells older than the last two columns
             timed = d.get("timed_entries", d["table_entries"])
-            print(
-                f"| {d['model']} | {d['batch']} | {d['threads']} | {d['table_seconds']:.0f} | "
-                f"{d['table_entries']} ({timed}) | {d['median_rel_error']:.1%} | "
-                f"{d['p90_rel_error']:.1%} | "
-                f"{d['spearman_rho']:.3f} | {d['macs_spearman_rho']:.3f} | "
-                f"{len(d['subnets'][0]['rounds_ms'])} | {d['round_spread']:.1%} | "
-                f"{d['rounds_rho']:.3f} |"
-            )
+            print_row(
+                d["model"], d["batch"], d["threads"], f"{d['table_seconds']:.0f}",
+                f"{d['table_entries']} ({timed})", f"{d['median_rel_error']:.1%}",
+                f"{d['p90_rel_error']:.1%}", f"{d['spearman_rho']:.3f}",
+                f"{d['macs_spearman_rho']:.3f}", len(d["subnets"][0]["rounds_ms"]),
+                f"{d['round_spread']:.1%}", f"{d['rounds_rho']:.3f}",
+            )  # fmt: skip
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("sampling-*.json"))]
     if docs:
         print()
@@ -372,13 +375,13 @@ def report(args: argparse.Namespace, cells: Cells) -> None:
         )  # fmt: skip
         for d in docs:
             full, cut = d["full_table"], d["sampled_table"]
-            print(
-                f"| {d['model']} | {d['batch']} | {d['threads']} | {d['sample_widths']} | "
-                f"{d['median_change']:.1%} | {d['max_change']:.1%} | "
-                f"{d['rho_full_vs_sampled']:.3f} | {full['median_rel_error']:.1%} -> "
-                f"{cut['median_rel_error']:.1%} | {full['spearman_rho']:.3f} -> "
-                f"{cut['spearman_rho']:.3f} |"
-            )
+            print_row(
+                d["model"], d["batch"], d["threads"], d["sample_widths"],
+                f"{d['median_change']:.1%}", f"{d['max_change']:.1%}",
+                f"{d['rho_full_vs_sampled']:.3f}",
+                f"{full['median_rel_error']:.1%} -> {cut['median_rel_error']:.1%}",
+                f"{full['spearman_rho']:.3f} -> {cut['spearman_rho']:.3f}",
+            )  # fmt: skip
     docs = [cells.get(p.stem) for p in sorted(cells.folder.glob("accuracy-*.json"))]
     if docs:
         print()
