@@ -158,15 +158,15 @@ def part_error(args: argparse.Namespace, cells: Cells) -> None:
                 )
 
 
-def sampling_cell(error: dict, *, args: argparse.Namespace) -> dict:
+def sampling_cell(error: dict, *, sample: int, args: argparse.Namespace) -> dict:
     """The interpolation's own error with the timings held fixed: an error cell's full table
-    cut to ``--sample-widths`` choices per group and filled back by ``profile``'s
+    cut to ``sample`` choices per group and filled back by ``profile``'s
     interpolation, its predictions of the cell's subnets against the full table's."""
     model, batch, threads = error["model"], error["batch"], error["threads"]
     size, chans, classes = MODELS[model]
     path = args.out / "tables" / f"{cell_name(model, batch, threads)}.json"
     table = LatencyTable.from_dict(json.loads(path.read_text()))
-    keep = {g: sample_indices(len(c), args.sample_widths) for g, c in table.choices.items()}
+    keep = {g: sample_indices(len(c), sample) for g, c in table.choices.items()}
     cut = dataclasses.replace(
         table,
         layers=[
@@ -198,7 +198,7 @@ def sampling_cell(error: dict, *, args: argparse.Namespace) -> dict:
         "model": model,
         "batch": batch,
         "threads": threads,
-        "sample_widths": args.sample_widths,
+        "sample_widths": sample,
         "median_change": round(float(np.median(change)), 4),
         "max_change": round(float(np.max(change)), 4),
         "rho_full_vs_sampled": round(float(stats.spearmanr(full, sampled).statistic), 4),
@@ -212,14 +212,15 @@ def sampling_cell(error: dict, *, args: argparse.Namespace) -> dict:
 
 
 def part_sampling(args: argparse.Namespace, cells: Cells) -> None:
-    args.sample_widths = args.sample_widths or 4
+    sample = args.sample_widths or 4
     for path in sorted(cells.folder.glob("error-*.json")):
         error = cells.get(path.stem)
         name = cell_name(error["model"], error["batch"], error["threads"])
         if path.stem != f"error-{name}":
             continue  # a sampled table or a rerun kept beside its cell: full tables only
         cells.run(
-            f"sampling-{name}-s{args.sample_widths}", lambda e=error: sampling_cell(e, args=args)
+            f"sampling-{name}-s{sample}",
+            lambda e=error: sampling_cell(e, sample=sample, args=args),
         )
 
 

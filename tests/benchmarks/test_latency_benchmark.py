@@ -3,9 +3,11 @@ timer (the figures' arithmetic, not this machine's speed)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -41,13 +43,22 @@ def test_error_cell_figures_follow_its_rows(finished):
     assert {k: cell[k] for k in latency.error_figures(rows)} == latency.error_figures(rows)
 
 
-def test_sampling_keeps_a_bilinear_table_whatever_it_cuts(finished):
-    """The fake timer's cost is bilinear in a layer's widths (weights in * out, inputs in), so
-    the table cut to the ends of every group and filled back predicts every subnet as the
-    full table does; cut to all its choices the table is the same by construction."""
+def test_sampling_at_every_choice_is_the_table_and_at_the_ends_an_interpolation(
+    finished, monkeypatch
+):
+    """Cut to all its 8 choices the table predicts as before; cut to the ends of every group
+    the fake timer's costs (weights in * out: bilinear per layer) come back exactly too.
+    A table of curved costs then shows that the cut is real: its predictions move."""
     for sample in ("8", "2"):
         latency.main(["--part", "sampling", "--sample-widths", sample, "--out", str(finished)])
         cell = Cells(finished).get(f"sampling-resnet20-b1-t1-s{sample}")
         assert cell["max_change"] < 1e-4, sample
         assert cell["sampled_table"] == cell["full_table"]
-    assert Cells(finished).get("sampling-resnet20-b1-t1-s2")["sample_widths"] == 2
+    table_path = finished / "tables" / "resnet20-b1-t1.json"
+    doc = json.loads(table_path.read_text())
+    for layer in doc["layers"]:
+        layer["ms"] = (np.asarray(layer["ms"]) ** 2).tolist()  # convex: above its chords
+    table_path.write_text(json.dumps(doc))
+    latency.main(["--part", "sampling", "--sample-widths", "3", "--out", str(finished)])
+    curved = Cells(finished).get("sampling-resnet20-b1-t1-s3")
+    assert curved["median_change"] > 0 and curved["rho_full_vs_sampled"] > 0.8
